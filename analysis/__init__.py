@@ -1,0 +1,1 @@
+"""The SharePrefill method and the analyses around it: capture, similarity, clustering, sharing."""

@@ -1,0 +1,1 @@
+"""Triton kernels for block-sparse prefill attention, with plain-torch reference twins."""

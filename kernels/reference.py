@@ -1,0 +1,144 @@
+"""Plain-torch reference twins of the kernels: fp32 maths, slow on purpose, easy to read.
+
+Conventions shared by every kernel and twin:
+
+* q is ``[B, H, Nq, D]``; k and v are ``[B, H_kv, Nk, D]`` with ``H % H_kv == 0``.
+  Query head ``h`` reads KV head ``h // (H // H_kv)`` (grouped-query attention).
+* ``Nq <= Nk``: queries are aligned to the *end* of the keys (chunked prefill), so query row
+  ``i`` sits at absolute position ``i + (Nk - Nq)`` and may attend keys ``j <= i + Nk - Nq``.
+* Blocks are counted from the start of each tensor: query block ``r`` holds query rows
+  ``[r*B, (r+1)*B)``, key block ``c`` holds keys ``[c*B, (c+1)*B)``; the last block of each
+  may be partial.
+* The *probe* is the last ``min(B, Nq)`` query rows (always a full block when one exists,
+  whatever the alignment of ``Nq`` to ``B``).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def num_blocks(n: int, block_size: int) -> int:
+    return (n + block_size - 1) // block_size
+
+
+def causal_token_mask(nq: int, nk: int, device: torch.device) -> torch.Tensor:
+    """Bool ``[Nq, Nk]``: True where query row i may see key j (end-aligned causal)."""
+    rows = torch.arange(nq, device=device)[:, None] + (nk - nq)
+    cols = torch.arange(nk, device=device)[None, :]
+    return cols <= rows
+
+
+def expand_kv(x: torch.Tensor, num_q_heads: int) -> torch.Tensor:
+    """Repeat KV heads to match query heads (reference only; kernels read through the group index)."""
+    groups = num_q_heads // x.shape[1]
+    return x.repeat_interleave(groups, dim=1) if groups > 1 else x
+
+
+def _scale(q: torch.Tensor, scale: float | None) -> float:
+    return scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+
+
+def attention_probs_ref(q, k, scale=None, mask=None) -> torch.Tensor:
+    """Softmax attention probabilities, fp32, ``[B, H, Nq, Nk]``; ``mask`` is extra bool keep-mask."""
+    keep = causal_token_mask(q.shape[2], k.shape[2], q.device)
+    if mask is not None:
+        keep = keep & mask
+    logits = torch.matmul(q.float(), expand_kv(k, q.shape[1]).float().transpose(-1, -2))
+    logits = logits * _scale(q, scale)
+    logits = logits.masked_fill(~keep, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.nan_to_num(probs, nan=0.0)  # rows with nothing kept attend to nothing
+
+
+def block_mask_to_token_mask(block_mask: torch.Tensor, nq: int, nk: int, block_size: int) -> torch.Tensor:
+    """``[B, H, nqb, nkb]`` bool block mask -> ``[B, H, Nq, Nk]`` bool token mask (no causality)."""
+    expanded = block_mask.repeat_interleave(block_size, dim=2).repeat_interleave(block_size, dim=3)
+    return expanded[:, :, :nq, :nk]
+
+
+def pool_rows_mean(x: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Mean over consecutive row blocks of dim -2 (partial last block: mean of what it holds)."""
+    n = x.shape[-2]
+    nb = num_blocks(n, block_size)
+    pad = nb * block_size - n
+    padded = torch.nn.functional.pad(x.float(), (0, 0, 0, pad))
+    sums = padded.reshape(*x.shape[:-2], nb, block_size, x.shape[-1]).sum(-2)
+    counts = torch.full((nb,), float(block_size), device=x.device)
+    counts[-1] = block_size - pad
+    return sums / counts[:, None]
+
+
+def pool_cols_sum(x: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Sum over consecutive blocks of the last dim (zero-padded)."""
+    n = x.shape[-1]
+    nb = num_blocks(n, block_size)
+    padded = torch.nn.functional.pad(x, (0, nb * block_size - n))
+    return padded.reshape(*x.shape[:-1], nb, block_size).sum(-1)
+
+
+def block_mass_from_probs(probs: torch.Tensor, block_size: int) -> torch.Tensor:
+    """``[..., Nq, Nk]`` probabilities -> block-mass map ``[..., nqb, nkb]`` (rows sum to 1)."""
+    return pool_rows_mean(pool_cols_sum(probs, block_size), block_size)
+
+
+def attention_ref(q, k, v, scale=None, mask=None) -> torch.Tensor:
+    """Causal attention output ``[B, H, Nq, D]`` in fp32, optional extra bool keep-mask."""
+    probs = attention_probs_ref(q, k, scale, mask)
+    return torch.matmul(probs, expand_kv(v, q.shape[1]).float())
+
+
+def block_sparse_attention_ref(q, k, v, block_mask, block_size, scale=None, return_block_mass=False):
+    """Twin of ``block_sparse_attention`` from a dense bool block mask ``[B, H, nqb, nkb]``.
+
+    Returns the fp32 output ``[B, H, Nq, D]`` and, if asked, the block-mass map of the sparse
+    softmax ``[B, H, nqb, nkb]`` (for a full mask: the exact map).
+    """
+    nq, nk = q.shape[2], k.shape[2]
+    keep = block_mask_to_token_mask(block_mask.bool(), nq, nk, block_size)
+    probs = attention_probs_ref(q, k, scale, keep)
+    out = torch.matmul(probs, expand_kv(v, q.shape[1]).float())
+    if return_block_mass:
+        return out, block_mass_from_probs(probs, block_size)
+    return out
+
+
+def block_mass_ref(q, k, block_size, scale=None, chunk_size=1024) -> torch.Tensor:
+    """Exact dense causal block-mass map ``[B, H, nqb, nkb]`` computed over query chunks.
+
+    Extra memory is ``O(B * H * chunk_size * Nk)``, never ``O(H * Nq * Nk)``. ``chunk_size`` is
+    rounded up to a multiple of ``block_size`` so a query block never straddles two chunks.
+    """
+    nq, nk = q.shape[2], k.shape[2]
+    chunk = max(block_size, (chunk_size // block_size) * block_size)
+    kx = expand_kv(k, q.shape[1]).float().transpose(-1, -2)  # [B, H, D, Nk]
+    s = _scale(q, scale)
+    keys = torch.arange(nk, device=q.device)
+    rows = []
+    for start in range(0, nq, chunk):
+        qc = q[:, :, start:start + chunk].float()  # [B, H, c, D]
+        logits = torch.matmul(qc, kx) * s  # [B, H, c, Nk]
+        pos = torch.arange(start, start + qc.shape[2], device=q.device) + (nk - nq)
+        logits.masked_fill_(keys[None, :] > pos[:, None], float("-inf"))
+        rows.append(block_mass_from_probs(torch.softmax(logits, dim=-1), block_size))
+    return torch.cat(rows, dim=2)
+
+
+def last_block_profiles_ref(q, k, block_size, scale=None):
+    """Vertical and slash profiles of the probe (last ``min(B, Nq)`` queries), fp32.
+
+    Returns ``(vertical, slash)``, each ``[B, H, Nk]`` and summing to 1 over the last dim:
+    ``vertical[j]`` is the mean attention key j receives from the probe queries;
+    ``slash[o]`` is the mean attention along diagonal offset ``o = position(query) - j``.
+    """
+    nq, nk = q.shape[2], k.shape[2]
+    m = min(block_size, nq)
+    probs = attention_probs_ref(q[:, :, nq - m:], k, scale)  # [B, H, m, Nk]
+    vertical = probs.mean(dim=2)
+    pos = torch.arange(nk - m, nk, device=q.device)  # absolute positions of probe queries
+    offsets = pos[:, None] - torch.arange(nk, device=q.device)[None, :]  # [m, Nk]
+    valid = offsets >= 0
+    idx = offsets.clamp(min=0).expand(*probs.shape[:2], m, nk)
+    slash = torch.zeros_like(probs).scatter_add_(-1, idx, probs * valid).sum(dim=2) / m
+    return vertical, slash

@@ -1,0 +1,1 @@
+"""The `sharedattn` command-line interface."""
