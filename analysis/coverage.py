@@ -1,0 +1,95 @@
+"""Coverage masks: for each query-block row, the fewest key blocks whose mass reaches gamma.
+
+This is the paper's notion of a head's sparse pattern and the set the Jaccard metric compares.
+Everything here is vectorised (one sort and one cumulative sum per call) and NaN-safe:
+
+* NaN and negative masses count as zero;
+* a row with no mass at all keeps no block (an empty row, never an error);
+* the target is ``gamma`` times the row's own sum, so rows that do not sum exactly to 1
+  (rounding, a truncated capture) are handled the same way as exact ones;
+* blocks with zero mass are never kept, so the causal upper triangle stays empty.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def check_gamma(gamma: float) -> float:
+    """Return ``gamma`` if it lies in (0, 1]; raise ``ValueError`` naming it otherwise."""
+    if not (0.0 < float(gamma) <= 1.0):
+        raise ValueError(f"gamma must be in (0, 1], got {gamma}")
+    return float(gamma)
+
+
+def clean_mass(x: torch.Tensor) -> torch.Tensor:
+    """fp32 copy with NaN, infinities and negative values replaced by zero."""
+    x = torch.nan_to_num(x.float(), nan=0.0, posinf=0.0, neginf=0.0)
+    return x.clamp_min(0.0)
+
+
+def coverage_counts(block_mass: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Per row, how many key blocks the coverage mask keeps: ``[..., nqb]`` int64."""
+    check_gamma(gamma)
+    mass = clean_mass(block_mass)
+    ordered, _ = torch.sort(mass, dim=-1, descending=True)
+    before = torch.cumsum(ordered, dim=-1) - ordered  # mass of the blocks ranked above each one
+    target = gamma * mass.sum(dim=-1, keepdim=True)
+    needed = (before < target) & (ordered > 0)
+    return needed.sum(dim=-1)
+
+
+def coverage_mask(block_mass: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Bool mask ``[..., nqb, nkb]``: per row, the fewest blocks whose mass reaches ``gamma``.
+
+    Ties are broken towards the lower key-block index (stable sort), so the result is
+    deterministic. ``block_mass`` may have any leading dimensions (layers, heads, prompts).
+    """
+    check_gamma(gamma)
+    mass = clean_mass(block_mass)
+    ordered, order = torch.sort(mass, dim=-1, descending=True, stable=True)
+    before = torch.cumsum(ordered, dim=-1) - ordered
+    target = gamma * mass.sum(dim=-1, keepdim=True)
+    keep_sorted = (before < target) & (ordered > 0)
+    mask = torch.zeros_like(keep_sorted)
+    return mask.scatter_(-1, order, keep_sorted)
+
+
+def causal_block_count(num_q_blocks: int, num_k_blocks: int | None = None) -> int:
+    """Number of (query block, key block) pairs on or below the end-aligned block diagonal."""
+    nk = num_q_blocks if num_k_blocks is None else num_k_blocks
+    offset = nk - num_q_blocks
+    return sum(min(nk, r + offset + 1) for r in range(num_q_blocks))
+
+
+def density(mask: torch.Tensor) -> torch.Tensor:
+    """Kept blocks / causal blocks for each map of a ``[..., nqb, nkb]`` bool mask -> ``[...]``."""
+    causal = causal_block_count(mask.shape[-2], mask.shape[-1])
+    return mask.float().sum(dim=(-2, -1)) / max(causal, 1)
+
+
+def tril_indices(num_blocks: int) -> torch.Tensor:
+    """Flat indices of the causal (lower-triangular, diagonal included) cells of an n x n map."""
+    rows, cols = torch.tril_indices(num_blocks, num_blocks)
+    return rows * num_blocks + cols
+
+
+def flatten_causal(maps: torch.Tensor) -> torch.Tensor:
+    """``[..., n, n]`` -> ``[..., n(n+1)/2]``: only the cells a causal map can fill.
+
+    Halves the work of all-pairs products; the upper triangle is zero in every causal map.
+    """
+    n = maps.shape[-1]
+    if maps.shape[-2] != n:
+        raise ValueError(f"expected square block maps, got {tuple(maps.shape[-2:])}")
+    return maps.reshape(*maps.shape[:-2], n * n)[..., tril_indices(n).to(maps.device)]
+
+
+def common_grid(masks: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Crop coverage masks of prompts of different lengths to their common leading block grid.
+
+    Query-block row r of a causal map only involves key blocks 0..r, so the first n rows of a
+    longer prompt's mask are complete rows, directly comparable with a prompt of n blocks: the
+    crop compares the same absolute positions and needs no resampling.
+    """
+    n = min(m.shape[-2] for m in masks)
+    return [m[..., :n, :n] for m in masks]

