@@ -102,8 +102,22 @@ def _docstrings(source: str) -> list[str]:
     return [d for d in docs if d and len(d.split()) >= 12]
 
 
+def _without_docstrings(source: str) -> list[str]:
+    """Source with module/class/function docstrings cut out: code and comments only."""
+    tree = ast.parse(source)
+    drop: set[int] = set()
+    for node in [tree, *ast.walk(tree)]:
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                and isinstance(getattr(body[0], "value", None), ast.Constant) \
+                and isinstance(body[0].value.value, str):
+            drop.update(range(body[0].lineno, body[0].end_lineno + 1))
+    lines = source.splitlines()
+    return ["\n".join(line for i, line in enumerate(lines, 1) if i not in drop)]
+
+
 def code_text(min_chars: int) -> str:
-    return _gather(_CODE_MODULES, min_chars, lambda src: [src])
+    return _gather(_CODE_MODULES, min_chars, _without_docstrings)
 
 
 def mixed_text(min_chars: int) -> str:

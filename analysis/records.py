@@ -94,7 +94,8 @@ def record_paths(stem: Path) -> tuple[Path, Path]:
     stem = Path(stem)
     if stem.suffix in (".json", ".safetensors"):
         stem = stem.with_suffix("")
-    return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+    # Append rather than replace: stems such as "passkey_depth_0.5-150" hold dots.
+    return stem.parent / f"{stem.name}.safetensors", stem.parent / f"{stem.name}.json"
 
 
 def save_record(record: AttentionRecord, stem: Path) -> Path:

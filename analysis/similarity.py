@@ -17,6 +17,7 @@ negative inputs count as zero mass.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -67,7 +68,7 @@ def _finish(sim: torch.Tensor) -> torch.Tensor:
 def _gram(flat: torch.Tensor, cell_chunk: int) -> torch.Tensor:
     """``flat @ flat.T`` in fp32 (fp64 accumulation across chunks), chunked over columns."""
     p, f = flat.shape
-    acc = torch.zeros(p, p, dtype=torch.float64)
+    acc = torch.zeros(p, p, dtype=torch.float64, device=flat.device)
     for start in range(0, f, cell_chunk):
         part = flat[:, start:start + cell_chunk].float()
         acc += (part @ part.T).double()
@@ -109,14 +110,14 @@ def js_distance_matrix(profiles: torch.Tensor, eps: float = 1e-10, max_elems: in
     p = normalise_profiles(profiles, eps)
     num, n = p.shape
     neg_ent = torch.xlogy(p, p).sum(dim=-1)  # sum p log p, [P]
-    out = torch.empty(num, num, dtype=torch.float64)
+    out = torch.empty(num, num, dtype=torch.float64, device=p.device)
     rows = max(1, max_elems // max(num * n, 1))
     for start in range(0, num, rows):
         a = p[start:start + rows, None, :]  # [c, 1, n]
         mix = 0.5 * (a + p[None, :, :])  # [c, P, n]
         mix_neg_ent = torch.xlogy(mix, mix).sum(dim=-1)  # [c, P]
         js = 0.5 * (neg_ent[start:start + rows, None] + neg_ent[None, :]) - mix_neg_ent
-        out[start:start + rows] = js / torch.log(torch.tensor(2.0, dtype=torch.float64))
+        out[start:start + rows] = js / math.log(2.0)
     dist = out.clamp(0.0, 1.0).sqrt()
     dist.fill_diagonal_(0.0)
     return dist.float()
@@ -154,14 +155,19 @@ def js_similarity(record: AttentionRecord, config: SimilarityConfig) -> torch.Te
 
 
 def similarity_matrix(record: AttentionRecord, config: SimilarityConfig = SimilarityConfig()) -> torch.Tensor:
-    """``[L*H, L*H]`` float32 similarity of every pair of heads of one record, in [0, 1]."""
+    """``[L*H, L*H]`` float32 similarity of every pair of heads of one record, in [0, 1].
+
+    The work runs on the record's device; the (small) result comes back on the CPU.
+    """
     if config.metric is Metric.JACCARD:
-        return jaccard_from_masks(head_masks(record, config.gamma, config.head_chunk), config.cell_chunk)
-    if config.metric is Metric.COSINE:
+        sim = jaccard_from_masks(head_masks(record, config.gamma, config.head_chunk), config.cell_chunk)
+    elif config.metric is Metric.COSINE:
         maps = torch.cat([flatten_causal(clean_mass(m)) for m in
                           _flat_heads(record.block_mass).split(config.head_chunk)], dim=0)
-        return cosine_from_maps(maps, config.cell_chunk)
-    return js_similarity(record, config)
+        sim = cosine_from_maps(maps, config.cell_chunk)
+    else:
+        sim = js_similarity(record, config)
+    return sim.cpu()
 
 
 def similarity_matrices(records: list[AttentionRecord], config: SimilarityConfig) -> list[torch.Tensor]:

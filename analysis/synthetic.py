@@ -90,3 +90,28 @@ def synthetic_record(num_layers: int = 4, num_heads: int = 4, num_tokens: int = 
     meta = RecordMeta(model, block_size, num_tokens, PromptInfo(f"synthetic-{seed}", digest, "synthetic"),
                       config={"synthetic": True, "noise": noise})
     return AttentionRecord(meta, maps.float(), vertical.float(), slash.float())
+
+
+def large_synthetic_record(num_layers: int, num_heads: int, num_blocks: int, block_size: int = 128,
+                           num_groups: int = 8, noise: float = 0.1, seed: int = 0,
+                           device: torch.device | str | None = None) -> AttentionRecord:
+    """A record at long-context scale (e.g. 32 x 32 heads, 1000 x 1000 blocks), built head by head.
+
+    Heads copy one of ``num_groups`` prototypes with multiplicative noise; memory is the record
+    itself (``4 * L * H * nb^2`` bytes of block maps) plus one map of temporaries.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    protos = [causal_normalise(_shape_scores(SHAPES[g % len(SHAPES)], num_blocks, gen)) for g in range(num_groups)]
+    total = num_layers * num_heads
+    maps = torch.empty(total, num_blocks, num_blocks, device=device)
+    for i in range(total):
+        jitter = torch.exp(noise * torch.randn(num_blocks, num_blocks, generator=gen))
+        maps[i] = causal_normalise(protos[i % num_groups] * jitter).to(maps.device)
+    maps = maps.reshape(num_layers, num_heads, num_blocks, num_blocks)
+    num_tokens = num_blocks * block_size
+    vertical, slash = _profiles(maps[..., -1, :].cpu(), num_tokens, block_size)
+    model = ModelFingerprint(f"synthetic-{num_layers}x{num_heads}", num_layers, num_heads, num_heads, 128,
+                             num_tokens)
+    info = PromptInfo(f"synthetic-large-{seed}", hashlib.sha256(f"large:{seed}".encode()).hexdigest(), "synthetic")
+    meta = RecordMeta(model, block_size, num_tokens, info, config={"synthetic": True, "noise": noise})
+    return AttentionRecord(meta, maps, vertical.to(maps.device), slash.to(maps.device))

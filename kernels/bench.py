@@ -208,9 +208,10 @@ def result_dict(r: CaseResult) -> dict:
     return asdict(r)
 
 
-DEFAULT_CONFIGS = [  # (BLOCK_M, BLOCK_N, num_warps, num_stages) tried by --tune
-    (128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 2), (128, 128, 8, 3), (128, 64, 4, 3),
-    (128, 32, 4, 3), (64, 64, 4, 3), (64, 128, 4, 2), (128, 64, 8, 4),
+DEFAULT_CONFIGS = [  # (BLOCK_M, BLOCK_N, num_warps, num_stages, warp_specialize) tried by --tune
+    (128, 128, 8, 3, False), (128, 128, 8, 2, False), (128, 64, 8, 3, False), (64, 64, 4, 3, False),
+    (128, 32, 4, 3, False), (128, 128, 8, 3, True), (128, 128, 8, 2, True), (128, 64, 8, 3, True),
+    (128, 128, 4, 2, True),
 ]
 
 

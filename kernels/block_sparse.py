@@ -41,6 +41,7 @@ class AttnConfig:
     block_n: int
     num_warps: int = 4
     num_stages: int = 2
+    warp_specialize: bool = False  # Triton's automatic warp specialisation of the main loop
 
 
 def _interpreting() -> bool:
@@ -52,7 +53,7 @@ def default_config(block_size: int, head_dim: int, on_gpu: bool) -> AttnConfig:
     if not on_gpu:
         return AttnConfig(block_size, block_size, 4, 1)
     if block_size == 128 and head_dim == 128:
-        return AttnConfig(128, 64, 8, 3)
+        return AttnConfig(128, 128, 8, 3)
     if block_size == 128:
         return AttnConfig(128, 64, 4, 3)
     return AttnConfig(64, 64, 4, 3)
@@ -72,15 +73,15 @@ def _attn_tile(acc, m_i, l_i, q, k_base, v_base, idx_ptr, it, offs_n, offs_d, po
                      mask=cols[None, :] < NK, other=0.0)  # [HEAD_DIM, BLOCK_N]
     else:
         kt = tl.load(k_base + cols[None, :] * stride_kn + offs_d[:, None] * stride_kd)
-    qk = tl.dot(q, kt) * qk_scale  # [BLOCK_M, BLOCK_N], log2 domain
+    qk = tl.dot(q, kt)  # [BLOCK_M, BLOCK_N] raw logits; scale folded into the exp2 argument
     if MASKED:
         qk = tl.where(cols[None, :] <= pos_m[:, None], qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that see nothing yet
     else:
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
         m_use = m_new
-    p = tl.math.exp2(qk - m_use[:, None])
+    p = tl.math.exp2(qk * qk_scale - m_use[:, None])  # one FMA + exp2 per element
     alpha = tl.math.exp2(m_i - m_use)
     l_i = l_i * alpha + tl.sum(p, 1)
     if STORE_OUT:
@@ -103,7 +104,8 @@ def _attn_fwd_kernel(Q, K, V, O, Stats, Counts, Indices, NumFull,
                      stride_cb, stride_ch, stride_ib, stride_ih, stride_ir, stride_ik,
                      H, GROUP, NQ, NK, qk_scale,
                      BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     HEAD_DIM: tl.constexpr, STORE_OUT: tl.constexpr, STORE_STATS: tl.constexpr):
+                     HEAD_DIM: tl.constexpr, STORE_OUT: tl.constexpr, STORE_STATS: tl.constexpr,
+                     WARP_SPEC: tl.constexpr):
     pid_bh = tl.program_id(0)
     pid_m = tl.num_programs(1) - 1 - tl.program_id(1)  # last query blocks (longest rows) first
     b = pid_bh // H
@@ -126,7 +128,7 @@ def _attn_fwd_kernel(Q, K, V, O, Stats, Counts, Indices, NumFull,
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    for it in range(0, n_full * SUB):
+    for it in tl.range(0, n_full * SUB, warp_specialize=WARP_SPEC):
         acc, m_i, l_i = _attn_tile(acc, m_i, l_i, q, k_base, v_base, idx_ptr, it, offs_n, offs_d,
                                    pos_m, stride_kn, stride_kd, stride_vn, stride_vd, stride_ik,
                                    NK, qk_scale, BLOCK_SIZE, BLOCK_N, False, STORE_OUT)
@@ -239,7 +241,7 @@ def _launch_attention(q, k, v, layout: BlockLayout, scale: float, return_block_m
         layout.counts.stride(0), layout.counts.stride(1), *layout.indices.stride(),
         heads, group, nq, k.shape[2], qk_scale,
         BLOCK_SIZE=layout.block_size, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=dim,
-        STORE_OUT=store_out, STORE_STATS=return_block_mass,
+        STORE_OUT=store_out, STORE_STATS=return_block_mass, WARP_SPEC=cfg.warp_specialize,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if kernel_out is not out:
         out.copy_(kernel_out)

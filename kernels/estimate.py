@@ -110,7 +110,7 @@ def _pooled_logits(qp, kp_base, c0, lim, C, qk_scale, BLOCK_C: tl.constexpr, HEA
     offs_d = tl.arange(0, HEAD_DIM)
     kpt = tl.load(kp_base + offs_c[None, :] * HEAD_DIM + offs_d[:, None],
                   mask=offs_c[None, :] < C, other=0.0)  # [HEAD_DIM, BLOCK_C]
-    logits = tl.dot(qp, kpt, input_precision="ieee") * qk_scale  # [BLOCK_R, BLOCK_C]
+    logits = tl.dot(qp, kpt, input_precision="tf32x3") * qk_scale  # [BLOCK_R, BLOCK_C]
     return tl.where(offs_c[None, :] <= lim[:, None], logits, float("-inf"))
 
 

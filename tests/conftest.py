@@ -26,3 +26,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.gpu)
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The bundled SmolLM2-135M (fp32, CPU), converted once per machine into the user cache."""
+    from sharedattn.analysis.hf.models import load_model
+
+    return load_model("smollm2-135m", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A 2-layer random-init Llama (4 query heads, 2 KV heads) with the bundled tokenizer."""
+    from sharedattn.analysis.hf.models import load_model
+
+    return load_model(random_init="llama-tiny", device="cpu")

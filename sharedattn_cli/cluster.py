@@ -1,0 +1,137 @@
+"""`sharedattn cluster [MODEL] PROMPT... -o lookup.json` (or `--records`): the offline lookup."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from sharedattn.analysis.choices import Features, JsCombine, Linkage, Metric
+
+from .common import (DEFAULT_OUT, DEFAULT_TOKENS, BlockSizeOpt, DeviceOpt, DtypeOpt, InputsArg, JsonOpt,
+                     ModelOpt, RandomInitOpt, TokensOpt, TruncateOpt, UserError, cli_command, console,
+                     err_console)
+from .similarity import GammaOpt, JsCombineOpt, MetricOpt, RecordsOpt, gather_records, similarity_config
+
+LookupOutOpt = Annotated[Path, typer.Option("--out", "-o", help="Lookup file to write (JSON).")]
+
+
+def cluster_config(features, linkage, distance_threshold, n_clusters, min_cluster_size, min_similarity):
+    from sharedattn.analysis.clustering import ClusterConfig
+
+    try:
+        return ClusterConfig(features=features, linkage=linkage, distance_threshold=distance_threshold,
+                             n_clusters=n_clusters, min_cluster_size=min_cluster_size,
+                             min_similarity=min_similarity)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def autoencoder_config(epochs: int, latent_dim: int, grid: int, seed: int):
+    from sharedattn.analysis.autoencoder import AutoencoderConfig
+
+    try:
+        return AutoencoderConfig(grid=grid, latent_dim=latent_dim, epochs=epochs, seed=seed)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _clusters_table(lookup, show: int = 25):
+    from rich.table import Table
+
+    shared = lookup.shared_clusters
+    t = Table(title=f"{len(lookup.clusters)} clusters, {len(shared)} shared "
+                    f"({sum(c.size for c in shared)} heads)")
+    for col in ("id", "size", "shared", "mean sim.", "layers", "heads"):
+        t.add_column(col)
+    for c in lookup.clusters[:show]:
+        heads = " ".join(f"L{l}H{h}" for l, h in c.heads[:8]) + (" ..." if c.size > 8 else "")
+        layers = f"{c.layers[0]}-{c.layers[-1]} ({len(c.layers)})"
+        mean = "-" if c.mean_similarity is None else f"{c.mean_similarity:.3f}"
+        t.add_row(str(c.id), str(c.size), "yes" if c.shared else "no", mean, layers, heads)
+    if len(lookup.clusters) > show:
+        t.caption = f"{len(lookup.clusters) - show} smaller clusters not shown (see the file)"
+    return t
+
+
+def _latent_codes(recs, ae_config):
+    from sharedattn.analysis.autoencoder import latent_codes
+
+    with err_console.status(f"training the autoencoder ({ae_config.epochs} epochs)..."):
+        codes, result = latent_codes(recs, ae_config)
+    err_console.print(f"[dim]autoencoder: reconstruction MSE {result.losses[0]:.4g} -> {result.losses[-1]:.4g}[/]")
+    return codes
+
+
+@cli_command
+def cluster(
+    inputs: InputsArg = None,
+    records: RecordsOpt = None,
+    out: LookupOutOpt = DEFAULT_OUT / "lookup.json",
+    metric: MetricOpt = Metric.JACCARD,
+    gamma: GammaOpt = 0.95,
+    js_combine: JsCombineOpt = JsCombine.WORST,
+    features: Annotated[Features, typer.Option(
+        "--features", help="Cluster on 1 - mean similarity, or on autoencoder latent codes (the paper's).")
+    ] = Features.SIMILARITY,
+    linkage: Annotated[Linkage, typer.Option("--linkage", help="Hierarchical linkage (ward: autoencoder only).")
+                       ] = Linkage.AVERAGE,
+    distance_threshold: Annotated[Optional[float], typer.Option(
+        "--distance-threshold", help="Cut the tree at this distance, in (0, 1] (default 0.5).")] = None,
+    n_clusters: Annotated[Optional[int], typer.Option("--n-clusters", help="Cut into this many clusters instead.")
+                          ] = None,
+    min_cluster_size: Annotated[int, typer.Option("--min-cluster-size", help="Smaller clusters are not shared.")
+                                ] = 2,
+    min_similarity: Annotated[float, typer.Option(
+        "--min-similarity", help="Clusters less alike than this on average (0-1) are not shared.")] = 0.5,
+    epochs: Annotated[int, typer.Option("--epochs", help="Autoencoder training epochs.")] = 150,
+    latent_dim: Annotated[int, typer.Option("--latent-dim", help="Autoencoder code size.")] = 16,
+    grid: Annotated[int, typer.Option("--grid", help="Maps are resampled to grid x grid (multiple of 8).")] = 32,
+    seed: Annotated[int, typer.Option("--seed", help="Autoencoder seed.")] = 0,
+    json_out: JsonOpt = False,
+    model: ModelOpt = None,
+    random_init: RandomInitOpt = None,
+    tokens: TokensOpt = DEFAULT_TOKENS,
+    truncate: TruncateOpt = False,
+    block_size: BlockSizeOpt = None,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = None,
+) -> None:
+    """Cluster heads over calibration prompts and write the lookup SharePrefill shares within.
+
+    Examples: `sharedattn cluster --records recs/*.json -o lookup.json`,
+    `sharedattn cluster stdlib-code stdlib-prose passkey --tokens 4096 --n-clusters 40`,
+    `sharedattn cluster --records recs/*.json --features autoencoder --linkage ward`.
+    """
+    from sharedattn.analysis.clustering import cluster_heads
+    from sharedattn.analysis.lookup import build_lookup, save_lookup
+    from sharedattn.analysis.similarity import mean_similarity, similarity_matrices
+
+    sim_config = similarity_config(metric, gamma, js_combine)
+    config = cluster_config(features, linkage, distance_threshold, n_clusters, min_cluster_size, min_similarity)
+    ae_config = autoencoder_config(epochs, latent_dim, grid, seed) if features is Features.AUTOENCODER else None
+    recs = gather_records(inputs, records, model, random_init, tokens, truncate, block_size, dtype, device)
+    fp = recs[0].meta.model
+    with err_console.status(f"{metric.value} similarity over {len(recs)} prompt(s)..."):
+        sim = mean_similarity(similarity_matrices(recs, sim_config))
+    codes = _latent_codes(recs, ae_config) if ae_config is not None else None
+    clustering = cluster_heads(sim, fp.num_heads, config, codes=codes)
+    options = {**sim_config.to_json(), **config.to_json()}
+    if ae_config is not None:
+        options["autoencoder"] = ae_config.to_json()
+    lookup = build_lookup(recs, clustering, gamma=gamma, metric=metric.value, options=options)
+    try:
+        path = save_lookup(lookup, out)
+    except OSError as exc:
+        raise UserError(f"cannot write {str(out)!r} ({exc.strerror})") from None
+    if json_out:
+        import json
+
+        typer.echo(json.dumps({"lookup": str(path), **lookup.to_json()}))
+        return
+    console.print(_clusters_table(lookup))
+    console.print(f"lookup: {path}", soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("cluster")(cluster)

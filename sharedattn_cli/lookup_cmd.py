@@ -1,0 +1,121 @@
+"""`sharedattn lookup show FILE` and `sharedattn lookup validate FILE --model M`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .common import JsonOpt, ModelOpt, RandomInitOpt, UserError, cli_command, console
+
+lookup_app = typer.Typer(no_args_is_help=True, help="Show and validate lookup files (from `sharedattn cluster`).")
+
+LookupArg = Annotated[Path, typer.Argument(help="Lookup file (JSON) written by `sharedattn cluster`.",
+                                           show_default=False)]
+
+
+def model_fingerprint(model: Optional[str], random_init: Optional[str]):
+    """The fingerprint of a model from its configuration alone (no weights are loaded)."""
+    from sharedattn.analysis.fingerprint import ModelFingerprint
+    from sharedattn.analysis.hf import models as hf_models
+
+    if random_init:
+        name, shape = hf_models.parse_random_shape(random_init)
+        return ModelFingerprint(f"random:{name}", shape.num_layers, shape.num_heads, shape.num_kv_heads,
+                                shape.hidden_size // shape.num_heads, shape.max_positions)
+    from transformers import AutoConfig
+
+    from .common import quiet_transformers
+
+    quiet_transformers()
+    spec = model or hf_models.BUNDLED_MODEL
+    if spec == hf_models.BUNDLED_MODEL:
+        return hf_models.fingerprint_of(AutoConfig.from_pretrained(hf_models.bundled_model_dir()), spec)
+    path = Path(spec)
+    try:
+        if path.exists():
+            if not (path / "config.json").is_file():
+                raise UserError(f"model {spec!r}: not a Hugging Face model folder (no config.json)")
+            return hf_models.fingerprint_of(AutoConfig.from_pretrained(path), path.resolve().name)
+        return hf_models.fingerprint_of(AutoConfig.from_pretrained(spec, local_files_only=True), spec)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"model {spec!r}: its configuration cannot be read ({str(exc).splitlines()[0]})") from None
+
+
+def _describe(lookup, path: Path) -> None:
+    from rich.table import Table
+
+    from .cluster import _clusters_table
+
+    m, cal = lookup.model, lookup.calibration
+    info = Table(show_header=False, title=str(path))
+    info.add_column("field")
+    info.add_column("value")
+    info.add_row("model", f"{m.model_id}: {m.num_layers} layers x {m.num_heads} heads "
+                          f"({m.num_kv_heads} KV), head dim {m.head_dim}")
+    info.add_row("calibration", f"{len(cal.prompts)} prompts, block {cal.block_size}, gamma {cal.gamma:g}, "
+                                f"metric {cal.metric}")
+    for p in cal.prompts:
+        info.add_row("  prompt", f"{p.name} ({p.num_tokens} tokens, sha256 {p.sha256[:12]})")
+    options = ", ".join(f"{k}={v}" for k, v in cal.options.items() if not isinstance(v, dict))
+    info.add_row("options", options or "-")
+    console.print(info)
+    console.print(_clusters_table(lookup))
+
+
+@cli_command
+def show(path: LookupArg, json_out: JsonOpt = False) -> None:
+    """Print a lookup: model, calibration provenance and clusters.
+
+    Example: `sharedattn lookup show sharedattn-out/lookup.json`.
+    """
+    from sharedattn.analysis.lookup import load_lookup
+
+    lookup = load_lookup(path)
+    if json_out:
+        import json
+
+        typer.echo(json.dumps(lookup.to_json()))
+        return
+    _describe(lookup, path)
+
+
+@cli_command
+def validate(
+    path: LookupArg,
+    model: ModelOpt = None,
+    random_init: RandomInitOpt = None,
+    record: Annotated[Optional[Path], typer.Option(
+        "--record", help="Check against the model of this attention record instead of a model.")] = None,
+    ignore_id: Annotated[bool, typer.Option(
+        "--ignore-id", help="Compare only the shape, not the model id.")] = False,
+) -> None:
+    """Check a lookup file and that it fits a model (exit 2 naming the field if not).
+
+    Examples: `sharedattn lookup validate lookup.json` (the bundled model),
+    `sharedattn lookup validate lookup.json --model ./my-model`,
+    `sharedattn lookup validate lookup.json --record recs/stdlib-code-4096.json`.
+    """
+    from sharedattn.analysis.lookup import check_lookup_model, load_lookup
+
+    lookup = load_lookup(path)
+    if record is not None:
+        if model or random_init:
+            raise UserError("give either --record or a model, not both")
+        from sharedattn.analysis.records import load_record
+
+        fingerprint = load_record(record).meta.model
+    else:
+        fingerprint = model_fingerprint(model, random_init)
+    check_lookup_model(lookup, fingerprint, check_id=not ignore_id)
+    shared = lookup.shared_clusters
+    console.print(f"{path}: valid lookup for {fingerprint.model_id} ({len(lookup.clusters)} clusters, "
+                  f"{len(shared)} shared, {sum(c.size for c in shared)} heads shared)", soft_wrap=True)
+
+
+lookup_app.command("show")(show)
+lookup_app.command("validate")(validate)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(lookup_app, name="lookup")
