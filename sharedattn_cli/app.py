@@ -32,6 +32,9 @@ def _register_all() -> None:
         if hasattr(module, "register"):
             module.register(app)
         elif hasattr(module, "bench_app"):
+            from .bench_capture import register_into
+
+            register_into(module.bench_app)
             app.add_typer(module.bench_app, name="bench")
 
 
