@@ -27,17 +27,6 @@ def clean_mass(x: torch.Tensor) -> torch.Tensor:
     return x.clamp_min(0.0)
 
 
-def coverage_counts(block_mass: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Per row, how many key blocks the coverage mask keeps: ``[..., nqb]`` int64."""
-    check_gamma(gamma)
-    mass = clean_mass(block_mass)
-    ordered, _ = torch.sort(mass, dim=-1, descending=True)
-    before = torch.cumsum(ordered, dim=-1) - ordered  # mass of the blocks ranked above each one
-    target = gamma * mass.sum(dim=-1, keepdim=True)
-    needed = (before < target) & (ordered > 0)
-    return needed.sum(dim=-1)
-
-
 def coverage_mask(block_mass: torch.Tensor, gamma: float) -> torch.Tensor:
     """Bool mask ``[..., nqb, nkb]``: per row, the fewest blocks whose mass reaches ``gamma``.
 

@@ -2,8 +2,9 @@
 
 Rule (``select_backend``): an explicit override wins (``set_backend`` / ``use_backend``, or the
 environment variable ``SHAREDATTN_KERNEL_BACKEND=triton|reference`` read at call time); otherwise
-CUDA tensors use Triton, and CPU tensors use Triton only under ``TRITON_INTERPRET=1`` (slow, exact
-enough for tests) and the reference twin otherwise. Triton modules are imported lazily, so
+CUDA tensors use Triton and CPU tensors the reference twin. Interpreted Triton on CPU
+(``TRITON_INTERPRET=1``) is for kernel tests, which ask for it explicitly (``use_backend``); the
+analysis code on CPU always gets the fast torch twin, even inside a test session that interprets. Triton modules are imported lazily, so
 importing this module never imports triton.
 
 Every dispatching function returns the same shapes and dtypes on both backends: attention output
@@ -57,7 +58,7 @@ def select_backend(t: torch.Tensor) -> Backend:
     env = os.environ.get(ENV_VAR)
     if env:
         return Backend(env)
-    if t.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1":
+    if t.is_cuda:
         return Backend.TRITON
     return Backend.REFERENCE
 
@@ -85,15 +86,19 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_siz
     return sparse_attention(q, k, v, layout, scale=scale, return_block_mass=return_block_mass)
 
 
-def block_mass(q: torch.Tensor, k: torch.Tensor, block_size: int, scale: float | None = None) -> torch.Tensor:
-    """Exact dense causal block-mass map ``[B, H, nqb, nkb]`` fp32 (rows sum to 1)."""
+def block_mass(q: torch.Tensor, k: torch.Tensor, block_size: int, scale: float | None = None,
+               chunk_size: int = 1024) -> torch.Tensor:
+    """Exact dense causal block-mass map ``[B, H, nqb, nkb]`` fp32 (rows sum to 1).
+
+    ``chunk_size`` bounds the reference twin's extra memory (query rows at once); Triton
+    streams over keys and needs no chunking."""
     if select_backend(q) is Backend.TRITON:
         from .block_sparse import block_mass_map
 
         layout = BlockLayout.dense_causal(q.shape[0], q.shape[1], q.shape[2], k.shape[2],
                                           block_size, q.device)
         return block_mass_map(q, k, layout, scale=scale)
-    return ref.block_mass_ref(q, k, block_size, scale)
+    return ref.block_mass_ref(q, k, block_size, scale, chunk_size)
 
 
 def last_block_profiles(q: torch.Tensor, k: torch.Tensor, block_size: int,

@@ -96,6 +96,22 @@ def random_mask(shape: BenchShape, n: int, density: float, gen: torch.Generator,
     return ((rnd < p) | forced) & causal
 
 
+def random_shared_mask(shape: BenchShape, n: int, density: float, gen: torch.Generator,
+                       device: torch.device) -> torch.Tensor:
+    """Like ``random_mask`` but one mask for every head: K/V blocks are re-read by the heads of a
+    KV group while they are still in L2 (isolates the memory-traffic cost of per-head masks)."""
+    one = random_mask(BenchShape(shape.heads, shape.kv_heads, shape.head_dim, shape.block_size, 1),
+                      n, density, gen, device)[:, :1]
+    return one.expand(shape.batch, shape.heads, -1, -1).contiguous()
+
+
+def copy_bandwidth_gbs(device: torch.device, nbytes: int = 4 << 30) -> float:
+    """Device-to-device copy rate, GB/s counting bytes read plus bytes written."""
+    a = torch.empty(nbytes // 2, dtype=torch.int16, device=device).random_()
+    b = torch.empty_like(a)
+    return 2 * nbytes / time_ms(lambda: b.copy_(a)) / 1e6
+
+
 def vertical_slash_mask(shape: BenchShape, n: int, density: float, gen: torch.Generator,
                         device: torch.device) -> torch.Tensor:
     """Skewed vertical-slash block mask: per head, heavy-tailed column and diagonal scores; each
@@ -250,7 +266,8 @@ def run_length(shape: BenchShape, n: int, densities, patterns, device, config, p
     log(f"n={n}: cudnn {dense['cudnn']:.2f} ms, flash {dense['flash']:.2f} ms")
     out = torch.empty_like(q)
     gen = torch.Generator(device=device).manual_seed(n)
-    makers = {"random": random_mask, "vertical_slash": vertical_slash_mask}
+    makers = {"random": random_mask, "vertical_slash": vertical_slash_mask,
+              "random_shared": random_shared_mask}
     cases = []
     for pattern in patterns:
         for d in densities:

@@ -225,11 +225,14 @@ def _launch_attention(q, k, v, layout: BlockLayout, scale: float, return_block_m
     cfg = config or default_config(layout.block_size, dim, q.is_cuda)
     if layout.block_size % cfg.block_m or layout.block_size % cfg.block_n:
         raise ValueError(f"tiles {cfg} must divide the block size {layout.block_size}")
-    if out is None:
+    if not store_out:  # statistics only: O is never written, q stands in for its pointer
+        out = kernel_out = q
+    elif out is None:
         out = torch.empty(q.shape, dtype=orig_dtype, device=q.device)
     elif out.shape != q.shape or out.dtype != orig_dtype:
         raise ValueError(f"out must be {tuple(q.shape)} {orig_dtype}")
-    kernel_out = out if out.dtype == q.dtype else torch.empty_like(q)
+    if store_out:
+        kernel_out = out if out.dtype == q.dtype else torch.empty_like(q)
     stats = torch.empty((bsz, heads, 2, nq), dtype=torch.float32, device=q.device)
     grid = (bsz * heads, triton.cdiv(nq, cfg.block_m))
     group = heads // k.shape[1]

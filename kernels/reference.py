@@ -116,12 +116,15 @@ def block_mass_ref(q, k, block_size, scale=None, chunk_size=1024) -> torch.Tenso
     s = _scale(q, scale)
     keys = torch.arange(nk, device=q.device)
     rows = []
+    nkb = num_blocks(nk, block_size)
     for start in range(0, nq, chunk):
         qc = q[:, :, start:start + chunk].float()  # [B, H, c, D]
-        logits = torch.matmul(qc, kx) * s  # [B, H, c, Nk]
+        visible = start + qc.shape[2] + (nk - nq)  # keys past this are in every row's future
+        logits = torch.matmul(qc, kx[..., :visible]) * s  # [B, H, c, visible]
         pos = torch.arange(start, start + qc.shape[2], device=q.device) + (nk - nq)
-        logits.masked_fill_(keys[None, :] > pos[:, None], float("-inf"))
-        rows.append(block_mass_from_probs(torch.softmax(logits, dim=-1), block_size))
+        logits.masked_fill_(keys[None, :visible] > pos[:, None], float("-inf"))
+        mass = block_mass_from_probs(torch.softmax(logits, dim=-1), block_size)
+        rows.append(torch.nn.functional.pad(mass, (0, nkb - mass.shape[-1])))
     return torch.cat(rows, dim=2)
 
 

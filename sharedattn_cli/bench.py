@@ -27,7 +27,7 @@ def _csv(text: str, kind):
 def kernel(
     lengths: Annotated[str, typer.Option(help="Comma-separated sequence lengths.")] = "8192,32768,65536,131072",
     densities: Annotated[str, typer.Option(help="Comma-separated block densities.")] = "1.0,0.5,0.3,0.1,0.05",
-    patterns: Annotated[str, typer.Option(help="random and/or vertical_slash.")] = "random,vertical_slash",
+    patterns: Annotated[str, typer.Option(help="random, vertical_slash and/or random_shared (one mask for all heads).")] = "random,vertical_slash",
     out: Annotated[Optional[Path], typer.Option(help="Write the JSON results here.")] = None,
     tune: Annotated[bool, typer.Option(help="Sweep launch configs first and use the best.")] = False,
     tune_length: Annotated[int, typer.Option(help="Length for the config sweep.")] = 32768,
@@ -55,7 +55,9 @@ def kernel(
     typer.echo(f"command: {report['command']}\ngpu: {report['gpu']} (torch {torch.__version__}, "
                f"triton {triton.__version__})")
     report["matmul_tflops"] = peak = kb.matmul_tflops(device)
-    typer.echo(f"measured bf16 matmul: {peak:.0f} TFLOP/s (the compute ceiling for the floor)")
+    report["copy_gbs"] = kb.copy_bandwidth_gbs(device)
+    typer.echo(f"measured bf16 matmul: {peak:.0f} TFLOP/s (the compute ceiling for the floor); "
+               f"copy {report['copy_gbs']:.0f} GB/s (read + write)")
     config = default_config(shape.block_size, shape.head_dim, on_gpu=True)
     if tune:
         report["tuning"] = rows = kb.tune_configs(shape, tune_length, device, log=typer.echo)

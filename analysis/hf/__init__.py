@@ -1,1 +1,5 @@
 """The transformers integration: the only part of sharedattn.analysis that imports transformers."""
+
+from .sparse_attention import register_methods
+
+register_methods()

@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from ...kernels.reference import block_mass_ref, last_block_profiles_ref
+from ... import kernels
 from ..prompts import Prompt
 from ..records import AttentionRecord, PromptInfo, RecordMeta
 from .models import LoadedModel
@@ -53,8 +53,8 @@ class _CaptureState:
     def observe(self, layer: int, query: torch.Tensor, key: torch.Tensor, scaling: float | None) -> None:
         if query.shape[0] != 1:
             raise ValueError("capture runs one prompt at a time (batch size 1)")
-        bm = block_mass_ref(query, key, self.block_size, scaling, self.chunk_size)
-        vertical, slash = last_block_profiles_ref(query, key, self.block_size, scaling)
+        bm = kernels.block_mass(query, key, self.block_size, scaling, self.chunk_size)
+        vertical, slash = kernels.last_block_profiles(query, key, self.block_size, scaling)
         self.block_mass[layer] = bm[0].float().cpu()
         self.vertical[layer] = vertical[0].float().cpu()
         self.slash[layer] = slash[0].float().cpu()

@@ -9,7 +9,8 @@ Modules, from the bottom up:
 * ``heatmaps``: block-mass heatmaps of one head or a layer's grid of heads, with bool mask overlays.
 * ``similarity_plots``: head-by-head similarity matrix, clustermap, cross-input scatter.
 * ``summary``: the per-model summary figure (density at gamma per layer, shared heads per layer).
-* ``report``: one self-contained HTML page with every figure embedded.
+* ``report``: HTML primitives of a self-contained page (figures embedded as base64 PNG).
+* ``report_content``: the model report's sections: findings, tables and figures from records.
 
 Nothing here is imported by ``sharedattn.analysis`` itself, and matplotlib/seaborn are only
 imported inside functions, so importing the package stays cheap.

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import Enum
 
 import numpy as np
 import torch
@@ -18,16 +17,12 @@ import torch
 from ..coverage import coverage_mask, density
 from ..records import AttentionRecord
 from . import render
+from .choices import MaskKind  # noqa: F401 - re-exported
 from .downsample import any_pool, as_array, format_tokens, log_range, outline_segments, pool_factor, \
     row_pool, sparse_ticks
 
 SINGLE_MAX_CELLS = 256  # a single head shows at most 256 x 256 cells
 GRID_MAX_CELLS = 96  # each panel of a grid at most 96 x 96
-
-
-class MaskKind(str, Enum):
-    COVERAGE = "coverage"  # the head's own coverage mask at gamma
-    SHARED = "shared"  # the pivotal pattern of the head's shared cluster
 
 
 @dataclass(frozen=True)
@@ -148,8 +143,7 @@ def draw_block_mass(ax, block_mass, *, block_size: int, norm, max_cells: int,
     shown = row_pool(bm, factor)
     cell = factor * block_size  # tokens per displayed cell
     extent = (0, shown.shape[1] * cell, shown.shape[0] * cell, 0)
-    cmap = plt.get_cmap(render.HEATMAP_CMAP).copy()
-    cmap.set_bad(render.NONCAUSAL_COLOR)
+    cmap = plt.get_cmap(render.HEATMAP_CMAP).with_extremes(bad=render.NONCAUSAL_COLOR)
     # causal cells with no mass show the lowest colour; only cells above the diagonal are blank
     shown = np.ma.masked_array(np.maximum(shown, norm.vmin), mask=~causal_cells(nqb, nkb, factor))
     image = ax.imshow(shown, cmap=cmap, norm=norm, extent=extent, interpolation="nearest", aspect="equal")

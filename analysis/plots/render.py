@@ -75,13 +75,18 @@ def _umask() -> int:
     return mask
 
 
+def publish(tmp: Path) -> None:
+    """Give a finished temporary file the usual permissions (mkstemp makes it private)."""
+    os.chmod(tmp, 0o666 & ~_umask())
+
+
 def save_figure(fig, path: Path, *, close_after: bool = True) -> Path:
     """Write ``fig`` to ``path`` atomically (format from the suffix); nothing is left on failure."""
     fmt = check_output_path(path)
     meta = {"Software": None} if fmt is OutputFormat.PNG else None
     def write(tmp: Path) -> None:
-        fig.savefig(tmp, format=fmt.value, dpi=DPI, metadata=meta)
-        os.chmod(tmp, 0o666 & ~_umask())  # the temporary file is private; the figure is not
+        fig.savefig(tmp, format=fmt.value, dpi=DPI, metadata=meta, bbox_inches="tight", pad_inches=0.08)
+        publish(tmp)
 
     try:
         write_with(Path(path), write)
@@ -95,7 +100,7 @@ def png_bytes(fig, *, dpi: int = DPI, close_after: bool = True) -> bytes:
     """Render ``fig`` to PNG bytes (for embedding in an HTML report)."""
     buf = io.BytesIO()
     try:
-        fig.savefig(buf, format="png", dpi=dpi)
+        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", pad_inches=0.08)
     finally:
         if close_after:
             close(fig)

@@ -33,7 +33,7 @@ def similarity_figure(sim, num_layers: int, num_heads: int, *, title: str, metri
     plt = render.pyplot()
     m = check_matrix(sim, num_layers, num_heads)
     p = m.shape[0]
-    fig, ax = plt.subplots(figsize=(7.4, 6.6), layout="constrained")
+    fig, ax = plt.subplots(figsize=(6.6, 5.9), layout="constrained")
     image = ax.imshow(m, cmap=render.SIMILARITY_CMAP, vmin=0.0, vmax=1.0, interpolation="nearest")
     if num_layers > 1:
         edges = np.arange(1, num_layers) * num_heads - 0.5
@@ -90,18 +90,22 @@ def clustermap_figure(sim, num_layers: int, num_heads: int, *, title: str, metri
     colours = layer_colours(num_layers, num_heads)
     labels = head_labels(num_layers, num_heads)
     every = max(1, -(-p // 60))  # at most ~60 tick labels
-    grid = sns.clustermap(m, row_linkage=tree, col_linkage=tree, row_colors=colours, col_colors=colours,
+    import pandas as pd
+
+    frame = pd.DataFrame(m, index=labels, columns=labels)
+    grid = sns.clustermap(frame, row_linkage=tree, col_linkage=tree, row_colors=colours, col_colors=colours,
                           cmap=render.SIMILARITY_CMAP, vmin=0.0, vmax=1.0, figsize=(9.0, 9.0),
-                          xticklabels=[lab if i % every == 0 else "" for i, lab in enumerate(labels)],
-                          yticklabels=[lab if i % every == 0 else "" for i, lab in enumerate(labels)],
-                          dendrogram_ratio=0.14, colors_ratio=0.025, rasterized=True,
-                          cbar_kws={"label": f"similarity ({metric})"})
+                          xticklabels=every, yticklabels=every, dendrogram_ratio=0.14,
+                          colors_ratio=0.025, rasterized=True, cbar_pos=(0.02, 0.95, 0.11, 0.012),
+                          cbar_kws={"orientation": "horizontal"})
+    grid.ax_cbar.set_title(f"similarity ({metric})", fontsize=7)
+    grid.ax_cbar.tick_params(labelsize=6)
     grid.ax_heatmap.tick_params(labelsize=5 if p > 100 else 7, length=1)
     grid.ax_heatmap.set_xlabel("")
     grid.ax_heatmap.set_ylabel("")
     _layer_legend(grid.figure, num_layers)
     grid.figure.suptitle(title + f"\n{method} linkage on 1 - similarity; colour strip = layer",
-                         fontsize=8.5, y=1.0)
+                         fontsize=8.5, y=1.04)
     return grid.figure
 
 
@@ -111,10 +115,10 @@ def _layer_legend(fig, num_layers: int) -> None:
     from matplotlib.colors import Normalize
 
     plt = render.pyplot()
-    cax = fig.add_axes((0.02, 0.80, 0.12, 0.012))
+    cax = fig.add_axes((0.02, 0.895, 0.11, 0.012))
     mappable = ScalarMappable(norm=Normalize(0, max(num_layers - 1, 1)), cmap=plt.get_cmap(render.LAYER_CMAP))
     bar = fig.colorbar(mappable, cax=cax, orientation="horizontal")
-    bar.set_label("layer", fontsize=7)
+    bar.ax.set_title("layer", fontsize=7)
     bar.ax.tick_params(labelsize=6)
 
 
@@ -145,7 +149,7 @@ def across_figure(sim_a, sim_b, num_layers: int, num_heads: int, *, label_a: str
     b = check_matrix(sim_b, num_layers, num_heads)
     x, y, same = upper_pairs(a, b, num_heads)
     r, rho = pair_correlations(x, y)
-    fig, ax = plt.subplots(figsize=(6.4, 6.0), layout="constrained")
+    fig, ax = plt.subplots(figsize=(5.6, 5.3), layout="constrained")
     if x.size > SCATTER_MAX_POINTS:
         hb = ax.hexbin(x, y, gridsize=70, bins="log", cmap="Greys", extent=(0, 1, 0, 1), mincnt=1)
         fig.colorbar(hb, ax=ax, shrink=0.7).set_label("pairs per cell (log)", fontsize=8)

@@ -12,10 +12,12 @@ from ._helpers import make_qkv, random_layout
 
 def test_override_and_default():
     x = torch.zeros(1)
-    assert select_backend(x) is Backend.TRITON  # the test session runs with TRITON_INTERPRET=1
-    with use_backend("reference"):
-        assert select_backend(x) is Backend.REFERENCE
-    assert select_backend(x) is Backend.TRITON
+    assert select_backend(x) is Backend.REFERENCE  # CPU tensors: the torch twin unless asked
+    with use_backend("triton"):
+        assert select_backend(x) is Backend.TRITON
+        with use_backend("reference"):
+            assert select_backend(x) is Backend.REFERENCE
+    assert select_backend(x) is Backend.REFERENCE
 
 
 def test_backends_agree():

@@ -1,0 +1,173 @@
+"""The sparse methods as transformers attention functions.
+
+Importing ``sharedattn.analysis.hf`` registers one attention function per method under its name
+(``dense``, ``a-shape``, ``vertical-slash``, ``flexprefill``, ``shareprefill``), each with the
+``sdpa_mask`` builder, so ``model.set_attn_implementation("shareprefill")`` works. Settings (config,
+lookup) and the per-head trace live in a ``PrefillSession``; without an active session a method
+runs with its paper defaults and no lookup. Decoding (one query) always uses dense SDPA.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ...kernels.reference import causal_token_mask
+from ..method_config import MethodConfig, MethodName, make_config
+from ..sharing import SharingState, cluster_table
+from ..sparse_prefill import LayerTrace, SparsePrefill
+
+
+@dataclass
+class PrefillSession:
+    """Settings and results of sparse prefill on one model (one or more forward passes)."""
+
+    method: MethodName
+    config: MethodConfig
+    num_layers: int
+    num_heads: int
+    lookup: object = None  # analysis.lookup.Lookup or None
+    compare_dense: bool = False  # also run dense on the same inputs and record each layer's error
+    traces: dict = field(default_factory=dict)  # layer -> LayerTrace (last prefill chunk)
+    layer_errors: dict = field(default_factory=dict)  # layer -> relative error vs dense
+    attention_seconds: float = 0.0
+    _runners: dict = field(default_factory=dict)  # batch element (or None) -> SparsePrefill
+    _events: list = field(default_factory=list)
+
+    def runner(self, key=None) -> SparsePrefill:
+        if key not in self._runners:
+            sharing = None
+            if self.method is MethodName.SHAREPREFILL:
+                sharing = SharingState(cluster_table(self.lookup, self.num_layers, self.num_heads))
+            self._runners[key] = SparsePrefill(self.method, self.config, sharing)
+        return self._runners[key]
+
+    def finish_timing(self) -> None:
+        """Fold pending CUDA event pairs into ``attention_seconds`` (one sync)."""
+        if self._events:
+            torch.cuda.synchronize()
+            self.attention_seconds += sum(a.elapsed_time(b) for a, b in self._events) / 1000
+            self._events.clear()
+
+
+_SESSION: contextvars.ContextVar[PrefillSession | None] = contextvars.ContextVar("prefill_session", default=None)
+_DEFAULT_SESSIONS: dict = {}
+
+
+@contextlib.contextmanager
+def prefill_session(session: PrefillSession):
+    token = _SESSION.set(session)
+    try:
+        yield session
+    finally:
+        session.finish_timing()
+        _SESSION.reset(token)
+
+
+def _session_for(method: MethodName, module) -> PrefillSession:
+    active = _SESSION.get()
+    if active is not None:
+        return active
+    cfg = module.config
+    key = (method, id(cfg))
+    if key not in _DEFAULT_SESSIONS:
+        _DEFAULT_SESSIONS[key] = PrefillSession(method, make_config(method), cfg.num_hidden_layers,
+                                                cfg.num_attention_heads)
+    return _DEFAULT_SESSIONS[key]
+
+
+def _key_spans(mask: torch.Tensor, nq: int, nk: int):
+    """From a bool mask ``[B, 1, Nq, Nk]``: None if it is plain causal; else per batch element the
+    contiguous valid key span ``(start, end)``, or False if some element is not one span."""
+    if mask.dtype != torch.bool:
+        mask = mask == 0  # additive float mask: 0 where attended
+    causal = causal_token_mask(nq, nk, mask.device)
+    if bool((mask[:, 0] == causal).all()):
+        return None
+    valid = mask[:, 0].any(dim=1)  # [B, Nk]: keys some query sees
+    spans = []
+    for row in valid.tolist():
+        idx = [i for i, ok in enumerate(row) if ok]
+        if not idx or idx[-1] - idx[0] + 1 != len(idx):
+            return False
+        spans.append((idx[0], idx[-1] + 1))
+    return spans
+
+
+def _attend_padded(session, layer, q, k, v, scale, spans):
+    """Batch with padding: each element runs on its own valid span; padded query rows get zeros."""
+    out = torch.zeros_like(q)
+    traces = []
+    offset = k.shape[2] - q.shape[2]
+    for b, (start, end) in enumerate(spans):
+        q_lo, q_hi = max(start - offset, 0), end - offset
+        o, t = session.runner(b).attend(layer, q[b:b + 1, :, q_lo:q_hi], k[b:b + 1, :, start:end],
+                                        v[b:b + 1, :, start:end], scale)
+        out[b:b + 1, :, q_lo:q_hi] = o
+        traces.append(t)
+    merged = LayerTrace(layer, *(torch.cat([getattr(t, f) for t in traces]) for f in
+                                 ("decision", "density", "coverage", "source")))
+    return out, merged
+
+
+def _dense_reference(q, k, v, attention_mask, scale):
+    mask = attention_mask if attention_mask is not None else causal_token_mask(q.shape[2], k.shape[2], q.device)
+    return torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+
+
+def _timed(session: PrefillSession, fn):
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        result = fn()
+        end.record()
+        session._events.append((start, end))
+        return result
+    t0 = time.perf_counter()
+    result = fn()
+    session.attention_seconds += time.perf_counter() - t0
+    return result
+
+
+def make_attention_function(method: MethodName):
+    def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        if query.shape[2] == 1:  # decoding after prefill: ordinary dense attention
+            return sdpa_attention_forward(module, query, key, value, attention_mask,
+                                          scaling=scaling, dropout=dropout, **kwargs)
+        session = _session_for(method, module)
+        layer = module.layer_idx
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        spans = None if attention_mask is None else _key_spans(attention_mask, query.shape[2], key.shape[2])
+        if spans is False:  # not one contiguous span per element: dense with the mask
+            return sdpa_attention_forward(module, query, key, value, attention_mask,
+                                          scaling=scaling, dropout=dropout, **kwargs)
+        if spans is None:
+            out, trace = _timed(session, lambda: session.runner().attend(layer, query, key, value, scale))
+        else:
+            out, trace = _timed(session, lambda: _attend_padded(session, layer, query, key, value, scale, spans))
+        session.traces[layer] = trace
+        if session.compare_dense:
+            ref = _dense_reference(query, key, value, attention_mask, scale)
+            err = (out.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-12)
+            session.layer_errors[layer] = err
+        return out.transpose(1, 2).contiguous(), None
+
+    attention.__name__ = f"sharedattn_{method.value.replace('-', '_')}"
+    return attention
+
+
+def register_methods() -> list[str]:
+    """Register every method with transformers (idempotent); returns the names."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    for method in MethodName:
+        AttentionInterface.register(method.value, make_attention_function(method))
+        AttentionMaskInterface.register(method.value, sdpa_mask)
+    return [m.value for m in MethodName]

@@ -1,0 +1,126 @@
+"""Sparse prefill methods: their names, their frozen parameter sets (paper defaults), decisions."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from enum import Enum, IntEnum
+
+
+class MethodName(str, Enum):
+    DENSE = "dense"
+    A_SHAPE = "a-shape"
+    VERTICAL_SLASH = "vertical-slash"
+    FLEXPREFILL = "flexprefill"
+    SHAREPREFILL = "shareprefill"
+
+
+class Decision(IntEnum):
+    """What a head did in one forward pass (stored as int8 in traces)."""
+
+    DENSE = 0  # dense attention (dense method, or a prompt below the crossover length)
+    PIVOTAL = 1  # SharePrefill pivotal head: dense, and its exact pattern is kept for sharing
+    SHARED = 2  # used its cluster's pivotal pattern (plus the minimum vertical-slash budget)
+    QUERY_AWARE = 3  # pooled block estimate plus the minimum vertical-slash budget
+    VERTICAL_SLASH = 4  # its own vertical-slash pattern
+    A_SHAPE = 5  # sink + local window
+
+    @property
+    def label(self) -> str:
+        return self.name.lower().replace("_", "-")
+
+
+def _check_fraction(name: str, value: float, low_open: bool = True) -> None:
+    ok = (0.0 < value <= 1.0) if low_open else (0.0 <= value <= 1.0)
+    if not ok:
+        raise ValueError(f"{name} must be in {'(0, 1]' if low_open else '[0, 1]'}, got {value}")
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Parameters every method shares."""
+
+    block_size: int = 128  # tokens per block, queries and keys alike
+    dense_below: int = 4096  # prompts (keys) shorter than this run dense: sparsity cannot pay there
+
+    def __post_init__(self):
+        if self.block_size not in (16, 32, 64, 128, 256):
+            raise ValueError(f"block_size must be one of 16, 32, 64, 128, 256, got {self.block_size}")
+        if self.dense_below < 0:
+            raise ValueError(f"dense_below must be >= 0, got {self.dense_below}")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+@dataclass(frozen=True)
+class DenseConfig(MethodConfig):
+    pass
+
+
+@dataclass(frozen=True)
+class AShapeConfig(MethodConfig):
+    sink_tokens: int = 128  # attention sink at the start of the sequence
+    local_tokens: int = 1024  # local window before (and including) the diagonal
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.sink_tokens < 0 or self.local_tokens < 0:
+            raise ValueError("sink_tokens and local_tokens must be >= 0")
+
+
+@dataclass(frozen=True)
+class VerticalSlashConfig(MethodConfig):
+    gamma: float = 0.95  # budgets: fewest pooled entries whose mass reaches gamma
+    min_budget: int = 1024  # tokens; each budget is at least this
+    vertical_tokens: int | None = None  # fixed vertical budget (tokens) instead of gamma
+    slash_tokens: int | None = None  # fixed slash budget (tokens) instead of gamma
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_fraction("gamma", self.gamma)
+        if self.min_budget < 0:
+            raise ValueError(f"min_budget must be >= 0, got {self.min_budget}")
+        for name in ("vertical_tokens", "slash_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be positive, got {value}")
+
+
+@dataclass(frozen=True)
+class FlexPrefillConfig(VerticalSlashConfig):
+    tau_qa: float = 0.1  # sqrt-JS distance below which a head counts as query-aware
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_fraction("tau_qa", self.tau_qa, low_open=False)
+
+
+@dataclass(frozen=True)
+class SharePrefillConfig(FlexPrefillConfig):
+    tau_s: float = 0.5  # sqrt-JS distance (vertical and slash) under which a head shares
+    tau_fb: float = 0.95  # pivotal's own vertical-slash covers this much: no sharing needed
+    share_across_layer_only: bool = True  # a pivotal created in this layer is not shared in it
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_fraction("tau_s", self.tau_s, low_open=False)
+        _check_fraction("tau_fb", self.tau_fb)
+
+
+CONFIG_TYPES: dict[MethodName, type[MethodConfig]] = {
+    MethodName.DENSE: DenseConfig,
+    MethodName.A_SHAPE: AShapeConfig,
+    MethodName.VERTICAL_SLASH: VerticalSlashConfig,
+    MethodName.FLEXPREFILL: FlexPrefillConfig,
+    MethodName.SHAREPREFILL: SharePrefillConfig,
+}
+
+
+def make_config(method: MethodName | str, **overrides) -> MethodConfig:
+    """The method's config with the given fields changed (unknown or None values are ignored)."""
+    cls = CONFIG_TYPES[MethodName(method)]
+    known = set(cls.field_names())
+    return cls(**{k: v for k, v in overrides.items() if k in known and v is not None})

@@ -1,0 +1,125 @@
+"""Batched block-pattern construction for the sparse methods (pure torch, any device).
+
+Every function works on all heads of a layer at once (leading dims ``[B, H]``); nothing here
+loops over heads or moves data to the host. Block conventions are those of
+``kernels/reference.py``: blocks counted from the start of each tensor, queries end-aligned.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..kernels.reference import causal_block_mask, num_blocks, pool_cols_sum
+
+
+def query_block_positions(nq: int, nk: int, block_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Absolute key-block index of the first and last query of each query block: ``[nqb]`` x 2."""
+    nqb = num_blocks(nq, block_size)
+    first = torch.arange(nqb, device=device) * block_size
+    last = torch.clamp(first + block_size, max=nq) - 1
+    offset = nk - nq
+    return (first + offset) // block_size, (last + offset) // block_size
+
+
+def diagonal_block_mask(nq: int, nk: int, block_size: int, device) -> torch.Tensor:
+    """Bool ``[nqb, nkb]``: the key blocks that hold each query block's own positions."""
+    lo, hi = query_block_positions(nq, nk, block_size, device)
+    cols = torch.arange(num_blocks(nk, block_size), device=device)
+    return (cols[None, :] >= lo[:, None]) & (cols[None, :] <= hi[:, None])
+
+
+def always_kept(nq: int, nk: int, block_size: int, device) -> torch.Tensor:
+    """Bool ``[nqb, nkb]``: key block 0 (the attention sink) and the block diagonal."""
+    mask = diagonal_block_mask(nq, nk, block_size, device)
+    mask[:, 0] = True
+    return mask & causal_block_mask(nq, nk, block_size, device)
+
+
+def gamma_budget(pooled: torch.Tensor, gamma: float, min_count: int) -> torch.Tensor:
+    """Fewest entries of each distribution ``[..., n]`` whose mass reaches ``gamma`` of its total,
+    at least ``min_count`` (and at most n): int64 ``[...]``. NaN-safe: NaN counts as zero."""
+    p = torch.nan_to_num(pooled.float(), nan=0.0).clamp_min(0)
+    ordered = torch.sort(p, dim=-1, descending=True).values
+    before = torch.cumsum(ordered, dim=-1) - ordered
+    count = (before < gamma * p.sum(-1, keepdim=True)).sum(-1)
+    return count.clamp(min=min(min_count, p.shape[-1]), max=p.shape[-1])
+
+
+def top_k_mask(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Bool ``[..., n]``: the ``counts[...]`` highest entries of each row (ties: lower index)."""
+    order = torch.sort(torch.nan_to_num(scores.float(), nan=-1.0), dim=-1, descending=True, stable=True).indices
+    ranks = torch.empty_like(order).scatter_(-1, order, torch.arange(scores.shape[-1], device=scores.device)
+                                             .expand_as(order).contiguous())
+    return ranks < counts[..., None]
+
+
+def slash_to_blocks(diagonals: torch.Tensor, nq: int, nk: int, block_size: int) -> torch.Tensor:
+    """Kept block diagonals ``[B, H, nd]`` (offset blocks d: token offsets [dB, (d+1)B)) ->
+    bool ``[B, H, nqb, nkb]``. Offset block d reaches key blocks (r - d - 1) and (r - d) of a
+    query block whose positions lie in key block r."""
+    lo, hi = query_block_positions(nq, nk, block_size, diagonals.device)
+    cols = torch.arange(num_blocks(nk, block_size), device=diagonals.device)
+    nd = diagonals.shape[-1]
+    keep = torch.zeros(*diagonals.shape[:2], lo.shape[0], cols.shape[0], dtype=torch.bool,
+                       device=diagonals.device)
+    for row_block, shift in ((lo, 0), (lo, -1), (hi, 0)):
+        d = row_block[:, None] - cols[None, :] + shift  # [nqb, nkb]
+        valid = (d >= 0) & (d < nd)
+        picked = diagonals.gather(-1, d.clamp(0, nd - 1).reshape(1, 1, -1)
+                                  .expand(*diagonals.shape[:2], -1)).reshape(keep.shape)
+        keep |= picked & valid
+    return keep
+
+
+def vertical_slash_mask(v_blocks: torch.Tensor, s_blocks: torch.Tensor, v_count: torch.Tensor,
+                        s_count: torch.Tensor, nq: int, nk: int, block_size: int) -> torch.Tensor:
+    """Top ``v_count`` key-block columns and top ``s_count`` block diagonals, plus sink and
+    diagonal: bool ``[B, H, nqb, nkb]``. ``v_blocks``/``s_blocks`` are pooled profiles ``[B, H, nkb]``."""
+    columns = top_k_mask(v_blocks, v_count)  # [B, H, nkb]
+    diagonals = top_k_mask(s_blocks, s_count)  # [B, H, nkb]
+    mask = columns[:, :, None, :] | slash_to_blocks(diagonals, nq, nk, block_size)
+    causal = causal_block_mask(nq, nk, block_size, v_blocks.device)
+    return (mask | always_kept(nq, nk, block_size, v_blocks.device)) & causal
+
+
+def a_shape_mask(batch: int, heads: int, nq: int, nk: int, block_size: int, sink_tokens: int,
+                 local_tokens: int, device) -> torch.Tensor:
+    """Sink blocks plus a local window of blocks before the diagonal: bool ``[B, H, nqb, nkb]``."""
+    _, hi = query_block_positions(nq, nk, block_size, device)
+    cols = torch.arange(num_blocks(nk, block_size), device=device)
+    sink = cols < max(1, num_blocks(sink_tokens, block_size))
+    local = (hi[:, None] - cols[None, :]) < max(1, num_blocks(local_tokens, block_size))
+    mask = (sink[None, :] | local) | always_kept(nq, nk, block_size, device)
+    mask &= causal_block_mask(nq, nk, block_size, device)
+    return mask.expand(batch, heads, -1, -1)
+
+
+def pooled_profiles(vertical: torch.Tensor, slash: torch.Tensor, block_size: int):
+    """Token profiles ``[B, H, Nk]`` -> block-pooled ``[B, H, nkb]`` each (sums, so still summing to 1)."""
+    return pool_cols_sum(vertical, block_size), pool_cols_sum(slash, block_size)
+
+
+def js_distance(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    """Square-root Jensen-Shannon distance (base 2, in [0, 1]) between matching rows ``[..., n]``.
+
+    NaN-safe: inputs are cleaned and renormalised with ``eps``, so 0 log 0 never occurs and an
+    all-zero row is treated as uniform."""
+    def norm(x):
+        x = torch.nan_to_num(x.float(), nan=0.0).clamp_min(0) + eps
+        return x / x.sum(-1, keepdim=True)
+
+    p, q = norm(p), norm(q)
+    m = 0.5 * (p + q)
+    js = 0.5 * (p * (p / m).log2()).sum(-1) + 0.5 * (q * (q / m).log2()).sum(-1)
+    return js.clamp(0, 1).sqrt()
+
+
+def probe_coverage(mask: torch.Tensor, v_blocks: torch.Tensor) -> torch.Tensor:
+    """Estimated covered mass ``[B, H]``: the probe's exact attention mass inside the kept blocks of
+    the last query-block row (the probe's own row)."""
+    return (v_blocks * mask[:, :, -1, :].float()).sum(-1)
+
+
+def mass_covered(mask: torch.Tensor, block_mass: torch.Tensor) -> torch.Tensor:
+    """Share of a block-mass map ``[B, H, nqb, nkb]`` inside a mask, averaged over rows: ``[B, H]``.
+    Each valid block counts once (a bool mask has no duplicates)."""
+    return (block_mass * mask.float()).sum(-1).mean(-1)

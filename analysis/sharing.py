@@ -1,0 +1,108 @@
+"""SharePrefill's online sharing (method.md, step 4), batched over heads and batch elements.
+
+State lives for one forward pass: per (batch element, cluster) the pivotal head's exact pattern,
+its pooled profiles, whether its own vertical-slash mask already covers tau_fb of its mass, and
+where it came from. Decisions for a whole layer are tensor operations; no per-head Python loop.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .coverage import coverage_mask
+from .patterns import js_distance, mass_covered
+
+
+def cluster_table(lookup, num_layers: int, num_heads: int) -> torch.Tensor:
+    """``[L, H]`` int64: the shared cluster of each head, -1 for heads not shared or not in the
+    lookup (a head missing from the lookup is simply unclustered). Cluster ids are renumbered
+    0..C-1 over shared clusters."""
+    table = torch.full((num_layers, num_heads), -1, dtype=torch.long)
+    if lookup is None:
+        return table
+    for new_id, cluster in enumerate(lookup.shared_clusters):
+        for layer, head in cluster.heads:
+            if layer < num_layers and head < num_heads:
+                table[layer, head] = new_id
+    return table
+
+
+@dataclass
+class SharingDecision:
+    pivotal: torch.Tensor  # [B, H] bool: runs dense, its map becomes the cluster's pattern
+    shared: torch.Tensor  # [B, H] bool: uses its cluster's pivotal pattern
+    pattern: torch.Tensor  # [B, H, nqb, nkb] bool: the pivotal pattern for sharing heads
+    source: torch.Tensor  # [B, H, 2] long: (layer, head) of the pivotal shared from, or -1
+
+
+class SharingState:
+    """Pivotal heads and their patterns for one forward pass."""
+
+    def __init__(self, table: torch.Tensor):
+        self.table = table  # [L, H]
+        self.num_clusters = int(table.max().item()) + 1 if table.numel() else 0
+        self._shape = None
+
+    def reset(self, batch: int, nqb: int, nkb: int, device) -> None:
+        c = max(self.num_clusters, 1)
+        self._shape = (batch, nqb, nkb, device)
+        self.exists = torch.zeros(batch, c, dtype=torch.bool, device=device)
+        self.vs_enough = torch.zeros(batch, c, dtype=torch.bool, device=device)
+        self.pattern = torch.zeros(batch, c, nqb, nkb, dtype=torch.bool, device=device)
+        self.v = torch.zeros(batch, c, nkb, device=device)
+        self.s = torch.zeros(batch, c, nkb, device=device)
+        self.source = torch.full((batch, c, 2), -1, dtype=torch.long, device=device)
+
+    def ensure(self, batch: int, nqb: int, nkb: int, device) -> None:
+        if self._shape != (batch, nqb, nkb, device):
+            self.reset(batch, nqb, nkb, device)
+
+    def decide(self, layer: int, candidates: torch.Tensor, v_blocks: torch.Tensor, s_blocks: torch.Tensor,
+               tau_s: float) -> SharingDecision:
+        """``candidates`` ``[B, H]``: non-query-aware heads. Pooled profiles ``[B, H, nkb]``."""
+        b, h = candidates.shape
+        device = candidates.device
+        cluster = self.table[layer].to(device)  # [H]
+        in_cluster = cluster >= 0
+        cid = cluster.clamp(min=0)[None, :].expand(b, h)  # [B, H]
+        cand = candidates & in_cluster[None, :]
+        had = self.exists.gather(1, cid) & cand  # pivotal from an earlier layer
+        fresh = cand & ~had
+        same = (cluster[:, None] == cluster[None, :]) & in_cluster[:, None]  # [H, H]
+        earlier = torch.ones(h, h, dtype=torch.bool, device=device).tril(-1)  # h' < h
+        beaten = (fresh[:, None, :] & (same & earlier)[None]).any(-1)  # a lower head claims it
+        pivotal = fresh & ~beaten
+        close = (js_distance(v_blocks, self.v.gather(1, cid[..., None].expand_as(v_blocks))) < tau_s) & \
+                (js_distance(s_blocks, self.s.gather(1, cid[..., None].expand_as(s_blocks))) < tau_s)
+        shared = had & close & ~self.vs_enough.gather(1, cid)
+        index = cid[:, :, None, None].expand(-1, -1, *self.pattern.shape[2:])
+        pattern = self.pattern.gather(1, index)
+        source = self.source.gather(1, cid[..., None].expand(b, h, 2))
+        source = torch.where(shared[..., None], source, torch.full_like(source, -1))
+        return SharingDecision(pivotal, shared, pattern, source)
+
+    def record_pivotals(self, layer: int, pivotal: torch.Tensor, block_mass: torch.Tensor,
+                        own_vs_mask: torch.Tensor, v_blocks: torch.Tensor, s_blocks: torch.Tensor,
+                        gamma: float, tau_fb: float) -> None:
+        """Store the pivotal heads' exact patterns (coverage at gamma of their block-mass maps)."""
+        b, h = pivotal.shape
+        cid = self.table[layer].to(pivotal.device).clamp(min=0)[None, :].expand(b, h)
+        slot = torch.where(pivotal, cid, torch.full_like(cid, self.pattern.shape[1]))  # dump slot
+        c = self.pattern.shape[1]
+
+        def put(store: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+            extra = torch.zeros_like(store[:, :1]).expand(b, 1, *store.shape[2:])
+            padded = torch.cat([store, extra], dim=1)
+            idx = slot.reshape(b, h, *([1] * (store.dim() - 2))).expand(b, h, *store.shape[2:])
+            return padded.scatter(1, idx, values.to(store.dtype))[:, :c]
+
+        covered = mass_covered(own_vs_mask, block_mass) >= tau_fb  # [B, H]
+        self.pattern = put(self.pattern, coverage_mask(block_mass, gamma))
+        self.v = put(self.v, v_blocks)
+        self.s = put(self.s, s_blocks)
+        self.vs_enough = put(self.vs_enough, covered)
+        self.exists = put(self.exists, torch.ones_like(pivotal))
+        heads = torch.arange(h, device=pivotal.device)[None, :].expand(b, h)
+        src = torch.stack([torch.full_like(heads, layer), heads], dim=-1)
+        self.source = put(self.source, src)
