@@ -15,8 +15,8 @@ from ..kernels.reference import causal_block_mask, num_blocks
 from .coverage import coverage_mask
 from .method_config import (AShapeConfig, Decision, FlexPrefillConfig, MethodConfig, MethodName,
                             SharePrefillConfig, VerticalSlashConfig)
-from .patterns import (a_shape_mask, gamma_budget, js_distance, pooled_profiles, probe_coverage,
-                       vertical_slash_mask)
+from .patterns import (a_shape_mask, gamma_budget, js_distance, mass_covered, pooled_profiles,
+                       probe_coverage, vertical_slash_mask)
 from .sharing import SharingState
 
 
@@ -29,6 +29,8 @@ class LayerTrace:
     density: torch.Tensor  # kept / causal blocks
     coverage: torch.Tensor  # estimated covered attention mass (probe row), 1.0 for dense heads
     source: torch.Tensor  # (layer, head) a shared head took its pattern from, else -1
+    recall: torch.Tensor | None = None  # true attention mass inside the kept blocks (if measured)
+    mask: torch.Tensor | None = None  # [B, H, nqb, nkb] kept blocks (if kept)
 
 
 @dataclass
@@ -44,10 +46,13 @@ def _full(shape, value, device, dtype) -> torch.Tensor:
 class SparsePrefill:
     """A method and its config, applied layer by layer; holds SharePrefill's per-forward state."""
 
-    def __init__(self, method: MethodName, config: MethodConfig, sharing: SharingState | None = None):
+    def __init__(self, method: MethodName, config: MethodConfig, sharing: SharingState | None = None,
+                 measure_recall: bool = False, keep_masks: bool = False):
         self.method = MethodName(method)
         self.config = config
         self.sharing = sharing
+        self.measure_recall = measure_recall  # costs one exact block-mass pass per layer
+        self.keep_masks = keep_masks
         if self.method is MethodName.SHAREPREFILL and sharing is None:
             raise ValueError("shareprefill needs a SharingState (a lookup; empty means no sharing)")
 
@@ -76,7 +81,11 @@ class SparsePrefill:
         b, h = q.shape[:2]
         ones = _full((b, h), 1.0, q.device, torch.float32)
         trace = LayerTrace(layer, _full((b, h), int(Decision.DENSE), q.device, torch.int8), ones, ones,
-                           _full((b, h, 2), -1, q.device, torch.long))
+                           _full((b, h, 2), -1, q.device, torch.long), ones if self.measure_recall else None)
+        if self.keep_masks:
+            nqb, nkb = num_blocks(q.shape[2], self.config.block_size), num_blocks(k.shape[2], self.config.block_size)
+            trace.mask = causal_block_mask(q.shape[2], k.shape[2], self.config.block_size, q.device) \
+                .expand(b, h, nqb, nkb).cpu()
         return out, trace
 
     def _probe_based(self, layer, q, k, v, scale, probe: _Probe):
@@ -143,7 +152,11 @@ class SparsePrefill:
         coverage = torch.where(decision == int(Decision.PIVOTAL), 1.0, coverage)
         if source is None:
             source = _full((*decision.shape, 2), -1, q.device, torch.long)
-        return out, LayerTrace(layer, decision, density, coverage, source)
+        recall = None
+        if self.measure_recall:
+            recall = mass_covered(mask, kernels.block_mass(q, k, bs, scale))
+        kept = mask.cpu() if self.keep_masks else None
+        return out, LayerTrace(layer, decision, density, coverage, source, recall, kept)
 
 
 def _end_aligned_mask(q, k) -> torch.Tensor:

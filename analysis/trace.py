@@ -19,6 +19,8 @@ class PrefillTrace:
     density: torch.Tensor  # kept / causal blocks
     coverage: torch.Tensor  # estimated covered mass of the probe row
     source: torch.Tensor  # [C, L, B, H, 2]
+    recall: torch.Tensor | None = None  # true mass inside kept blocks, when measured
+    masks: dict | None = None  # layer -> [B, H, nqb, nkb] bool of the last chunk, when kept
 
     @classmethod
     def from_layers(cls, chunks: list[dict], num_layers: int) -> "PrefillTrace":
@@ -29,7 +31,16 @@ class PrefillTrace:
             per_chunk = [torch.stack([getattr(chunk[layer], name) for layer in range(num_layers)])
                          for chunk in chunks]
             stacked.append(torch.stack(per_chunk).cpu())
-        return cls(*stacked)
+        recall = None
+        if all(chunk[layer].recall is not None for chunk in chunks for layer in range(num_layers)):
+            recall = torch.stack([torch.stack([chunk[layer].recall for layer in range(num_layers)])
+                                  for chunk in chunks]).cpu()
+        masks = {layer: chunks[-1][layer].mask for layer in range(num_layers)
+                 if chunks[-1][layer].mask is not None} or None
+        return cls(*stacked, recall=recall, masks=masks)
+
+    def mean_recall(self) -> float | None:
+        return None if self.recall is None else float(self.recall.float().mean())
 
     @property
     def num_heads_total(self) -> int:
@@ -55,6 +66,8 @@ class PrefillTrace:
                 row = {"layer": layer, "head": head, "decision": d.label,
                        "density": round(float(den[layer, head]), 5),
                        "covered_mass": round(float(cov[layer, head]), 5)}
+                if self.recall is not None:
+                    row["recall"] = round(float(self.recall[chunk, layer, batch, head]), 5)
                 if d is Decision.SHARED:
                     row["shared_from"] = [int(src[layer, head, 0]), int(src[layer, head, 1])]
                 rows.append(row)
@@ -62,5 +75,6 @@ class PrefillTrace:
 
     def to_json(self) -> dict:
         return {"decision_shares": self.decision_shares(), "overall_density": self.overall_density(),
+                "mean_recall": self.mean_recall(),
                 "per_layer_density": self.per_layer_density(), "chunks": self.decision.shape[0],
                 "heads": self.head_rows()}

@@ -33,6 +33,7 @@ def _sync(device: torch.device) -> None:
 
 def run_prefill(loaded: LoadedModel, input_ids: list[int] | tuple[int, ...], method: MethodName,
                 config: MethodConfig, lookup=None, *, compare_dense: bool = False,
+                measure_recall: bool = False, keep_masks: bool = False,
                 chunk: int | None = None, max_new_tokens: int = 0, eval_positions: int = 64) -> PrefillRun:
     """Prefill ``input_ids`` (batch 1) with ``method``; optionally in chunks over a growing cache,
     then greedy-decode ``max_new_tokens`` tokens with dense attention."""
@@ -44,7 +45,8 @@ def run_prefill(loaded: LoadedModel, input_ids: list[int] | tuple[int, ...], met
     fp = loaded.fingerprint
     ids = torch.tensor([list(input_ids)], device=device)
     n = ids.shape[1]
-    session = PrefillSession(MethodName(method), config, fp.num_layers, fp.num_heads, lookup, compare_dense)
+    session = PrefillSession(MethodName(method), config, fp.num_layers, fp.num_heads, lookup, compare_dense,
+                             measure_recall, keep_masks)
     step = chunk or n
     cache = DynamicCache() if (chunk or max_new_tokens) else None
     chunk_traces, errors = [], []

@@ -31,6 +31,8 @@ class PrefillSession:
     num_heads: int
     lookup: object = None  # analysis.lookup.Lookup or None
     compare_dense: bool = False  # also run dense on the same inputs and record each layer's error
+    measure_recall: bool = False  # record each head's true attention mass inside its kept blocks
+    keep_masks: bool = False  # keep each head's block mask (CPU) in the trace, for figures
     traces: dict = field(default_factory=dict)  # layer -> LayerTrace (last prefill chunk)
     layer_errors: dict = field(default_factory=dict)  # layer -> relative error vs dense
     attention_seconds: float = 0.0
@@ -42,7 +44,8 @@ class PrefillSession:
             sharing = None
             if self.method is MethodName.SHAREPREFILL:
                 sharing = SharingState(cluster_table(self.lookup, self.num_layers, self.num_heads))
-            self._runners[key] = SparsePrefill(self.method, self.config, sharing)
+            self._runners[key] = SparsePrefill(self.method, self.config, sharing,
+                                               self.measure_recall, self.keep_masks)
         return self._runners[key]
 
     def finish_timing(self) -> None:
@@ -110,6 +113,8 @@ def _attend_padded(session, layer, q, k, v, scale, spans):
         traces.append(t)
     merged = LayerTrace(layer, *(torch.cat([getattr(t, f) for t in traces]) for f in
                                  ("decision", "density", "coverage", "source")))
+    if all(t.recall is not None for t in traces):
+        merged.recall = torch.cat([t.recall for t in traces])
     return out, merged
 
 
