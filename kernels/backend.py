@@ -71,11 +71,20 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: 
         from .block_sparse import block_sparse_attention
 
         return block_sparse_attention(q, k, v, layout, scale=scale, return_block_mass=return_block_mass)
-    res = ref.block_sparse_attention_ref(q, k, v, layout.to_dense(), layout.block_size, scale,
-                                         return_block_mass)
-    if return_block_mass:
-        return res[0].to(q.dtype), res[1]
-    return res.to(q.dtype)
+    if not return_block_mass:
+        return _masked_sdpa(q, k, v, layout, scale)
+    res = ref.block_sparse_attention_ref(q, k, v, layout.to_dense(), layout.block_size, scale, True)
+    return res[0].to(q.dtype), res[1]
+
+
+def _masked_sdpa(q, k, v, layout: BlockLayout, scale: float | None) -> torch.Tensor:
+    """Reference path without the mass map: torch's fused SDPA with the block mask expanded to
+    tokens (same maths as the twin, several times faster on CPU). Rows with nothing kept give 0."""
+    keep = ref.block_mask_to_token_mask(layout.to_dense(), layout.nq, layout.nk, layout.block_size)
+    keep = keep & ref.causal_token_mask(layout.nq, layout.nk, q.device)  # [B, H, Nq, Nk]
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=keep, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+    return torch.nan_to_num(out, nan=0.0)
 
 
 def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int = 128, *,

@@ -36,7 +36,9 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [UserError]
     for module, name in (("sharedattn.analysis.prompts", "PromptError"),
                          ("sharedattn.analysis.fingerprint", "FormatError"),
-                         ("sharedattn.analysis.hf.models", "ModelLoadError")):
+                         ("sharedattn.analysis.hf.models", "ModelLoadError"),
+                         ("sharedattn.analysis.hf.prefill_run", "AttentionInterfaceError"),
+                         ("sharedattn.analysis.plots.render", "PlotError")):
         mod = sys.modules.get(module)
         if mod is not None:
             errors.append(getattr(mod, name))

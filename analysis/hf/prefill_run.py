@@ -13,6 +13,10 @@ from .models import LoadedModel
 from .sparse_attention import PrefillSession, prefill_session, register_methods
 
 
+class AttentionInterfaceError(RuntimeError):
+    """The model's attention does not go through transformers' attention interface."""
+
+
 @dataclass
 class PrefillRun:
     method: MethodName
@@ -64,6 +68,10 @@ def run_prefill(loaded: LoadedModel, input_ids: list[int] | tuple[int, ...], met
         session.finish_timing()
         logits = out.logits[0].float()
         generated = _greedy(model, cache, logits[-1], max_new_tokens, device, loaded.tokenizer)
+    if any(len(t) < fp.num_layers for t in chunk_traces):
+        raise AttentionInterfaceError(
+            f"{type(model).__name__} does not route every layer's attention through transformers' "
+            "attention interface, so sparse methods cannot run on it")
     trace = PrefillTrace.from_layers(chunk_traces, fp.num_layers)
     layer_errors = None
     if compare_dense:

@@ -1,0 +1,184 @@
+"""`sharedattn prefill [MODEL] [PROMPT] [--method M] [--lookup L] [--bench]`: sparse prefill vs dense."""
+from __future__ import annotations
+
+import json
+import platform
+import shlex
+import statistics
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from sharedattn.analysis.method_config import MethodName
+
+from .common import (DEFAULT_OUT, DEFAULT_TOKENS, DeviceOpt, DtypeOpt, InputsArg, JsonOpt, ModelChoice,
+                     ModelOpt, OutDirOpt, RandomInitOpt, TokensOpt, TruncateOpt, UserError, check_out_dir,
+                     cli_command, console, err_console, load_prompts, split_inputs)
+from .prefill_report import print_report, report_document
+
+Opt = typer.Option
+
+
+def method_config(method: MethodName, **fields):
+    from sharedattn.analysis.method_config import make_config
+
+    try:
+        return make_config(method, **fields)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _timed_runs(loaded, ids, method, config, lookup, *, repeats, warmup, chunk, max_new_tokens):
+    from sharedattn.analysis.hf.prefill_run import run_prefill
+
+    runs = []
+    for i in range(warmup + repeats):
+        run = run_prefill(loaded, ids, method, config, lookup, chunk=chunk, max_new_tokens=max_new_tokens)
+        if i >= warmup:
+            runs.append(run)
+    return runs
+
+
+def _all_runs(loaded, prompt, method, config, dense_cfg, lookup, chunk, no_layer_errors, kw):
+    """Dense and method runs side by side, then (unless skipped) one pass measuring layer errors."""
+    from sharedattn.analysis.hf.prefill_run import run_prefill
+
+    dense_runs = _timed_runs(loaded, prompt.input_ids, MethodName.DENSE, dense_cfg, None, **kw)
+    method_runs = _timed_runs(loaded, prompt.input_ids, method, config, lookup, **kw)
+    errors = None
+    if not no_layer_errors:
+        errors = run_prefill(loaded, prompt.input_ids, method, config, lookup, compare_dense=True,
+                             chunk=chunk).layer_errors
+    return dense_runs, method_runs, errors
+
+
+def _spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def _machine(loaded) -> str:
+    import os
+
+    import torch
+
+    device = next(loaded.model.parameters()).device
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}"
+    return f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
+
+
+@cli_command
+def prefill(
+    inputs: InputsArg = None,
+    method: Annotated[MethodName, Opt("--method", help="Sparse method to run against dense.")] = MethodName.SHAREPREFILL,
+    lookup: Annotated[Optional[Path], Opt("--lookup", "-l", help="Lookup from `sharedattn cluster` "
+                                          "(default: shipped for the bundled model, else built and cached).")] = None,
+    bench: Annotated[bool, Opt("--bench", help="Warm up, repeat, report medians and spreads, JSON line last.")] = False,
+    repeats: Annotated[Optional[int], Opt("--repeats", help="Timed runs with --bench (default 5 GPU, 3 CPU).")] = None,
+    warmup: Annotated[int, Opt("--warmup", help="Untimed runs before timing with --bench.")] = 1,
+    max_new_tokens: Annotated[int, Opt("--max-new-tokens", help="Greedy tokens generated after prefill (dense decoding).")] = 16,
+    chunk: Annotated[Optional[int], Opt("--chunk", help="Prefill in chunks of this many tokens over the cache.")] = None,
+    block_size: Annotated[Optional[int], Opt("--block-size", "-b", help="Block size (default 128; 64 below 8K-context models).")] = None,
+    dense_below: Annotated[Optional[int], Opt("--dense-below", help="Prompts shorter than this run dense (tokens).")] = None,
+    gamma: Annotated[Optional[float], Opt("--gamma", help="Coverage target for budgets and patterns (0.95).")] = None,
+    min_budget: Annotated[Optional[int], Opt("--min-budget", help="Minimum vertical/slash budget in tokens (1024).")] = None,
+    tau_qa: Annotated[Optional[float], Opt("--tau-qa", help="Query-aware threshold, sqrt-JS (0.1).")] = None,
+    tau_s: Annotated[Optional[float], Opt("--tau-s", help="Sharing threshold, sqrt-JS (0.5).")] = None,
+    tau_fb: Annotated[Optional[float], Opt("--tau-fb", help="Vertical-slash fallback coverage (0.95).")] = None,
+    sink_tokens: Annotated[Optional[int], Opt("--sink-tokens", help="a-shape sink (128).")] = None,
+    local_tokens: Annotated[Optional[int], Opt("--local-tokens", help="a-shape window (1024).")] = None,
+    vertical_tokens: Annotated[Optional[int], Opt("--vertical-tokens", help="Fixed vertical budget (vertical-slash).")] = None,
+    slash_tokens: Annotated[Optional[int], Opt("--slash-tokens", help="Fixed slash budget (vertical-slash).")] = None,
+    no_layer_errors: Annotated[bool, Opt("--no-layer-errors", help="Skip the extra pass that measures each layer's error.")] = False,
+    out: OutDirOpt = DEFAULT_OUT / "prefill",
+    tokens: TokensOpt = DEFAULT_TOKENS,
+    truncate: TruncateOpt = False,
+    model: ModelOpt = None,
+    random_init: RandomInitOpt = None,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Prefill a prompt with a sparse method and report it against dense in the same run.
+
+    Examples: `sharedattn prefill --bench` (bundled model and prompt, shareprefill),
+    `sharedattn prefill passkey:depth=0.3 --tokens 8192 --method flexprefill`,
+    `sharedattn prefill ./my-model notes.txt --lookup lookup.json --chunk 8192`.
+    """
+    from sharedattn.analysis.hf.prefill_run import logit_fidelity
+    from sharedattn.analysis.method_config import DenseConfig
+
+    model_spec, prompts = split_inputs(inputs, model)
+    if len(prompts) > 1:
+        raise UserError(f"prefill takes one prompt, got {len(prompts)}: {' '.join(prompts)}")
+    if chunk is not None and chunk < 1:
+        raise UserError(f"--chunk must be positive, got {chunk}")
+    check_out_dir(out)
+    choice = ModelChoice(model_spec, random_init, dtype, device)
+    loaded = choice.load()
+    small_context = (loaded.fingerprint.max_positions or 0) <= 8192
+    config = method_config(method, block_size=block_size or (64 if small_context else 128),
+                           dense_below=dense_below, gamma=gamma, min_budget=min_budget, tau_qa=tau_qa,
+                           tau_s=tau_s, tau_fb=tau_fb, sink_tokens=sink_tokens, local_tokens=local_tokens,
+                           vertical_tokens=vertical_tokens, slash_tokens=slash_tokens)
+    prompt = load_prompts(loaded, prompts, tokens, truncate)[0]
+    lookup_obj, lookup_note = None, None
+    if method is MethodName.SHAREPREFILL:
+        from .lookup_source import resolve_lookup
+
+        lookup_obj, lookup_note = resolve_lookup(lookup, loaded, choice)
+        err_console.print(f"[dim]shareprefill uses {lookup_note}[/]")
+    on_gpu = next(loaded.model.parameters()).device.type == "cuda"
+    if not on_gpu:
+        err_console.print("[yellow]note:[/] on the CPU the kernels run as their torch reference twins "
+                          "(exact, slow): times here say nothing about GPU speed")
+    n_rep = (repeats or (5 if on_gpu else 3)) if bench else 1
+    n_warm = warmup if bench else 0
+    dense_cfg = DenseConfig(block_size=config.block_size)
+    kw = dict(repeats=n_rep, warmup=n_warm, chunk=chunk, max_new_tokens=max_new_tokens)
+    import torch
+
+    try:
+        with err_console.status(f"prefill {prompt.num_tokens} tokens: dense and {method.value}..."):
+            dense_runs, method_runs, errors = _all_runs(loaded, prompt, method, config, dense_cfg, lookup_obj,
+                                                        chunk, no_layer_errors, kw)
+    except torch.OutOfMemoryError:
+        raise UserError(f"out of GPU memory prefilling {prompt.num_tokens} tokens with {method.value}: "
+                        "try --chunk 8192, fewer --tokens, or --device cpu") from None
+    fidelity = logit_fidelity(dense_runs[-1].logits, method_runs[-1].logits)
+    timing = {name: {"ttft_s": _spread([r.seconds for r in runs]),
+                     "attention_s": _spread([r.attention_seconds for r in runs])}
+              for name, runs in (("dense", dense_runs), (method.value, method_runs))}
+    doc = report_document(
+        command="sharedattn " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        machine=_machine(loaded), loaded=loaded, prompt=prompt, method=method, config=config,
+        lookup_note=lookup_note, timing=timing, fidelity=fidelity, layer_errors=errors,
+        dense_run=dense_runs[-1], method_run=method_runs[-1], tokenizer=loaded.tokenizer, bench=bench)
+    _write_outputs(out, doc, method_runs[-1].trace, method, loaded, prompt)
+    if json_out:
+        typer.echo(json.dumps(doc))
+        return
+    print_report(console, doc)
+    if bench:
+        typer.echo(json.dumps(doc["summary"]))
+
+
+def _write_outputs(out: Path, doc: dict, trace, method: MethodName, loaded, prompt) -> None:
+    from sharedattn.analysis.atomic import write_text_atomic
+    from sharedattn.analysis.plots.trace_plot import trace_figure
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"prefill-{method.value}.json"
+        write_text_atomic(path, json.dumps({**doc, "trace": trace.to_json()}, indent=1) + "\n")
+        title = f"{loaded.fingerprint.model_id} - {method.value} - {prompt.name} ({prompt.num_tokens} tokens)"
+        figure = trace_figure(trace, title, out / f"prefill-{method.value}-trace.png")
+    except OSError as exc:
+        raise UserError(f"cannot write to {str(out)!r} ({exc.strerror or exc})") from None
+    doc["outputs"] = {"trace_json": str(path), "trace_figure": str(figure)}
+
+
+def register(app: typer.Typer) -> None:
+    app.command("prefill")(prefill)

@@ -1,0 +1,87 @@
+"""The prefill report: one JSON-ready document, and its rich rendering."""
+from __future__ import annotations
+
+
+def _answer(tokenizer, ids: list[int]) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=True) if ids else ""
+
+
+def report_document(*, command, machine, loaded, prompt, method, config, lookup_note, timing, fidelity,
+                    layer_errors, dense_run, method_run, tokenizer, bench) -> dict:
+    dense_t, ours_t = timing["dense"], timing[method.value]
+    trace = method_run.trace
+    dense_answer, ours_answer = _answer(tokenizer, dense_run.generated), _answer(tokenizer, method_run.generated)
+    summary = {
+        "method": method.value, "tokens": prompt.num_tokens, "machine": machine,
+        "ttft_dense_s": dense_t["ttft_s"]["median"], "ttft_s": ours_t["ttft_s"]["median"],
+        "attention_dense_s": dense_t["attention_s"]["median"], "attention_s": ours_t["attention_s"]["median"],
+        "speedup_ttft": dense_t["ttft_s"]["median"] / max(ours_t["ttft_s"]["median"], 1e-12),
+        "speedup_attention": dense_t["attention_s"]["median"] / max(ours_t["attention_s"]["median"], 1e-12),
+        "density": trace.overall_density(), "kl_last": fidelity.kl_last, "kl_mean": fidelity.kl_mean,
+        "top1_last": fidelity.top1_last, "top1_agreement": fidelity.top1_agreement,
+        "answer_matches_dense": ours_answer == dense_answer if method_run.generated else None,
+        "mean_layer_error": None if layer_errors is None else sum(layer_errors) / len(layer_errors),
+        "worst_layer_error": None if layer_errors is None else max(layer_errors),
+    }
+    return {
+        "command": command, "machine": machine, "bench": bench,
+        "model": loaded.fingerprint.to_json(), "model_realistic": loaded.realistic,
+        "prompt": {"name": prompt.name, "tokens": prompt.num_tokens, "sha256": prompt.sha256,
+                   "expected_answer": prompt.answer},
+        "method": method.value, "config": config.to_json(), "lookup": lookup_note,
+        "timing": timing, "decision_shares": trace.decision_shares(),
+        "per_layer_density": trace.per_layer_density(), "layer_errors": layer_errors,
+        "fidelity": vars(fidelity),
+        "generation": {"dense": dense_answer, method.value: ours_answer,
+                       "correct_dense": _correct(prompt.answer, dense_answer),
+                       f"correct_{method.value}": _correct(prompt.answer, ours_answer)},
+        "summary": summary,
+    }
+
+
+def _correct(expected, answer: str):
+    return None if expected is None else expected in answer
+
+
+def _fmt_time(spread: dict) -> str:
+    if spread["n"] == 1:
+        return f"{spread['median'] * 1000:.1f} ms"
+    return f"{spread['median'] * 1000:.1f} ms [{spread['min'] * 1000:.1f}-{spread['max'] * 1000:.1f}]"
+
+
+def print_report(console, doc: dict) -> None:
+    from rich.table import Table
+
+    s, method = doc["summary"], doc["method"]
+    console.print(f"command: {doc['command']}\nmachine: {doc['machine']}")
+    console.print(f"model {doc['model']['model_id']}, prompt {doc['prompt']['name']} "
+                  f"({doc['prompt']['tokens']} tokens), method {method}"
+                  + (f", {doc['lookup']}" if doc["lookup"] else ""), soft_wrap=True)
+    t = Table(title="time (median [min-max] over runs)" if doc["bench"] else "time (one run)")
+    for col in ("", "dense", method, "speedup"):
+        t.add_column(col)
+    for key, label in (("ttft_s", "time to first token"), ("attention_s", "attention time")):
+        speed = s["speedup_ttft" if key == "ttft_s" else "speedup_attention"]
+        t.add_row(label, _fmt_time(doc["timing"]["dense"][key]), _fmt_time(doc["timing"][method][key]),
+                  f"{speed:.2f}x")
+    console.print(t)
+    shares = ", ".join(f"{k} {v:.0%}" for k, v in doc["decision_shares"].items() if v > 0)
+    console.print(f"density {s['density']:.3f}; heads: {shares}")
+    f = doc["fidelity"]
+    line = (f"fidelity vs dense: KL(final) {f['kl_last']:.2e}, KL(mean of last {f['positions']}) "
+            f"{f['kl_mean']:.2e}, top-1 final {'same' if f['top1_last'] else 'DIFFERENT'}, "
+            f"top-1 agreement {f['top1_agreement']:.1%}")
+    if s["mean_layer_error"] is not None:
+        line += f"; attention-output error mean {s['mean_layer_error']:.4f}, worst layer {s['worst_layer_error']:.4f}"
+    console.print(line)
+    gen = doc["generation"]
+    if gen["dense"] or gen[method]:
+        console.print(f"dense answer:  {gen['dense']!r}", markup=False)
+        console.print(f"{method} answer: {gen[method]!r} "
+                      f"({'same as dense' if s['answer_matches_dense'] else 'differs from dense'})", markup=False)
+        if doc["prompt"]["expected_answer"]:
+            console.print(f"expected {doc['prompt']['expected_answer']}: dense "
+                          f"{'right' if gen['correct_dense'] else 'wrong'}, {method} "
+                          f"{'right' if gen[f'correct_{method}'] else 'wrong'}")
+    for name, path in doc.get("outputs", {}).items():
+        console.print(f"{name.replace('_', ' ')}: {path}", soft_wrap=True)

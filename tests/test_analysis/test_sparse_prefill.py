@@ -1,0 +1,109 @@
+"""The per-layer sparse prefill: decisions, sharing, fallbacks, GQA, batch, chunked shapes."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from sharedattn.analysis.method_config import Decision, MethodName, make_config
+from sharedattn.analysis.sharing import SharingState, cluster_table
+from sharedattn.analysis.sparse_prefill import SparsePrefill
+from sharedattn.kernels.reference import attention_ref
+
+
+def qkv(b=1, h=4, hkv=2, nq=512, nk=512, d=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, h, nq, d, generator=g)
+    k = torch.randn(b, hkv, nk, d, generator=g)
+    k[:, :, :8] *= 4  # a sink-like structure so the pattern is not uniform
+    return q, k, torch.randn(b, hkv, nk, d, generator=g)
+
+
+def lookup_of(*clusters):
+    return SimpleNamespace(shared_clusters=[SimpleNamespace(heads=tuple(c)) for c in clusters])
+
+
+def runner(method, lookup=None, layers=2, heads=4, **cfg):
+    cfg = {"block_size": 64, "dense_below": 0, "min_budget": 64, **cfg}
+    sharing = SharingState(cluster_table(lookup, layers, heads)) if method == "shareprefill" else None
+    return SparsePrefill(MethodName(method), make_config(method, **cfg), sharing)
+
+
+def test_below_crossover_runs_dense():
+    q, k, v = qkv()
+    out, trace = runner("vertical-slash", dense_below=1024).attend(0, q, k, v, 0.2)
+    assert torch.allclose(out, attention_ref(q, k, v, 0.2), atol=1e-5)
+    assert bool((trace.decision == Decision.DENSE).all()) and bool((trace.density == 1).all())
+
+
+def test_prompt_shorter_than_a_block_runs_dense():
+    q, k, v = qkv(nq=40, nk=40)
+    out, trace = runner("shareprefill").attend(0, q, k, v, 0.2)
+    assert out.shape == q.shape and bool((trace.decision == Decision.DENSE).all())
+
+
+@pytest.mark.parametrize("method", ["a-shape", "vertical-slash", "flexprefill", "shareprefill"])
+def test_full_budgets_equal_dense(method):
+    q, k, v = qkv(nq=300, nk=300)
+    out, trace = runner(method, gamma=1.0, min_budget=4096, local_tokens=4096, sink_tokens=4096
+                        ).attend(0, q, k, v, 0.2)
+    assert torch.allclose(out, attention_ref(q, k, v, 0.2), atol=1e-5)
+    assert torch.allclose(trace.density, torch.ones_like(trace.density))
+
+
+def test_sparse_is_sparse_and_traced():
+    q, k, v = qkv(nq=1024, nk=1024)
+    out, trace = runner("vertical-slash", gamma=0.5).attend(0, q, k, v, 0.2)
+    assert out.shape == q.shape and torch.isfinite(out).all()
+    assert bool((trace.density < 1).all()) and bool((trace.decision == Decision.VERTICAL_SLASH).all())
+    assert bool(((trace.coverage > 0) & (trace.coverage <= 1 + 1e-5)).all())
+
+
+def test_batch_gqa_and_chunked_queries_match_one_by_one():
+    q, k, v = qkv(b=2, h=6, hkv=2, nq=256, nk=640)  # q_len < k_len: chunked prefill
+    out, trace = runner("flexprefill", heads=6).attend(0, q, k, v, 0.2)
+    for b in range(2):
+        ob, tb = runner("flexprefill", heads=6).attend(0, q[b:b + 1], k[b:b + 1], v[b:b + 1], 0.2)
+        assert torch.allclose(out[b:b + 1], ob, atol=1e-5)
+        assert torch.equal(trace.decision[b:b + 1], tb.decision)
+
+
+def test_sharing_pivotal_then_shared_in_a_later_layer():
+    q, k, v = qkv(nq=1024, nk=1024)
+    lookup = lookup_of([(0, 0), (0, 1), (1, 0), (1, 1)])  # heads 2, 3 are missing from the lookup
+    run = runner("shareprefill", lookup, gamma=0.5, tau_fb=1.0, tau_qa=0.0)
+    _, t0 = run.attend(0, q, k, v, 0.2)
+    assert t0.decision[0].tolist() == [Decision.PIVOTAL, Decision.VERTICAL_SLASH,
+                                       Decision.VERTICAL_SLASH, Decision.VERTICAL_SLASH]
+    assert float(t0.density[0, 0]) == 1.0
+    out, t1 = run.attend(1, q, k, v, 0.2)  # same inputs: identical profiles, so both share
+    assert t1.decision[0].tolist()[:2] == [Decision.SHARED, Decision.SHARED]
+    assert t1.source[0, 0].tolist() == [0, 0] and t1.source[0, 2].tolist() == [-1, -1]
+    assert t1.decision[0].tolist()[2:] == [Decision.VERTICAL_SLASH] * 2
+    assert torch.isfinite(out).all()
+
+
+def test_no_sharing_when_profiles_differ_or_vertical_slash_suffices():
+    q, k, v = qkv(nq=1024, nk=1024)
+    lookup = lookup_of([(0, 0), (1, 0)])
+    run = runner("shareprefill", lookup, gamma=0.5, tau_fb=1.0, tau_qa=0.0, tau_s=0.0)
+    run.attend(0, q, k, v, 0.2)
+    assert run.attend(1, q, k, v, 0.2)[1].decision[0, 0] == Decision.VERTICAL_SLASH  # tau_s = 0
+    run = runner("shareprefill", lookup, gamma=0.5, tau_fb=0.01, tau_qa=0.0)
+    run.attend(0, q, k, v, 0.2)
+    assert run.attend(1, q, k, v, 0.2)[1].decision[0, 0] == Decision.VERTICAL_SLASH  # VS covers it
+
+
+def test_state_resets_each_forward():
+    q, k, v = qkv(nq=1024, nk=1024)
+    run = runner("shareprefill", lookup_of([(0, 0), (1, 0)]), gamma=0.5, tau_fb=1.0, tau_qa=0.0)
+    for _ in range(2):  # a second forward pass starts with no pivotal again
+        assert run.attend(0, q, k, v, 0.2)[1].decision[0, 0] == Decision.PIVOTAL
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="tau_s"):
+        make_config("shareprefill", tau_s=1.5)
+    with pytest.raises(ValueError, match="gamma"):
+        make_config("flexprefill", gamma=0.0)
+    with pytest.raises(ValueError, match="block_size"):
+        make_config("dense", block_size=48)
