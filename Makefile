@@ -19,9 +19,17 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 setup: $(VENV)/.installed
 
+# The main job on the bundled SmolLM2 and prompts: capture, similarity, heatmaps, prefill vs dense.
 demo: setup
 	$(SA) capture stdlib-prose stdlib-code --tokens $(TOKENS) -o $(OUT)/records
-	@echo "demo outputs are in $(OUT)/"
+	$(SA) similarity --records $(OUT)/records/stdlib-prose-$(TOKENS).json \
+		--records $(OUT)/records/stdlib-code-$(TOKENS).json --across -o $(OUT)/similarity
+	$(SA) heatmap --record $(OUT)/records/stdlib-prose-$(TOKENS).json --layer 12 --head all -o $(OUT)/figures
+	$(SA) heatmap --record $(OUT)/records/stdlib-prose-$(TOKENS).json --layer 12 --head 0 --mask coverage -o $(OUT)/figures
+	$(SA) heatmap --record $(OUT)/records/stdlib-prose-$(TOKENS).json --clustermap -o $(OUT)/figures
+	$(SA) prefill passkey:depth=0.5 --tokens $(TOKENS) --method shareprefill --dense-below 0 --min-budget 256 \
+		--max-new-tokens 8 -o $(OUT)/prefill
+	@echo "demo outputs are in $(OUT)/: records/, similarity/, figures/, prefill/"
 
 test: setup
 	$(PY) -m pytest -q -m "not gpu"

@@ -68,11 +68,11 @@ class Strengths:
 
 
 STYLES: dict[Style, Strengths] = {
-    Style.LOCAL: Strengths(local=9.0, sink=7.0, stripe=2.0, slash=0.0, retrieval=0.0, noise=0.7),
-    Style.VERTICAL: Strengths(local=6.0, sink=6.0, stripe=8.0, slash=0.0, retrieval=0.0, noise=0.7),
-    Style.SLASH: Strengths(local=6.0, sink=5.0, stripe=1.0, slash=7.0, retrieval=0.0, noise=0.7),
-    Style.RETRIEVAL: Strengths(local=6.0, sink=5.0, stripe=1.0, slash=0.0, retrieval=12.0, noise=0.7),
-    Style.DIFFUSE: Strengths(local=2.0, sink=2.0, stripe=1.0, slash=0.0, retrieval=0.0, noise=0.3),
+    Style.LOCAL: Strengths(local=8.0, sink=12.0, stripe=2.0, slash=0.0, retrieval=0.0, noise=0.7),
+    Style.VERTICAL: Strengths(local=5.0, sink=9.0, stripe=7.0, slash=0.0, retrieval=0.0, noise=0.7),
+    Style.SLASH: Strengths(local=5.0, sink=9.0, stripe=1.0, slash=7.0, retrieval=0.0, noise=0.7),
+    Style.RETRIEVAL: Strengths(local=5.0, sink=9.0, stripe=1.0, slash=0.0, retrieval=10.0, noise=0.7),
+    Style.DIFFUSE: Strengths(local=1.5, sink=2.0, stripe=0.5, slash=0.0, retrieval=0.0, noise=0.3),
 }
 
 # Styles of the 4 query heads of each of the 8 KV groups: a typical middle layer.

@@ -27,6 +27,8 @@ def bench_capture(
     repeats: Annotated[int, typer.Option("--repeats", help="Timed runs per variant (median reported).")] = 1,
     skip_eager_above: Annotated[int, typer.Option(help="Skip the eager baseline above this length.")] = 8192,
     timeout: Annotated[Optional[float], typer.Option(help="Seconds allowed per variant.")] = None,
+    random_init: Annotated[Optional[str], typer.Option(
+        help="Time a random-init model of this shape (e.g. smollm2-shape) instead of the bundled weights.")] = None,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = None,
     json_out: JsonOpt = False,
@@ -41,18 +43,19 @@ def bench_capture(
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     command = "sharedattn " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    console.print(f"command: {command}\nmachine: {_machine(device)}, dtype {dtype}")
+    model = f"random-init {random_init}" if random_init else "bundled SmolLM2-135M"
+    console.print(f"command: {command}\nmachine: {_machine(device)}, dtype {dtype}, model {model}")
     rows = []
     for n in tokens:
         for mode in CaptureMode:
             if mode is CaptureMode.EAGER_ATTENTIONS and n > skip_eager_above:
                 continue
-            t = run_variant(mode, n, device, dtype, repeats, timeout)
+            t = run_variant(mode, n, device, dtype, repeats, timeout, random_init)
             rows.append(t)
             mem = f"{t.peak_rss_gib:.2f} GiB RSS" + (f", {t.peak_device_gib:.2f} GiB GPU" if t.peak_device_gib else "")
             status = t.error or f"median {t.median:.3f} s over {len(t.seconds)}"
             console.print(f"{n:>7} tokens  {t.mode:<26} {status:<28} peak {mem}")
-    doc = {"command": command, "machine": _machine(device), "dtype": dtype,
+    doc = {"command": command, "machine": _machine(device), "dtype": dtype, "model": model,
            "results": [{**vars(r), "median_s": r.median} for r in rows]}
     if json_out:
         print(json.dumps(doc))

@@ -94,7 +94,8 @@ def load_clusters(lookup_path: Optional[Path], records, gamma: float, metric: Me
     return cluster_heads(mean_similarity(similarity_matrices(records, config)), fp.num_heads, ClusterConfig())
 
 
-def heatmap_view(rec, layer: int, head: Optional[int], mask: Optional[MaskKind], gamma: float, clusters):
+def heatmap_view(rec, layer: int, head: Optional[int], mask: Optional[MaskKind], gamma: float, clusters,
+                 method_masks=None):
     from sharedattn.analysis.plots import heatmaps
 
     heatmaps.check_layer(rec, layer)
@@ -109,13 +110,16 @@ def heatmap_view(rec, layer: int, head: Optional[int], mask: Optional[MaskKind],
             ov = heatmaps.shared_overlay(rec, clusters, layer, h, gamma)
             if ov is not None:
                 overlays[h] = ov
+        elif mask is not None and mask.is_method:
+            overlays[h] = heatmaps.MaskOverlay(method_masks[h].numpy(), f"{mask.value} mask", mask.value)
     if mask is MaskKind.SHARED and not overlays:
         which = "this head is" if head is not None else f"no head of layer {layer} is"
         err_console.print(f"[yellow]note:[/] {which} in a shared cluster: nothing outlined")
     if head is not None:
         return heatmaps.heatmap_figure(rec, layer, head, overlay=overlays.get(head))
     title = {MaskKind.COVERAGE: f"coverage mask at gamma {gamma:g}",
-             MaskKind.SHARED: f"pivotal pattern each head would share (gamma {gamma:g})"}.get(mask, "")
+             MaskKind.SHARED: f"pivotal pattern each head would share (gamma {gamma:g})"}.get(
+        mask, f"blocks {mask.value} kept on this prompt" if mask else "")
     return heatmaps.head_grid_figure(rec, layer, overlays=overlays, overlay_title=title)
 
 
@@ -152,7 +156,7 @@ def summary_view(records, gamma: float, clusters, source: str):
 
 
 def make_figure(records, view: View, *, layer: Optional[int], head: Optional[int], mask: Optional[MaskKind],
-                gamma: float, metric: Metric, lookup: Optional[Path]):
+                gamma: float, metric: Metric, lookup: Optional[Path], method_masks=None):
     rec = records[0]
     if view in (View.SIMILARITY, View.CLUSTERMAP, View.ACROSS):
         return similarity_view(records, view, metric, gamma)
@@ -161,7 +165,32 @@ def make_figure(records, view: View, *, layer: Optional[int], head: Optional[int
     source = "from the lookup" if lookup else "clusters of these records' heads"
     if view is View.SUMMARY:
         return summary_view(records, gamma, clusters, source)
-    return heatmap_view(rec, layer, head, mask, gamma, clusters)
+    return heatmap_view(rec, layer, head, mask, gamma, clusters, method_masks)
+
+
+def method_layer_masks(rec, mask: MaskKind, layer: int, gamma: float, lookup: Optional[Path], choice):
+    """Run ``mask``'s method on the record's own prompt and return its block masks ``[H, nqb, nkb]``
+    for ``layer`` (the record's block size; dense_below 0 so short prompts show their pattern)."""
+    from sharedattn.analysis.hf.prefill_run import run_prefill
+    from sharedattn.analysis.method_config import MethodName, make_config
+
+    from .common import load_prompts
+    from .lookup_source import resolve_lookup
+
+    loaded = choice.load()
+    diff = loaded.fingerprint.mismatch(rec.meta.model)
+    if diff:
+        raise UserError(f"the record was captured with another model ({diff}); pass that model")
+    prompt = load_prompts(loaded, [rec.meta.prompt.name], rec.meta.num_tokens, False)[0]
+    if prompt.sha256 != rec.meta.prompt.sha256:
+        raise UserError(f"cannot rebuild the record's prompt {rec.meta.prompt.name!r} exactly "
+                        "(its tokens differ); capture it again")
+    method = MethodName(mask.value)
+    lookup_obj = resolve_lookup(lookup, loaded, choice)[0] if method is MethodName.SHAREPREFILL else None
+    config = make_config(method, block_size=rec.meta.block_size, dense_below=0, gamma=gamma)
+    with err_console.status(f"running {method.value} on {prompt.name} for its masks..."):
+        run = run_prefill(loaded, prompt.input_ids, method, config, lookup_obj, keep_masks=True)
+    return run.trace.masks[layer][0]
 
 
 @cli_command
@@ -172,8 +201,10 @@ def heatmap(
                                                  "layer).", show_default=False)] = None,
     head: Annotated[str, typer.Option("--head", help="Head number, or 'all' for the layer's grid.")] = "all",
     mask: Annotated[Optional[MaskKind], typer.Option(
-        "--mask", help="Outline the blocks a rule keeps: coverage (the head's own mask at --gamma) or "
-        "shared (the pivotal pattern of its shared cluster).", show_default=False)] = None,
+        "--mask", help="Outline the blocks a rule keeps: coverage (the head's own mask at --gamma), "
+        "shared (the pivotal pattern of its shared cluster), or a method's mask on this prompt "
+        "(runs the model; with --record, pass --model unless it is the bundled one).",
+        show_default=False)] = None,
     gamma: GammaOpt = 0.95,
     similarity: Annotated[bool, typer.Option("--similarity", help="Head-by-head similarity matrix.")] = False,
     clustermap: Annotated[bool, typer.Option("--clustermap", help="Clustermap with dendrogram.")] = False,
@@ -204,23 +235,43 @@ def heatmap(
     head_index = parse_head(head)
     similarity_config(metric, gamma, "worst")  # bad --gamma fails here, before any capture
     check_target(out, out_dir)
-    recs = gather_records(inputs, records, model, random_init, tokens, truncate, block_size, dtype, device,
-                          min_prompts=2 if view is View.ACROSS else 1, why="--across")
+    model_for_masks = bool(records) and mask is not None and mask.is_method  # --model picks the runner
+    recs = gather_records(inputs, records, None if model_for_masks else model,
+                          None if model_for_masks else random_init, tokens, truncate, block_size, dtype,
+                          device, min_prompts=2 if view is View.ACROSS else 1, why="--across")
     if view is View.HEATMAP and layer is None:
         layer = recs[0].meta.model.num_layers // 2
     if view is View.ACROSS and len(recs) > 2:
         err_console.print(f"[yellow]note:[/] --across compares the first two of {len(recs)} prompts")
     target = out if out is not None else out_dir / default_name(recs[0], view, layer, head_index, mask, metric)
+    method_masks = None
+    if mask is not None and mask.is_method and view is View.HEATMAP:
+        from sharedattn.analysis.plots import heatmaps
+
+        from .common import ModelChoice
+
+        try:
+            heatmaps.check_layer(recs[0], layer)
+        except PlotError as exc:
+            raise UserError(str(exc)) from None
+        choice = ModelChoice(model if records else _model_of(inputs, model), random_init, dtype, device)
+        method_masks = method_layer_masks(recs[0], mask, layer, gamma, lookup, choice)
     try:
         with err_console.status(f"drawing {view.value}..."):
             fig = make_figure(recs, view, layer=layer, head=head_index, mask=mask, gamma=gamma,
-                              metric=metric, lookup=lookup)
+                              metric=metric, lookup=lookup, method_masks=method_masks)
             if out is None:
                 out_dir.mkdir(parents=True, exist_ok=True)
             path = save_figure(fig, target)
     except PlotError as exc:
         raise UserError(str(exc)) from None
     console.print(f"figure: {path}", soft_wrap=True)
+
+
+def _model_of(inputs, model):
+    from .common import split_inputs
+
+    return split_inputs(inputs, model)[0]
 
 
 def register(app: typer.Typer) -> None:

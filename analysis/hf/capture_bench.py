@@ -34,14 +34,15 @@ class CaptureTiming:
         return statistics.median(self.seconds) if self.seconds else float("nan")
 
 
-def _child(mode: CaptureMode, tokens: int, device: str, dtype: str, repeats: int) -> dict:
+def _child(mode: CaptureMode, tokens: int, device: str, dtype: str, repeats: int,
+           random_init: str | None = None) -> dict:
     import torch
 
     from ..prompts import resolve_prompt
     from .capture import CaptureConfig, attention_implementation, capture_prompt
     from .models import load_model
 
-    loaded = load_model(None, device=device, dtype=dtype)
+    loaded = load_model(None, random_init=random_init, device=device, dtype=dtype)
     prompt = resolve_prompt("stdlib-prose", loaded.tokenizer, tokens=tokens, max_tokens=tokens)
     ids = torch.tensor([prompt.input_ids], device=device)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
@@ -71,9 +72,11 @@ def _child(mode: CaptureMode, tokens: int, device: str, dtype: str, repeats: int
 
 
 def run_variant(mode: CaptureMode, tokens: int, device: str, dtype: str, repeats: int,
-                timeout: float | None = None) -> CaptureTiming:
-    """Run one variant in a child process and read its peak memory."""
+                timeout: float | None = None, random_init: str | None = None) -> CaptureTiming:
+    """Run one variant in a child process and read its peak memory (``random_init``: a random-init
+    shape instead of the bundled weights; timing does not depend on the weights)."""
     cmd = [sys.executable, "-m", __name__, mode.value, str(tokens), device, dtype, str(repeats)]
+    cmd += [random_init] if random_init else []
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
@@ -91,8 +94,8 @@ def run_variant(mode: CaptureMode, tokens: int, device: str, dtype: str, repeats
 
 
 def main(argv: list[str]) -> None:
-    mode, tokens, device, dtype, repeats = argv
-    result = _child(CaptureMode(mode), int(tokens), device, dtype, int(repeats))
+    mode, tokens, device, dtype, repeats, *random_init = argv
+    result = _child(CaptureMode(mode), int(tokens), device, dtype, int(repeats), *random_init)
     print(json.dumps(result))
 
 

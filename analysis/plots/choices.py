@@ -11,6 +11,15 @@ from enum import Enum
 class MaskKind(str, Enum):
     COVERAGE = "coverage"  # the head's own coverage mask at gamma
     SHARED = "shared"  # the pivotal pattern of the head's shared cluster
+    # the mask a sparse prefill method chose for the head on this prompt (runs the model)
+    A_SHAPE = "a-shape"
+    VERTICAL_SLASH = "vertical-slash"
+    FLEXPREFILL = "flexprefill"
+    SHAREPREFILL = "shareprefill"
+
+    @property
+    def is_method(self) -> bool:
+        return self not in (MaskKind.COVERAGE, MaskKind.SHARED)
 
 
 class View(str, Enum):

@@ -1,0 +1,272 @@
+"""Run several prefill methods on the same prompts in one process, against dense, and collect rows.
+
+Dense always runs first on every prompt, in the same harness, and is the reference for everything
+else: layer output errors (measured inside each layer against SDPA on the same inputs), KL and
+top-1 agreement of the last positions' logits, log-likelihood difference, and the task answer.
+This module needs a loaded model (``analysis.hf.models.LoadedModel``) but imports no transformers.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+from .method_config import MethodConfig, MethodName
+from .tasks import TaskKind, TaskPrompt, answer_found, mean_loglik
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """How each (method, prompt) run is measured."""
+
+    methods: tuple[MethodName, ...]  # dense is added first if missing: it is the reference
+    eval_positions: int = 256  # last positions scored: KL, top-1 agreement, log-likelihood
+    max_new_tokens: int = 10  # greedy tokens after prompts that have an answer
+    measure_recall: bool = True  # true attention mass inside kept blocks (one exact pass a layer)
+    timing_pass: bool = False  # time a separate uninstrumented prefill instead of the measured one
+
+    def __post_init__(self):
+        if not self.methods:
+            raise ValueError("the method list is empty")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError("a method is listed twice")
+        if self.eval_positions < 2:
+            raise ValueError(f"eval_positions must be at least 2, got {self.eval_positions}")
+        if self.max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+
+    @property
+    def run_order(self) -> tuple[MethodName, ...]:
+        rest = tuple(m for m in self.methods if m is not MethodName.DENSE)
+        return (MethodName.DENSE, *rest)
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "methods": [m.value for m in self.methods]}
+
+
+@dataclass
+class CompareRow:
+    """One method on one prompt."""
+
+    method: str
+    prompt: str
+    kind: str
+    length: int
+    depth: float | None
+    tokens: int
+    density: float
+    recall: float | None
+    error_mean: float | None  # relative error of attention outputs, mean over layers
+    error_worst: float | None  # and the worst layer
+    worst_layer: int | None
+    kl_mean: float
+    kl_last: float
+    top1: float  # share of evaluated positions whose argmax agrees with dense
+    top1_last: bool
+    loglik: float  # mean token log-likelihood over the evaluated positions
+    loglik_delta: float  # this minus dense (negative: the method predicts the text worse)
+    answer: str | None
+    continuation: str
+    correct: bool | None  # exact match, for prompts with an answer
+    seconds: float
+    attention_seconds: float
+    decisions: dict = field(default_factory=dict)  # share of heads by decision
+
+    def to_json(self) -> dict:
+        return {k: _clean(v) for k, v in asdict(self).items()}
+
+
+CSV_COLUMNS = ("method", "prompt", "kind", "length", "depth", "tokens", "density", "recall",
+               "error_mean", "error_worst", "worst_layer", "kl_mean", "kl_last", "top1", "top1_last",
+               "loglik", "loglik_delta", "answer", "correct", "seconds", "attention_seconds")
+
+
+def _clean(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, float):
+        return round(value, 6)
+    return value
+
+
+@dataclass
+class RunRecord:
+    """What the harness keeps of one run besides its row: the per-head trace, for the report."""
+
+    method: MethodName
+    prompt: str
+    trace: object  # analysis.trace.PrefillTrace
+
+
+@dataclass
+class CompareResult:
+    config: CompareConfig
+    method_configs: dict  # method value -> config json
+    rows: list[CompareRow]
+    records: list[RunRecord]
+    skipped: list[str] = field(default_factory=list)  # prompts skipped, with the reason
+
+    def summary(self) -> list[dict]:
+        return [summarise(m.value, [r for r in self.rows if r.method == m.value])
+                for m in self.config.run_order]
+
+    def to_json(self) -> dict:
+        return {"config": self.config.to_json(), "method_configs": self.method_configs,
+                "summary": self.summary(), "rows": [r.to_json() for r in self.rows],
+                "skipped": self.skipped}
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for row in self.rows:
+            writer.writerow({k: ("" if v is None else v) for k, v in row.to_json().items()})
+        return buf.getvalue()
+
+
+def _mean(values) -> float | None:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    return statistics.fmean(vals) if vals else None
+
+
+def summarise(method: str, rows: list[CompareRow]) -> dict:
+    """Per-method aggregates over prompts (means; the worst layer error is a maximum)."""
+    scored = [r.correct for r in rows if r.correct is not None]
+    text = [r.loglik_delta for r in rows if r.kind == TaskKind.TEXT.value]
+    worst = [r.error_worst for r in rows if r.error_worst is not None]
+    out = {"method": method, "prompts": len(rows),
+           "density": _mean(r.density for r in rows), "recall": _mean(r.recall for r in rows),
+           "error_mean": _mean(r.error_mean for r in rows), "error_worst": max(worst) if worst else None,
+           "kl_mean": _mean(r.kl_mean for r in rows), "top1": _mean(r.top1 for r in rows),
+           "loglik_delta": _mean(text), "task_correct": sum(scored) if scored else None,
+           "task_total": len(scored), "seconds": sum(r.seconds for r in rows),
+           "attention_seconds": sum(r.attention_seconds for r in rows)}
+    return {k: _clean(v) for k, v in out.items()}
+
+
+Progress = Callable[[str], None]
+
+
+def _layer_errors(run) -> tuple[float | None, float | None, int | None]:
+    errs = run.layer_errors
+    if not errs:
+        return None, None, None
+    worst = max(range(len(errs)), key=lambda i: errs[i])
+    return statistics.fmean(errs), errs[worst], worst
+
+
+def _measured_run(loaded, task: TaskPrompt, method, mcfg, lookup, cfg: CompareConfig, generate: bool):
+    from .hf.prefill_run import run_prefill
+
+    positions = min(cfg.eval_positions, task.prompt.num_tokens)
+    instrumented = method is not MethodName.DENSE
+    run = run_prefill(loaded, task.prompt.input_ids, method, mcfg, lookup, compare_dense=instrumented,
+                      measure_recall=cfg.measure_recall and instrumented,
+                      max_new_tokens=cfg.max_new_tokens if generate else 0, eval_positions=positions)
+    seconds, attn = run.seconds, run.attention_seconds
+    if cfg.timing_pass and instrumented:
+        clean = run_prefill(loaded, task.prompt.input_ids, method, mcfg, lookup, eval_positions=1)
+        seconds, attn = clean.seconds, clean.attention_seconds
+    return run, seconds, attn
+
+
+def _row(task: TaskPrompt, run, seconds, attn, dense_logits, dense_loglik, tokenizer) -> CompareRow:
+    from .hf.prefill_run import logit_fidelity
+
+    fid = logit_fidelity(dense_logits, run.logits)
+    err_mean, err_worst, worst_layer = _layer_errors(run)
+    if run.method is MethodName.DENSE:
+        err_mean, err_worst, worst_layer = 0.0, 0.0, None
+    continuation = tokenizer.decode(run.generated) if run.generated else ""
+    loglik = mean_loglik(run.logits, task.prompt.input_ids)
+    recall = run.trace.mean_recall()
+    if run.method is MethodName.DENSE:
+        recall = 1.0
+    return CompareRow(
+        run.method.value, task.name, task.kind.value, task.length, task.depth, task.prompt.num_tokens,
+        run.trace.overall_density(), recall, err_mean, err_worst, worst_layer,
+        fid.kl_mean, fid.kl_last, fid.top1_agreement, fid.top1_last, loglik,
+        loglik - dense_loglik, task.prompt.answer, continuation,
+        answer_found(task.prompt.answer, continuation), seconds, attn, run.trace.decision_shares())
+
+
+def run_compare(loaded, tasks: list[TaskPrompt], configs: dict[MethodName, MethodConfig], lookup,
+                cfg: CompareConfig, progress: Progress | None = None) -> CompareResult:
+    """Every method of ``cfg.run_order`` on every prompt; ``configs`` maps each method to its config
+    (dense included). ``lookup`` is needed only for shareprefill."""
+    say = progress or (lambda _msg: None)
+    rows: list[CompareRow] = []
+    records: list[RunRecord] = []
+    for i, task in enumerate(tasks, 1):
+        generate = task.prompt.answer is not None
+        dense_logits = dense_loglik = None
+        for method in cfg.run_order:
+            say(f"[{i}/{len(tasks)}] {task.name} ({task.prompt.num_tokens} tokens): {method.value}")
+            run, seconds, attn = _measured_run(loaded, task, method, configs[method],
+                                               lookup if method is MethodName.SHAREPREFILL else None,
+                                               cfg, generate)
+            if method is MethodName.DENSE:
+                dense_logits, dense_loglik = run.logits, mean_loglik(run.logits, task.prompt.input_ids)
+            rows.append(_row(task, run, seconds, attn, dense_logits, dense_loglik, loaded.tokenizer))
+            records.append(RunRecord(method, task.name, run.trace))
+    method_configs = {m.value: configs[m].to_json() for m in cfg.run_order}
+    return CompareResult(cfg, method_configs, rows, records)
+
+
+def parse_methods(text: str) -> tuple[MethodName, ...]:
+    """``"dense,flexprefill"`` -> methods; ``ValueError`` naming an unknown or empty entry."""
+    names = [part.strip() for part in text.split(",")]
+    if not any(names):
+        raise ValueError("--methods is empty: name at least one of " + ", ".join(m.value for m in MethodName))
+    out = []
+    for name in names:
+        if not name:
+            raise ValueError(f"--methods {text!r} has an empty entry")
+        try:
+            method = MethodName(name)
+        except ValueError:
+            choices = ", ".join(m.value for m in MethodName)
+            raise ValueError(f"unknown method {name!r} in --methods (choose from {choices})") from None
+        if method in out:
+            raise ValueError(f"method {name!r} is listed twice in --methods")
+        out.append(method)
+    return tuple(out)
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both coordinates (lower is better on both)."""
+    front = []
+    for i, (x, y) in enumerate(points):
+        dominated = any((a <= x and b <= y) and (a < x or b < y) for j, (a, b) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i])
+
+
+def passkey_cells(rows: list[CompareRow], method: str) -> dict[tuple[int, float], bool]:
+    """(length, depth) -> correct, for one method's single-key passkey rows."""
+    return {(r.length, r.depth): bool(r.correct) for r in rows
+            if r.method == method and r.kind == TaskKind.PASSKEY.value and r.correct is not None}
+
+
+def trace_notes(result: CompareResult) -> list[dict]:
+    """Per (method, prompt): the share of heads by decision and the mean density of each decision,
+    the evidence for why a method won or lost on a prompt."""
+    from .method_config import Decision
+
+    notes = []
+    for rec in result.records:
+        if rec.method is MethodName.DENSE:
+            continue
+        dec, den = rec.trace.decision.flatten(), rec.trace.density.flatten()
+        per = {}
+        for d in Decision:
+            sel = dec == int(d)
+            if bool(sel.any()):
+                per[d.label] = {"share": round(float(sel.float().mean()), 4),
+                                "density": round(float(den[sel].float().mean()), 4)}
+        notes.append({"method": rec.method.value, "prompt": rec.prompt, "decisions": per})
+    return notes

@@ -1,0 +1,184 @@
+"""Whole-layer sparse prefill against dense cuDNN on planted-structure inputs (``bench prefill``).
+
+For each length N one planted pair of layers (``analysis.planted``: layer 0 and layer 1 share the
+planted groups) is built on the GPU. Timed, per method, is the WHOLE per-layer pipeline of
+``SparsePrefill.attend``: probe, estimation kernels, batched decisions, block layout (with its host
+sync) and the block-sparse kernel. Dense is cuDNN SDPA (``SDPBackend.CUDNN_ATTENTION``) on K/V
+expanded to the query heads beforehand (expansion not timed). SharePrefill is timed twice: on
+layer 0, where each planted cluster's first head is pivotal and runs dense with its block-mass
+map, and on layer 1, where the clusters' heads share the pivotal patterns (the steady state of
+every later layer). Fidelity comes from a separate untimed run of the same layer: relative error
+of the output against dense, mean density, mean recall (true attention mass inside the kept
+blocks) and the share of heads per decision.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+
+from .method_config import Decision, MethodName, make_config
+from .planted import PlantedSpec, planted_cluster_table, planted_layer
+from .sharing import SharingState
+from .sparse_prefill import SparsePrefill
+
+SPARSE_METHODS = (MethodName.VERTICAL_SLASH, MethodName.FLEXPREFILL, MethodName.SHAREPREFILL)
+Timer = Callable[[Callable[[], object]], float]
+
+
+@dataclass
+class LayerResult:
+    """One method on one layer at one length."""
+
+    n: int
+    method: str
+    layer: str  # "any" (no cross-layer state), "pivotal" (SharePrefill layer 0), "shared" (layer 1)
+    ms: float
+    dense_ms: float
+    density: float = float("nan")
+    rel_error: float = float("nan")
+    recall: float = float("nan")
+    decisions: dict = field(default_factory=dict)
+
+    @property
+    def speedup(self) -> float:
+        return self.dense_ms / self.ms
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "speedup": self.speedup}
+
+
+class LayerInputs:
+    """Two planted layers at one length, their dense cuDNN outputs and the dense timing."""
+
+    def __init__(self, spec: PlantedSpec, n: int, device, timer: Timer):
+        self.n = n
+        self.spec = spec
+        self.scale = spec.head_dim ** -0.5
+        self.layers = [planted_layer(spec, n, layer, device) for layer in (0, 1)]
+        self.dense_out = [dense_cudnn(q, k, v, self.scale) for q, k, v in self.layers]
+        q, k, v = self.layers[0]
+        group = q.shape[1] // k.shape[1]
+        k_rep, v_rep = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+        self.dense_ms = timer(lambda: _sdpa_cudnn(q, k_rep, v_rep, self.scale))
+        del k_rep, v_rep
+
+
+def _sdpa_cudnn(q, k, v, scale):
+    """Causal SDPA on K/V already expanded to q's heads: cuDNN on CUDA, torch's default else."""
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    if not q.is_cuda:
+        return sdpa(q, k, v, is_causal=True, scale=scale)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        return sdpa(q, k, v, is_causal=True, scale=scale)
+
+
+def dense_cudnn(q, k, v, scale) -> torch.Tensor:
+    """Dense causal attention, K/V expanded to q's heads (cuDNN on CUDA)."""
+    group = q.shape[1] // k.shape[1]
+    return _sdpa_cudnn(q, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1), scale)
+
+
+def _config(method: MethodName, gamma: float):
+    return make_config(method, gamma=gamma, dense_below=0)  # measure the sparse path at every N
+
+
+def _fidelity(result: LayerResult, out: torch.Tensor, ref: torch.Tensor, trace) -> LayerResult:
+    diff = (out.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-12)
+    result.rel_error = float(diff)
+    result.density = float(trace.density.float().mean())
+    if trace.recall is not None:
+        result.recall = float(trace.recall.float().mean())
+    total = trace.decision.numel()
+    result.decisions = {d.label: float((trace.decision == int(d)).sum()) / total for d in Decision
+                        if bool((trace.decision == int(d)).any())}
+    return result
+
+
+def bench_method(inputs: LayerInputs, method: MethodName, gamma: float, timer: Timer,
+                 fidelity: bool = True) -> list[LayerResult]:
+    """Time one sparse method on the planted layers (two results for SharePrefill)."""
+    cfg = _config(method, gamma)
+    if method is not MethodName.SHAREPREFILL:
+        q, k, v = inputs.layers[0]
+        runner = SparsePrefill(method, cfg)
+        res = LayerResult(inputs.n, method.value, "any", timer(lambda: runner.attend(0, q, k, v, inputs.scale)),
+                          inputs.dense_ms)
+        if fidelity:
+            out, trace = SparsePrefill(method, cfg, measure_recall=True).attend(0, q, k, v, inputs.scale)
+            _fidelity(res, out, inputs.dense_out[0], trace)
+        return [res]
+    return _bench_share(inputs, cfg, timer, fidelity)
+
+
+def _bench_share(inputs: LayerInputs, cfg, timer: Timer, fidelity: bool) -> list[LayerResult]:
+    table = planted_cluster_table(inputs.spec, 2)
+    runner = SparsePrefill(MethodName.SHAREPREFILL, cfg, SharingState(table))
+    (q0, k0, v0), (q1, k1, v1) = inputs.layers
+    pivotal = LayerResult(inputs.n, MethodName.SHAREPREFILL.value, "pivotal",
+                          timer(lambda: runner.attend(0, q0, k0, v0, inputs.scale)), inputs.dense_ms)
+    runner.attend(0, q0, k0, v0, inputs.scale)  # layer 1 reads the pivotal patterns of this pass
+    shared = LayerResult(inputs.n, MethodName.SHAREPREFILL.value, "shared",
+                         timer(lambda: runner.attend(1, q1, k1, v1, inputs.scale)), inputs.dense_ms)
+    if fidelity:
+        check = SparsePrefill(MethodName.SHAREPREFILL, cfg, SharingState(table), measure_recall=True)
+        for res, layer, (q, k, v) in ((pivotal, 0, inputs.layers[0]), (shared, 1, inputs.layers[1])):
+            out, trace = check.attend(layer, q, k, v, inputs.scale)
+            _fidelity(res, out, inputs.dense_out[layer], trace)
+    return [pivotal, shared]
+
+
+def bench_length(spec: PlantedSpec, n: int, device, timer: Timer, gamma: float = 0.95,
+                 methods=SPARSE_METHODS, fidelity: bool = True, log=print) -> tuple[float, list[LayerResult]]:
+    """Dense time and every method's results at length ``n``."""
+    inputs = LayerInputs(spec, n, device, timer)
+    log(f"n={n}: dense cuDNN {inputs.dense_ms:.3f} ms")
+    rows = []
+    for method in methods:
+        for res in bench_method(inputs, MethodName(method), gamma, timer, fidelity):
+            log(f"  {res.method:<15} {res.layer:<8} {res.ms:8.3f} ms  x{res.speedup:5.2f}  density "
+                f"{res.density:.3f}  rel.err {res.rel_error:.4f}  recall {res.recall:.4f}")
+            rows.append(res)
+    dense_ms = inputs.dense_ms
+    del inputs
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return dense_ms, rows
+
+
+def crossover(rows: list[LayerResult], lengths: list[int]) -> dict[str, int | None]:
+    """Per method (and SharePrefill layer kind): the shortest N from which the whole layer is
+    faster than dense at every measured longer N too (None: never within ``lengths``)."""
+    out: dict[str, int | None] = {}
+    keys = sorted({(r.method, r.layer) for r in rows})
+    for method, layer in keys:
+        faster = {r.n: r.ms < r.dense_ms for r in rows if (r.method, r.layer) == (method, layer)}
+        name = method if layer == "any" else f"{method} ({layer})"
+        out[name] = None
+        for n in sorted(lengths, reverse=True):
+            if not faster.get(n, False):
+                break
+            out[name] = n
+    return out
+
+
+def recommended_dense_below(cross: dict[str, int | None], lengths: list[int]) -> int | None:
+    """The smallest ``dense_below`` that keeps every method (steady-state layers) never slower
+    than dense on the measured lengths: the largest per-method crossover."""
+    steady = [v for k, v in cross.items() if "(pivotal)" not in k]
+    if any(v is None for v in steady):
+        return None
+    return max(steady) if steady else None
+
+
+def results_table(rows: list[LayerResult]) -> list[str]:
+    """Markdown rows: one per (N, method, layer)."""
+    lines = ["| N | method | layer | ms | dense cuDNN ms | speedup | density | rel. error | recall |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.n} | {r.method} | {r.layer} | {r.ms:.3f} | {r.dense_ms:.3f} | {r.speedup:.2f} | "
+                     f"{r.density:.3f} | {r.rel_error:.4f} | {r.recall:.4f} |")
+    return lines

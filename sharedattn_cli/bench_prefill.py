@@ -1,0 +1,106 @@
+"""`sharedattn bench prefill`: whole-layer sparse prefill vs dense cuDNN on planted structure.
+
+Thin command over ``sharedattn.analysis.layer_bench``; heavy imports happen inside the body.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+SPARSE = "vertical-slash,flexprefill,shareprefill"
+
+
+def _csv(text: str, kind) -> list:
+    return [kind(x) for x in text.split(",") if x.strip()]
+
+
+def bench_prefill(
+    lengths: Annotated[str, typer.Option(help="Comma-separated lengths for the main table.")] = "4096,32768,65536,131072",
+    crossover: Annotated[str, typer.Option(help="Comma-separated lengths for the crossover search ('' skips it).")] = "1024,2048,4096,8192,16384",
+    methods: Annotated[str, typer.Option(help="Comma-separated sparse methods.")] = SPARSE,
+    gamma: Annotated[float, typer.Option(help="Coverage target of every method.")] = 0.95,
+    seed: Annotated[int, typer.Option(help="Seed of the planted workload.")] = 0,
+    out: Annotated[Optional[Path], typer.Option(help="Write the JSON results here.")] = None,
+) -> None:
+    """Whole per-layer pipeline (estimation, decisions, layout, kernel) of the sparse methods
+    against cuDNN dense SDPA, Llama-3.1-8B shapes, planted attention structure, with fidelity.
+
+    Example: sharedattn bench prefill --lengths 4096,32768 --crossover '' --out prefill.json
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        typer.echo("sharedattn bench prefill needs a CUDA GPU; none is available here.")
+        raise typer.Exit(2)
+    import triton
+
+    from sharedattn.analysis import layer_bench as lb
+    from sharedattn.analysis.method_config import MethodName
+    from sharedattn.analysis.planted import PlantedSpec
+    from sharedattn.kernels.bench import time_ms
+
+    device = torch.device(torch.cuda.current_device())
+    spec = PlantedSpec(seed=seed)
+    chosen = [MethodName(m) for m in _csv(methods, str)]
+    args = sys.argv[sys.argv.index("prefill") + 1:] if "prefill" in sys.argv else sys.argv[1:]
+    command = "sharedattn bench prefill " + " ".join(shlex.quote(a) for a in args)
+    report = {"command": command.strip(), "gpu": torch.cuda.get_device_name(device),
+              "torch": torch.__version__, "triton": triton.__version__, "gamma": gamma,
+              "shape": {"heads": spec.heads, "kv_heads": spec.kv_heads, "head_dim": spec.head_dim,
+                        "batch": spec.batch, "dtype": "bfloat16", "block_size": 128}, "seed": seed}
+    typer.echo(f"command: {report['command']}\ngpu: {report['gpu']} (torch {torch.__version__}, "
+               f"triton {triton.__version__})")
+    rows = _run(lb, spec, _csv(lengths, int), device, time_ms, gamma, chosen)
+    report["results"] = [r.to_json() for r in rows]
+    cross_lengths = _csv(crossover, int)
+    if cross_lengths:
+        cross_rows = _run(lb, spec, cross_lengths, device, time_ms, gamma, chosen, fidelity=False)
+        cross = lb.crossover(cross_rows + [r for r in rows if r.n > max(cross_lengths)],
+                             sorted(set(cross_lengths) | {r.n for r in rows}))
+        report["crossover"] = {"lengths": cross_lengths, "first_faster_n": cross,
+                               "recommended_dense_below": lb.recommended_dense_below(cross, cross_lengths),
+                               "results": [r.to_json() for r in cross_rows]}
+    _print(lb, rows, report)
+    if out is not None:
+        out.write_text(json.dumps(report, indent=1))
+        typer.echo(f"wrote {out}")
+    typer.echo(json.dumps(_summary(report)))
+
+
+def _run(lb, spec, lengths, device, timer, gamma, methods, fidelity=True) -> list:
+    rows = []
+    for n in lengths:
+        _, got = lb.bench_length(spec, n, device, timer, gamma, methods, fidelity, log=typer.echo)
+        rows.extend(got)
+    return rows
+
+
+def _print(lb, rows, report) -> None:
+    typer.echo("")
+    for line in lb.results_table(rows):
+        typer.echo(line)
+    if "crossover" in report:
+        c = report["crossover"]
+        typer.echo(f"\ncrossover (shortest N from which the whole layer beats dense): {c['first_faster_n']}")
+        typer.echo(f"recommended dense_below: {c['recommended_dense_below']}")
+
+
+def _summary(report: dict) -> dict:
+    """The one JSON line: speedups and fidelity per (N, method, layer), plus the crossover."""
+    keep = ("n", "method", "layer", "ms", "dense_ms", "speedup", "density", "rel_error", "recall")
+    doc = {"bench": "prefill", "gpu": report["gpu"],
+           "results": [{k: (round(r[k], 5) if isinstance(r[k], float) else r[k]) for k in keep}
+                       for r in report["results"]]}
+    if "crossover" in report:
+        doc["crossover"] = report["crossover"]["first_faster_n"]
+        doc["recommended_dense_below"] = report["crossover"]["recommended_dense_below"]
+    return doc
+
+
+def register_into(bench_app: typer.Typer) -> None:
+    bench_app.command("prefill")(bench_prefill)
