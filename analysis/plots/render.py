@@ -69,24 +69,13 @@ def close(fig) -> None:
     pyplot().close(fig)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def publish(tmp: Path) -> None:
-    """Give a finished temporary file the usual permissions (mkstemp makes it private)."""
-    os.chmod(tmp, 0o666 & ~_umask())
-
-
 def save_figure(fig, path: Path, *, close_after: bool = True) -> Path:
     """Write ``fig`` to ``path`` atomically (format from the suffix); nothing is left on failure."""
     fmt = check_output_path(path)
     meta = {"Software": None} if fmt is OutputFormat.PNG else None
+
     def write(tmp: Path) -> None:
         fig.savefig(tmp, format=fmt.value, dpi=DPI, metadata=meta, bbox_inches="tight", pad_inches=0.08)
-        publish(tmp)
 
     try:
         write_with(Path(path), write)

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..atomic import write_with
-from .render import publish
 
 _STYLE = """
 body { font-family: system-ui, -apple-system, "DejaVu Sans", sans-serif; margin: 0 auto;
@@ -109,9 +108,5 @@ def write_report(path: Path, title: str, subtitle: str, sections: list[ReportSec
     """Render and write the page atomically; returns its path."""
     text = render_html(title, subtitle, sections)
 
-    def write(tmp: Path) -> None:
-        tmp.write_text(text, encoding="utf-8")
-        publish(tmp)
-
-    write_with(Path(path), write)
+    write_with(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return Path(path)
