@@ -191,8 +191,9 @@ def looks_like_model(spec: str) -> bool:
         return True
     if path.exists():
         return False
-    parts = spec.split("/")  # a hub id: owner/name, no file suffix
-    return len(parts) == 2 and all(parts) and "." not in parts[1][-5:]
+    parts = spec.split("/")  # a hub id: owner/name, and the name has no file suffix such as .txt
+    suffix = Path(parts[-1]).suffix[1:]
+    return len(parts) == 2 and all(parts) and not (suffix.isalpha() and len(suffix) <= 5)
 
 
 def load_model(spec: str | None = None, *, random_init: str | None = None,

@@ -1,0 +1,43 @@
+"""Model sources: bundled, local folder, hub id (offline), random-init shapes."""
+import pytest
+
+from sharedattn.analysis.hf.models import (RANDOM_SHAPES, ModelLoadError, bundled_model_dir, load_model,
+                                           looks_like_model, parse_random_shape)
+
+
+def test_local_folder_loads(smollm2):
+    folder = bundled_model_dir()  # the converted bundled model is an ordinary Hugging Face folder
+    loaded = load_model(str(folder), device="cpu")
+    assert loaded.fingerprint.model_id == folder.name and loaded.realistic
+    assert loaded.fingerprint.num_layers == 30 and loaded.fingerprint.num_kv_heads == 3
+
+
+def test_hub_id_without_network_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="hub cannot be reached"):
+        load_model("someone/not-a-cached-model", device="cpu")
+
+
+def test_folder_that_is_not_a_model(tmp_path):
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        load_model(str(tmp_path), device="cpu")
+
+
+def test_random_shapes(tiny_model):
+    assert not tiny_model.realistic and tiny_model.fingerprint.model_id == "random:llama-tiny"
+    name, shape = parse_random_shape("llama-3.1-8b-shape:2")
+    assert name == "llama-3.1-8b-shape" and shape.num_layers == 2
+    assert (shape.num_heads, shape.num_kv_heads, shape.hidden_size // shape.num_heads) == (32, 8, 128)
+    assert {"llama-tiny", "llama-3.1-8b-shape"} <= set(RANDOM_SHAPES)
+    with pytest.raises(ModelLoadError, match="unknown random-init shape"):
+        parse_random_shape("gpt-5")
+    with pytest.raises(ModelLoadError, match="positive integer"):
+        parse_random_shape("llama-tiny:x")
+
+
+def test_positional_model_detection(tmp_path):
+    assert looks_like_model("smollm2-135m") and looks_like_model("meta-llama/Llama-3.1-8B")
+    assert looks_like_model(str(tmp_path))  # a folder
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("x")
+    assert not looks_like_model(str(prompt)) and not looks_like_model("stdlib-code")
