@@ -39,7 +39,10 @@ class MethodConfig:
     """Parameters every method shares."""
 
     block_size: int = 128  # tokens per block, queries and keys alike
-    dense_below: int = 4096  # prompts (keys) shorter than this run dense: sparsity cannot pay there
+    # Prompts (keys) shorter than this run dense: the crossover measured on the H200 with
+    # Llama-3.1-8B shapes (docs/benchmarks.md, "Crossover"): below 32K a whole sparse layer
+    # (estimation, decisions, layout, kernel) is slower than cuDNN dense attention.
+    dense_below: int = 32768
 
     def __post_init__(self):
         if self.block_size not in (16, 32, 64, 128, 256):

@@ -32,9 +32,10 @@ def _register_all() -> None:
         if hasattr(module, "register"):
             module.register(app)
         elif hasattr(module, "bench_app"):
-            from .bench_capture import register_into
+            from . import bench_capture, bench_prefill
 
-            register_into(module.bench_app)
+            bench_capture.register_into(module.bench_app)
+            bench_prefill.register_into(module.bench_app)
             app.add_typer(module.bench_app, name="bench")
 
 

@@ -11,7 +11,8 @@ from typing import Annotated, Optional
 
 import typer
 
-bench_app = typer.Typer(help="Benchmarks (GPU only).", no_args_is_help=True, add_completion=False)
+bench_app = typer.Typer(help="Benchmarks: kernel and prefill need a GPU; capture runs anywhere.",
+                        no_args_is_help=True, add_completion=False)
 
 
 @bench_app.callback()

@@ -81,7 +81,8 @@ def prefill(
     max_new_tokens: Annotated[int, Opt("--max-new-tokens", help="Greedy tokens generated after prefill (dense decoding).")] = 16,
     chunk: Annotated[Optional[int], Opt("--chunk", help="Prefill in chunks of this many tokens over the cache.")] = None,
     block_size: Annotated[Optional[int], Opt("--block-size", "-b", help="Block size (default 128; 64 below 8K-context models).")] = None,
-    dense_below: Annotated[Optional[int], Opt("--dense-below", help="Prompts shorter than this run dense (tokens).")] = None,
+    dense_below: Annotated[Optional[int], Opt("--dense-below", help="Prompts shorter than this run dense (tokens; default 32768, the crossover measured on an H200 "
+    "for Llama-3.1-8B shapes: pass 0 to study the sparse path on short prompts).")] = None,
     gamma: Annotated[Optional[float], Opt("--gamma", help="Coverage target for budgets and patterns (0.95).")] = None,
     min_budget: Annotated[Optional[int], Opt("--min-budget", help="Minimum vertical/slash budget in tokens (1024).")] = None,
     tau_qa: Annotated[Optional[float], Opt("--tau-qa", help="Query-aware threshold, sqrt-JS (0.1).")] = None,
