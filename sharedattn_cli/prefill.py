@@ -131,6 +131,10 @@ def prefill(
 
         lookup_obj, lookup_note = resolve_lookup(lookup, loaded, choice)
         err_console.print(f"[dim]shareprefill uses {lookup_note}[/]")
+    if method is not MethodName.DENSE and prompt.num_tokens < config.dense_below:
+        err_console.print(f"[yellow]note:[/] the prompt ({prompt.num_tokens} tokens) is shorter than "
+                          f"--dense-below {config.dense_below} (the measured crossover), so every head "
+                          "runs dense; pass --dense-below 0 to run the sparse path anyway")
     on_gpu = next(loaded.model.parameters()).device.type == "cuda"
     if not on_gpu:
         err_console.print("[yellow]note:[/] on the CPU the kernels run as their torch reference twins "
