@@ -6,11 +6,16 @@ loops over heads or moves data to the host. Block conventions are those of
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ..kernels.reference import causal_block_mask, num_blocks, pool_cols_sum
 
 
+# Geometry helpers are cached per (lengths, block size, device): every layer of a forward pass
+# asks for the same tensors, and rebuilding them costs kernel launches. Never modify their results.
+@functools.lru_cache(maxsize=64)
 def query_block_positions(nq: int, nk: int, block_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Absolute key-block index of the first and last query of each query block: ``[nqb]`` x 2."""
     nqb = num_blocks(nq, block_size)
@@ -20,6 +25,7 @@ def query_block_positions(nq: int, nk: int, block_size: int, device) -> tuple[to
     return (first + offset) // block_size, (last + offset) // block_size
 
 
+@functools.lru_cache(maxsize=64)
 def diagonal_block_mask(nq: int, nk: int, block_size: int, device) -> torch.Tensor:
     """Bool ``[nqb, nkb]``: the key blocks that hold each query block's own positions."""
     lo, hi = query_block_positions(nq, nk, block_size, device)
@@ -27,9 +33,10 @@ def diagonal_block_mask(nq: int, nk: int, block_size: int, device) -> torch.Tens
     return (cols[None, :] >= lo[:, None]) & (cols[None, :] <= hi[:, None])
 
 
+@functools.lru_cache(maxsize=64)
 def always_kept(nq: int, nk: int, block_size: int, device) -> torch.Tensor:
     """Bool ``[nqb, nkb]``: key block 0 (the attention sink) and the block diagonal."""
-    mask = diagonal_block_mask(nq, nk, block_size, device)
+    mask = diagonal_block_mask(nq, nk, block_size, device).clone()
     mask[:, 0] = True
     return mask & causal_block_mask(nq, nk, block_size, device)
 

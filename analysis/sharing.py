@@ -43,6 +43,15 @@ class SharingState:
         self.table = table  # [L, H]
         self.num_clusters = int(table.max().item()) + 1 if table.numel() else 0
         self._shape = None
+        self._on_device: dict = {}  # device -> (table [L, H], earlier-head mask [H, H])
+
+    def _tables(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cluster table and the strict lower-triangular head order, moved to ``device`` once."""
+        if device not in self._on_device:
+            h = self.table.shape[1]
+            self._on_device[device] = (self.table.to(device),
+                                       torch.ones(h, h, dtype=torch.bool, device=device).tril(-1))
+        return self._on_device[device]
 
     def reset(self, batch: int, nqb: int, nkb: int, device) -> None:
         c = max(self.num_clusters, 1)
@@ -63,14 +72,14 @@ class SharingState:
         """``candidates`` ``[B, H]``: non-query-aware heads. Pooled profiles ``[B, H, nkb]``."""
         b, h = candidates.shape
         device = candidates.device
-        cluster = self.table[layer].to(device)  # [H]
+        table, earlier = self._tables(device)
+        cluster = table[layer]  # [H]
         in_cluster = cluster >= 0
         cid = cluster.clamp(min=0)[None, :].expand(b, h)  # [B, H]
         cand = candidates & in_cluster[None, :]
         had = self.exists.gather(1, cid) & cand  # pivotal from an earlier layer
         fresh = cand & ~had
         same = (cluster[:, None] == cluster[None, :]) & in_cluster[:, None]  # [H, H]
-        earlier = torch.ones(h, h, dtype=torch.bool, device=device).tril(-1)  # h' < h
         beaten = (fresh[:, None, :] & (same & earlier)[None]).any(-1)  # a lower head claims it
         pivotal = fresh & ~beaten
         close = (js_distance(v_blocks, self.v.gather(1, cid[..., None].expand_as(v_blocks))) < tau_s) & \
@@ -87,7 +96,7 @@ class SharingState:
                         gamma: float, tau_fb: float) -> None:
         """Store the pivotal heads' exact patterns (coverage at gamma of their block-mass maps)."""
         b, h = pivotal.shape
-        cid = self.table[layer].to(pivotal.device).clamp(min=0)[None, :].expand(b, h)
+        cid = self._tables(pivotal.device)[0][layer].clamp(min=0)[None, :].expand(b, h)
         slot = torch.where(pivotal, cid, torch.full_like(cid, self.pattern.shape[1]))  # dump slot
         c = self.pattern.shape[1]
 

@@ -21,6 +21,8 @@ to size ``max_kept``).
 """
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -31,8 +33,10 @@ from .reference import causal_block_mask, num_blocks
 PAD = -1
 
 
+@functools.lru_cache(maxsize=64)
 def _full_block_mask(nq: int, nk: int, block_size: int, device: torch.device) -> torch.Tensor:
-    """Bool ``[nqb, nkb]``: True where every key of block c is visible to every query of block r."""
+    """Bool ``[nqb, nkb]``: True where every key of block c is visible to every query of block r.
+    Cached per geometry: never modify the result."""
     nqb, nkb = num_blocks(nq, block_size), num_blocks(nk, block_size)
     first_pos = torch.arange(nqb, device=device) * block_size + (nk - nq)  # [nqb]
     ends = (torch.arange(nkb, device=device) + 1) * block_size  # [nkb] exclusive block ends

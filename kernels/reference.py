@@ -14,6 +14,7 @@ Conventions shared by every kernel and twin:
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -147,8 +148,11 @@ def last_block_profiles_ref(q, k, block_size, scale=None):
     return vertical, slash
 
 
+@functools.lru_cache(maxsize=64)
 def causal_block_mask(nq: int, nk: int, block_size: int, device: torch.device) -> torch.Tensor:
     """Bool ``[nqb, nkb]``: True where key block c holds a key visible to some query of block r.
+
+    Cached per geometry (every layer of a forward asks for the same one): never modify the result.
 
     With end alignment, query block r's last row sits at absolute position
     ``min((r+1)*B, Nq) - 1 + (Nk - Nq)``; block c is causal-valid when ``c*B`` is at most that.

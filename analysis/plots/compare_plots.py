@@ -72,18 +72,20 @@ def passkey_grid_figure(rows: list[CompareRow], title: str, path: Path) -> Path:
     lengths = sorted({k[0] for k in keys})
     depths = sorted({k[1] for k in keys})
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(methods), figsize=(1.2 + 1.9 * len(methods), 0.9 + 0.42 * len(lengths)),
+    fig, axes = plt.subplots(1, len(methods), figsize=(1.2 + 1.9 * len(methods), 1.5 + 0.42 * len(lengths)),
                              squeeze=False)
     cmap = ListedColormap(["#d9d9d9", "#d62728", "#2ca02c"])
     for ax, method in zip(axes[0], methods):
         grid = np.zeros((len(lengths), len(depths)))
         for (length, depth), ok in cells[method].items():
             grid[lengths.index(length), depths.index(depth)] = 2 if ok else 1
+            ax.text(depths.index(depth), lengths.index(length), "ok" if ok else "x", ha="center",
+                    va="center", fontsize=7, color="white")
         ax.imshow(grid, cmap=cmap, vmin=0, vmax=2, aspect="auto", interpolation="nearest")
         ax.set_title(method, fontsize=9)
         ax.set_xticks(range(len(depths)), [f"{d:g}" for d in depths], fontsize=7)
         ax.set_yticks(range(len(lengths)), [str(n) for n in lengths], fontsize=7)
         ax.set_xlabel("depth", fontsize=8)
     axes[0][0].set_ylabel("length (tokens)", fontsize=8)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(title, fontsize=9, y=1.04)
     return save_figure(fig, path)
