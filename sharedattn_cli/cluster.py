@@ -84,7 +84,7 @@ def cluster(
                                 ] = 2,
     min_similarity: Annotated[float, typer.Option(
         "--min-similarity", help="Clusters less alike than this on average (0-1) are not shared.")] = 0.5,
-    epochs: Annotated[int, typer.Option("--epochs", help="Autoencoder training epochs.")] = 150,
+    epochs: Annotated[int, typer.Option("--epochs", help="Autoencoder training epochs.")] = 200,
     latent_dim: Annotated[int, typer.Option("--latent-dim", help="Autoencoder code size.")] = 16,
     grid: Annotated[int, typer.Option("--grid", help="Maps are resampled to grid x grid (multiple of 8).")] = 32,
     seed: Annotated[int, typer.Option("--seed", help="Autoencoder seed.")] = 0,
