@@ -1,0 +1,156 @@
+"""`sharedattn compare [MODEL] [PROMPT...] [--methods ...] [--lookup L]`: every method, same prompts."""
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .common import (DEFAULT_OUT, DeviceOpt, DtypeOpt, InputsArg, JsonOpt, ModelChoice, ModelOpt,
+                     OutDirOpt, RandomInitOpt, TruncateOpt, UserError, check_out_dir, cli_command,
+                     console, err_console, split_inputs)
+from .compare_inputs import PromptPlan, build_tasks, method_configs
+from .compare_report import print_tables, write_outputs
+
+Opt = typer.Option
+ALL_METHODS = "dense,a-shape,vertical-slash,flexprefill,shareprefill"
+
+
+def _parse_list(text: Optional[str], kind, option: str) -> Optional[tuple]:
+    if text is None:
+        return None
+    try:
+        values = tuple(kind(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UserError(f"{option} {text!r}: expected comma-separated numbers") from None
+    if not values:
+        raise UserError(f"{option} is empty")
+    return values
+
+
+def _compare_config(methods: str, eval_positions: int, max_new_tokens: int, no_recall: bool,
+                    timing_pass: bool):
+    from sharedattn.analysis.compare import CompareConfig, parse_methods
+
+    try:
+        return CompareConfig(parse_methods(methods), eval_positions, max_new_tokens, not no_recall,
+                             timing_pass)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+@cli_command
+def compare(
+    inputs: InputsArg = None,
+    methods: Annotated[str, Opt("--methods", help="Comma-separated methods; dense always runs as the reference.")] = ALL_METHODS,
+    lookup: Annotated[Optional[Path], Opt("--lookup", "-l", help="Lookup for shareprefill (default: shipped "
+                                          "for the bundled model, else built from the bundled prompts and cached).")] = None,
+    quick: Annotated[bool, Opt("--quick", help="Reduced grid: 2 bundled prompts and passkeys at 1024 tokens, depths 0/0.5/1.")] = False,
+    passkey: Annotated[bool, Opt("--passkey", help="Add the passkey grid (1K-8K up to the context x depths 0-1).")] = False,
+    passkey_lengths: Annotated[Optional[str], Opt("--passkey-lengths", help="Passkey grid lengths, e.g. 1024,2048.")] = None,
+    passkey_depths: Annotated[Optional[str], Opt("--passkey-depths", help="Passkey grid depths, e.g. 0,0.5,1.")] = None,
+    needles: Annotated[int, Opt("--needles", help="Add a multi-key variant per length with this many keys (0: off).")] = 0,
+    seed: Annotated[int, Opt("--seed", help="Base seed of the generated prompts.")] = 0,
+    no_text: Annotated[bool, Opt("--no-text", help="Skip the default bundled real-text prompts.")] = False,
+    tokens: Annotated[Optional[int], Opt("--tokens", "-n", help="Length of bundled prompts (default 2048; 1024 with --quick).")] = None,
+    eval_positions: Annotated[int, Opt("--eval-positions", help="Last positions scored for KL, top-1, log-likelihood.")] = 256,
+    max_new_tokens: Annotated[int, Opt("--max-new-tokens", help="Greedy tokens generated for prompts with an answer.")] = 10,
+    no_recall: Annotated[bool, Opt("--no-recall", help="Skip measuring attention recall (saves one pass a layer).")] = False,
+    timing_pass: Annotated[bool, Opt("--timing-pass", help="Time a separate uninstrumented prefill per run.")] = False,
+    block_size: Annotated[Optional[int], Opt("--block-size", "-b", help="Block size (default 128; 64 for <= 8K-context models).")] = None,
+    dense_below: Annotated[int, Opt("--dense-below", help="Prompts shorter than this run dense (tokens); "
+                                    "0 here, so short prompts measure the sparse methods.")] = 0,
+    gamma: Annotated[Optional[float], Opt("--gamma", help="Coverage target (0.95).")] = None,
+    min_budget: Annotated[Optional[int], Opt("--min-budget", help="Minimum vertical/slash budget in tokens (1024).")] = None,
+    tau_qa: Annotated[Optional[float], Opt("--tau-qa", help="Query-aware threshold, sqrt-JS (0.1).")] = None,
+    tau_s: Annotated[Optional[float], Opt("--tau-s", help="Sharing threshold, sqrt-JS (0.5).")] = None,
+    tau_fb: Annotated[Optional[float], Opt("--tau-fb", help="Vertical-slash fallback coverage (0.95).")] = None,
+    sink_tokens: Annotated[Optional[int], Opt("--sink-tokens", help="a-shape sink (128).")] = None,
+    local_tokens: Annotated[Optional[int], Opt("--local-tokens", help="a-shape window (1024).")] = None,
+    csv_path: Annotated[Optional[Path], Opt("--csv", help="Also write the rows as CSV here (always in --out).")] = None,
+    no_figures: Annotated[bool, Opt("--no-figures", help="Skip the figures.")] = False,
+    out: OutDirOpt = DEFAULT_OUT / "compare",
+    truncate: TruncateOpt = False,
+    model: ModelOpt = None,
+    random_init: RandomInitOpt = None,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run every method on the same prompts in one process and report fidelity against dense.
+
+    Per method: density, attention recall, relative error of attention outputs (mean and worst
+    layer), KL and top-1 agreement of the last positions' logits, log-likelihood difference on real
+    text, passkey exact match, time. Every generated prompt is saved in --out.
+
+    Examples: `sharedattn compare --quick`,
+    `sharedattn compare stdlib-prose licenses --tokens 4096 --passkey --needles 4`,
+    `sharedattn compare ./my-model notes.txt --methods dense,flexprefill,shareprefill -l lookup.json`.
+    """
+    cfg = _compare_config(methods, eval_positions, max_new_tokens, no_recall, timing_pass)
+    model_spec, specs = split_inputs(inputs, model)
+    plan = PromptPlan.from_options(specs, quick=quick, passkey=passkey,
+                                   lengths=_parse_list(passkey_lengths, int, "--passkey-lengths"),
+                                   depths=_parse_list(passkey_depths, float, "--passkey-depths"),
+                                   needles=needles, seed=seed, no_text=no_text, tokens=tokens, truncate=truncate)
+    check_out_dir(out)
+    if csv_path is not None:
+        check_out_dir(csv_path.parent)
+    choice = ModelChoice(model_spec, random_init, dtype, device)
+    loaded = choice.load()
+    configs = method_configs(cfg, loaded, block_size=block_size, dense_below=dense_below, gamma=gamma,
+                             min_budget=min_budget, tau_qa=tau_qa, tau_s=tau_s, tau_fb=tau_fb,
+                             sink_tokens=sink_tokens, local_tokens=local_tokens)
+    lookup_obj, lookup_note = _lookup(cfg, lookup, loaded, choice)
+    tasks, skipped = build_tasks(plan, loaded)
+    _run_and_report(loaded, tasks, skipped, configs, lookup_obj, lookup_note, cfg, plan,
+                    out=out, csv_path=csv_path, figures=not no_figures, json_out=json_out)
+
+
+def _lookup(cfg, path: Optional[Path], loaded, choice):
+    from sharedattn.analysis.method_config import MethodName
+
+    if MethodName.SHAREPREFILL not in cfg.methods:
+        return None, None
+    from .lookup_source import resolve_lookup
+
+    lookup_obj, note = resolve_lookup(path, loaded, choice)
+    err_console.print(f"[dim]shareprefill uses {note}[/]")
+    return lookup_obj, note
+
+
+def _run_and_report(loaded, tasks, skipped, configs, lookup_obj, lookup_note, cfg, plan, *, out: Path,
+                    csv_path: Optional[Path], figures: bool, json_out: bool) -> None:
+    from sharedattn.analysis.compare import run_compare
+    from sharedattn.analysis.tasks import save_task_prompts
+
+    out.mkdir(parents=True, exist_ok=True)
+    prompts_path = save_task_prompts(out / "prompts.json", tasks,
+                                     {"model": loaded.fingerprint.to_json(), "plan": plan.to_json()})
+    on_gpu = next(loaded.model.parameters()).device.type == "cuda"
+    if not on_gpu:
+        err_console.print("[yellow]note:[/] on the CPU the kernels run as their torch reference twins "
+                          "(exact, slow): times here say nothing about GPU speed")
+    runs = len(tasks) * len(cfg.run_order)
+    if err_console.is_terminal:
+        with err_console.status(f"{runs} prefills...") as status:
+            result = run_compare(loaded, tasks, configs, lookup_obj, cfg, progress=status.update)
+    else:  # a log file: one line per run, so a long run shows where it is
+        result = run_compare(loaded, tasks, configs, lookup_obj, cfg,
+                             progress=lambda msg: err_console.print(f"[dim]{msg}[/]"))
+    result.skipped = skipped
+    meta = {"command": "sharedattn " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+            "model": loaded.fingerprint.to_json(), "model_source": loaded.source,
+            "device": "cuda" if on_gpu else "cpu", "lookup": lookup_note, "prompts_file": str(prompts_path)}
+    doc = write_outputs(out, result, meta, csv_path=csv_path, figures=figures)
+    if json_out:
+        typer.echo(json.dumps(doc))
+        return
+    print_tables(console, doc, result)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compare")(compare)
