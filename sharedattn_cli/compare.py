@@ -13,6 +13,8 @@ from .common import (DEFAULT_OUT, DeviceOpt, DtypeOpt, InputsArg, JsonOpt, Model
                      OutDirOpt, RandomInitOpt, TruncateOpt, UserError, check_out_dir, cli_command,
                      console, err_console, split_inputs)
 from .compare_inputs import PromptPlan, build_tasks, method_configs
+from .method_options import (GammaOpt, LocalOpt, LookupOpt, MethodBlockOpt, MinBudgetOpt, SinkOpt,
+                             TauFbOpt, TauQaOpt, TauSOpt)
 from .compare_report import print_tables, write_outputs
 
 Opt = typer.Option
@@ -46,8 +48,7 @@ def _compare_config(methods: str, eval_positions: int, max_new_tokens: int, no_r
 def compare(
     inputs: InputsArg = None,
     methods: Annotated[str, Opt("--methods", help="Comma-separated methods; dense always runs as the reference.")] = ALL_METHODS,
-    lookup: Annotated[Optional[Path], Opt("--lookup", "-l", help="Lookup for shareprefill (default: shipped "
-                                          "for the bundled model, else built from the bundled prompts and cached).")] = None,
+    lookup: LookupOpt = None,
     quick: Annotated[bool, Opt("--quick", help="Reduced grid: 2 bundled prompts and passkeys at 1024 tokens, depths 0/0.5/1.")] = False,
     passkey: Annotated[bool, Opt("--passkey", help="Add the passkey grid (1K-8K up to the context x depths 0-1).")] = False,
     passkey_lengths: Annotated[Optional[str], Opt("--passkey-lengths", help="Passkey grid lengths, e.g. 1024,2048.")] = None,
@@ -60,16 +61,16 @@ def compare(
     max_new_tokens: Annotated[int, Opt("--max-new-tokens", help="Greedy tokens generated for prompts with an answer.")] = 10,
     no_recall: Annotated[bool, Opt("--no-recall", help="Skip measuring attention recall (saves one pass a layer).")] = False,
     timing_pass: Annotated[bool, Opt("--timing-pass", help="Time a separate uninstrumented prefill per run.")] = False,
-    block_size: Annotated[Optional[int], Opt("--block-size", "-b", help="Block size (default 128; 64 for <= 8K-context models).")] = None,
+    block_size: MethodBlockOpt = None,
     dense_below: Annotated[int, Opt("--dense-below", help="Prompts shorter than this run dense (tokens); "
                                     "0 here, so short prompts measure the sparse methods.")] = 0,
-    gamma: Annotated[Optional[float], Opt("--gamma", help="Coverage target (0.95).")] = None,
-    min_budget: Annotated[Optional[int], Opt("--min-budget", help="Minimum vertical/slash budget in tokens (1024).")] = None,
-    tau_qa: Annotated[Optional[float], Opt("--tau-qa", help="Query-aware threshold, sqrt-JS (0.1).")] = None,
-    tau_s: Annotated[Optional[float], Opt("--tau-s", help="Sharing threshold, sqrt-JS (0.5).")] = None,
-    tau_fb: Annotated[Optional[float], Opt("--tau-fb", help="Vertical-slash fallback coverage (0.95).")] = None,
-    sink_tokens: Annotated[Optional[int], Opt("--sink-tokens", help="a-shape sink (128).")] = None,
-    local_tokens: Annotated[Optional[int], Opt("--local-tokens", help="a-shape window (1024).")] = None,
+    gamma: GammaOpt = None,
+    min_budget: MinBudgetOpt = None,
+    tau_qa: TauQaOpt = None,
+    tau_s: TauSOpt = None,
+    tau_fb: TauFbOpt = None,
+    sink_tokens: SinkOpt = None,
+    local_tokens: LocalOpt = None,
     csv_path: Annotated[Optional[Path], Opt("--csv", help="Also write the rows as CSV here (always in --out).")] = None,
     no_figures: Annotated[bool, Opt("--no-figures", help="Skip the figures.")] = False,
     out: OutDirOpt = DEFAULT_OUT / "compare",

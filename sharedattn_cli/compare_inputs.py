@@ -57,8 +57,9 @@ def method_configs(cfg, loaded, **fields) -> dict:
     """One config per method of the run (dense included), sharing the block size and dense_below."""
     from sharedattn.analysis.method_config import make_config
 
-    small_context = (loaded.fingerprint.max_positions or 0) <= 8192
-    fields["block_size"] = fields.get("block_size") or (64 if small_context else 128)
+    from .method_options import default_block_size
+
+    fields["block_size"] = default_block_size(loaded, fields.get("block_size"))
     try:
         return {m: make_config(m, **fields) for m in cfg.run_order}
     except ValueError as exc:

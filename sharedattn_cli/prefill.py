@@ -16,6 +16,8 @@ from sharedattn.analysis.method_config import MethodName
 from .common import (DEFAULT_OUT, DEFAULT_TOKENS, DeviceOpt, DtypeOpt, InputsArg, JsonOpt, ModelChoice,
                      ModelOpt, OutDirOpt, RandomInitOpt, TokensOpt, TruncateOpt, UserError, check_out_dir,
                      cli_command, console, err_console, load_prompts, split_inputs)
+from .method_options import (GammaOpt, LocalOpt, LookupOpt, MethodBlockOpt, MinBudgetOpt, SinkOpt,
+                             TauFbOpt, TauQaOpt, TauSOpt, default_block_size)
 from .prefill_report import print_report, report_document
 
 Opt = typer.Option
@@ -73,23 +75,22 @@ def _machine(loaded) -> str:
 def prefill(
     inputs: InputsArg = None,
     method: Annotated[MethodName, Opt("--method", help="Sparse method to run against dense.")] = MethodName.SHAREPREFILL,
-    lookup: Annotated[Optional[Path], Opt("--lookup", "-l", help="Lookup from `sharedattn cluster` "
-                                          "(default: shipped for the bundled model, else built and cached).")] = None,
+    lookup: LookupOpt = None,
     bench: Annotated[bool, Opt("--bench", help="Warm up, repeat, report medians and spreads, JSON line last.")] = False,
     repeats: Annotated[Optional[int], Opt("--repeats", help="Timed runs with --bench (default 5 GPU, 3 CPU).")] = None,
     warmup: Annotated[int, Opt("--warmup", help="Untimed runs before timing with --bench.")] = 1,
     max_new_tokens: Annotated[int, Opt("--max-new-tokens", help="Greedy tokens generated after prefill (dense decoding).")] = 16,
     chunk: Annotated[Optional[int], Opt("--chunk", help="Prefill in chunks of this many tokens over the cache.")] = None,
-    block_size: Annotated[Optional[int], Opt("--block-size", "-b", help="Block size (default 128; 64 below 8K-context models).")] = None,
+    block_size: MethodBlockOpt = None,
     dense_below: Annotated[Optional[int], Opt("--dense-below", help="Prompts shorter than this run dense (tokens; default 32768, the crossover measured on an H200 "
     "for Llama-3.1-8B shapes: pass 0 to study the sparse path on short prompts).")] = None,
-    gamma: Annotated[Optional[float], Opt("--gamma", help="Coverage target for budgets and patterns (0.95).")] = None,
-    min_budget: Annotated[Optional[int], Opt("--min-budget", help="Minimum vertical/slash budget in tokens (1024).")] = None,
-    tau_qa: Annotated[Optional[float], Opt("--tau-qa", help="Query-aware threshold, sqrt-JS (0.1).")] = None,
-    tau_s: Annotated[Optional[float], Opt("--tau-s", help="Sharing threshold, sqrt-JS (0.5).")] = None,
-    tau_fb: Annotated[Optional[float], Opt("--tau-fb", help="Vertical-slash fallback coverage (0.95).")] = None,
-    sink_tokens: Annotated[Optional[int], Opt("--sink-tokens", help="a-shape sink (128).")] = None,
-    local_tokens: Annotated[Optional[int], Opt("--local-tokens", help="a-shape window (1024).")] = None,
+    gamma: GammaOpt = None,
+    min_budget: MinBudgetOpt = None,
+    tau_qa: TauQaOpt = None,
+    tau_s: TauSOpt = None,
+    tau_fb: TauFbOpt = None,
+    sink_tokens: SinkOpt = None,
+    local_tokens: LocalOpt = None,
     vertical_tokens: Annotated[Optional[int], Opt("--vertical-tokens", help="Fixed vertical budget (vertical-slash).")] = None,
     slash_tokens: Annotated[Optional[int], Opt("--slash-tokens", help="Fixed slash budget (vertical-slash).")] = None,
     no_layer_errors: Annotated[bool, Opt("--no-layer-errors", help="Skip the extra pass that measures each layer's error.")] = False,
@@ -119,8 +120,7 @@ def prefill(
     check_out_dir(out)
     choice = ModelChoice(model_spec, random_init, dtype, device)
     loaded = choice.load()
-    small_context = (loaded.fingerprint.max_positions or 0) <= 8192
-    config = method_config(method, block_size=block_size or (64 if small_context else 128),
+    config = method_config(method, block_size=default_block_size(loaded, block_size),
                            dense_below=dense_below, gamma=gamma, min_budget=min_budget, tau_qa=tau_qa,
                            tau_s=tau_s, tau_fb=tau_fb, sink_tokens=sink_tokens, local_tokens=local_tokens,
                            vertical_tokens=vertical_tokens, slash_tokens=slash_tokens)
