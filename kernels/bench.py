@@ -224,10 +224,12 @@ def result_dict(r: CaseResult) -> dict:
     return asdict(r)
 
 
-DEFAULT_CONFIGS = [  # (BLOCK_M, BLOCK_N, num_warps, num_stages, warp_specialize) tried by --tune
-    (128, 128, 8, 3, False), (128, 128, 8, 2, False), (128, 64, 8, 3, False), (64, 64, 4, 3, False),
-    (128, 32, 4, 3, False), (128, 128, 8, 3, True), (128, 128, 8, 2, True), (128, 64, 8, 3, True),
-    (128, 128, 4, 2, True),
+DEFAULT_CONFIGS = [  # AttnConfig fields (BLOCK_M, BLOCK_N, warps, stages, warp spec., TMA, order)
+    (128, 128, 8, 3, False, False, "heads"), (128, 128, 8, 3, False, True, "heads"),
+    (128, 128, 8, 3, False, False, "kv"), (128, 128, 8, 3, False, True, "kv"),
+    (128, 128, 8, 2, False, True, "kv"), (128, 128, 8, 4, False, True, "kv"),
+    (128, 64, 8, 3, False, True, "kv"), (128, 128, 8, 3, True, True, "kv"),
+    (128, 128, 8, 2, True, True, "kv"),
 ]
 
 

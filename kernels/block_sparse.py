@@ -1,197 +1,44 @@
-"""Block-sparse causal attention forward (Triton), with an optional block-mass map.
+"""Block-sparse causal attention (Triton): public entry points and the checked launch.
 
-Tiers: ``_attn_fwd_kernel`` / ``_block_mass_kernel`` (private ``@triton.jit``) ->
-``_launch_attention`` (checks shapes, dtypes, block sizes; builds the grid) ->
-``block_sparse_attention`` (public). The plain-torch twin is
-``reference.block_sparse_attention_ref``.
-
-One program handles ``BLOCK_M`` queries of one (batch, query head); query heads read their KV head
-through the group index ``h // (H // H_kv)``. The grid runs heads fastest and query blocks from
-the last (longest causal rows) to the first. Each program walks the kept key blocks of its layout
-row in ``BLOCK_N`` tiles: first the full blocks without any mask, then the rest (diagonal, ragged)
-with the end-aligned causal mask. Softmax runs in base 2 with ``scale * log2(e)`` folded into the
-logits.
-
-Block mass (``return_block_mass=True``): a second pass re-reads only the kept K blocks, recomputes
-``QK^T`` and normalises it with the first pass's final row max and row sum (saved per query row),
-then adds ``mean_rows(sum_cols(p))`` for each kept block into ``[B, H, nqb, nkb]`` with an atomic
-add. It costs one extra ``QK^T`` over kept blocks (about half the forward's FLOPs), only for the
-calls that ask for it.
+Tiers: ``attn_fwd.attn_fwd_kernel`` and ``block_mass.block_mass_kernel`` (``@triton.jit``) ->
+``_launch_attention`` (checks shapes, dtypes, block sizes; builds descriptors and the grid) ->
+``block_sparse_attention`` / ``block_mass_map`` (public). The plain-torch twin is
+``reference.block_sparse_attention_ref``. The kernel itself is described in ``attn_fwd``; the
+block-mass map (``return_block_mass=True``) in ``block_mass``.
 """
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
 
 import torch
 import triton
-import triton.language as tl
 
+from .attn_fwd import AttnConfig, attn_fwd_kernel, default_config
+from .block_mass import launch_block_mass
 from .layout import BlockLayout
 
+__all__ = ["AttnConfig", "block_mass_map", "block_sparse_attention", "default_config"]
+
 LOG2E = 1.4426950408889634
-
-
-@dataclass(frozen=True)
-class AttnConfig:
-    """Launch shape: query/key tile sizes (each divides the layout block), warps, pipeline depth."""
-
-    block_m: int
-    block_n: int
-    num_warps: int = 4
-    num_stages: int = 2
-    warp_specialize: bool = False  # Triton's automatic warp specialisation of the main loop
 
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def default_config(block_size: int, head_dim: int, on_gpu: bool) -> AttnConfig:
-    """Tuned on an H200 for bf16 (see docs/benchmarks.md); whole blocks when interpreting."""
-    if not on_gpu:
-        return AttnConfig(block_size, block_size, 4, 1)
-    if block_size == 128 and head_dim == 128:
-        return AttnConfig(128, 128, 8, 3)
-    if block_size == 128:
-        return AttnConfig(128, 64, 4, 3)
-    return AttnConfig(64, 64, 4, 3)
+def _kv_descriptors(k: torch.Tensor, v: torch.Tensor, cfg: AttnConfig):
+    """4-D TMA descriptors ``[B, H_kv, Nk, D]`` with ``[1, 1, BLOCK_N, D]`` tiles, or None where
+    the tensors cannot be described (last dim not contiguous, unaligned base or strides)."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
 
-
-@triton.jit
-def _attn_tile(acc, m_i, l_i, q, k_base, v_base, idx_ptr, it, offs_n, offs_d, pos_m,
-               stride_kn, stride_kd, stride_vn, stride_vd, stride_ik, NK, qk_scale,
-               BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
-               STORE_OUT: tl.constexpr):
-    """One ``BLOCK_N`` key tile of the online softmax; returns the updated ``(acc, m_i, l_i)``."""
-    SUB: tl.constexpr = BLOCK_SIZE // BLOCK_N
-    c = tl.load(idx_ptr + (it // SUB) * stride_ik)
-    cols = c * BLOCK_SIZE + (it % SUB) * BLOCK_N + offs_n  # [BLOCK_N] absolute key index
-    if MASKED:
-        kt = tl.load(k_base + cols[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                     mask=cols[None, :] < NK, other=0.0)  # [HEAD_DIM, BLOCK_N]
-    else:
-        kt = tl.load(k_base + cols[None, :] * stride_kn + offs_d[:, None] * stride_kd)
-    qk = tl.dot(q, kt)  # [BLOCK_M, BLOCK_N] raw logits; scale folded into the exp2 argument
-    if MASKED:
-        qk = tl.where(cols[None, :] <= pos_m[:, None], qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that see nothing yet
-    else:
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        m_use = m_new
-    p = tl.math.exp2(qk * qk_scale - m_use[:, None])  # one FMA + exp2 per element
-    alpha = tl.math.exp2(m_i - m_use)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    if STORE_OUT:
-        if MASKED:
-            v = tl.load(v_base + cols[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-                        mask=cols[:, None] < NK, other=0.0)  # [BLOCK_N, HEAD_DIM]
-        else:
-            v = tl.load(v_base + cols[:, None] * stride_vn + offs_d[None, :] * stride_vd)
-        acc = acc * alpha[:, None]
-        acc = tl.dot(p.to(v.dtype), v, acc)
-    return acc, m_new, l_i
-
-
-@triton.jit
-def _attn_fwd_kernel(Q, K, V, O, Stats, Counts, Indices, NumFull,
-                     stride_qb, stride_qh, stride_qm, stride_qd,
-                     stride_kb, stride_kh, stride_kn, stride_kd,
-                     stride_vb, stride_vh, stride_vn, stride_vd,
-                     stride_ob, stride_oh, stride_om, stride_od,
-                     stride_cb, stride_ch, stride_ib, stride_ih, stride_ir, stride_ik,
-                     H, GROUP, NQ, NK, qk_scale,
-                     BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     HEAD_DIM: tl.constexpr, STORE_OUT: tl.constexpr, STORE_STATS: tl.constexpr,
-                     WARP_SPEC: tl.constexpr):
-    pid_bh = tl.program_id(0)
-    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)  # last query blocks (longest rows) first
-    b = pid_bh // H
-    h = pid_bh % H
-    kvh = h // GROUP
-    r = (pid_m * BLOCK_M) // BLOCK_SIZE
-    SUB: tl.constexpr = BLOCK_SIZE // BLOCK_N
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
-    pos_m = offs_m + (NK - NQ)  # absolute positions of the queries
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm
-                + offs_d[None, :] * stride_qd, mask=offs_m[:, None] < NQ, other=0.0)
-    row = b * stride_cb + h * stride_ch + r
-    count = tl.load(Counts + row)
-    n_full = tl.load(NumFull + row)
-    idx_ptr = Indices + b * stride_ib + h * stride_ih + r * stride_ir
-    k_base = K + b * stride_kb + kvh * stride_kh
-    v_base = V + b * stride_vb + kvh * stride_vh
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    for it in tl.range(0, n_full * SUB, warp_specialize=WARP_SPEC):
-        acc, m_i, l_i = _attn_tile(acc, m_i, l_i, q, k_base, v_base, idx_ptr, it, offs_n, offs_d,
-                                   pos_m, stride_kn, stride_kd, stride_vn, stride_vd, stride_ik,
-                                   NK, qk_scale, BLOCK_SIZE, BLOCK_N, False, STORE_OUT)
-    for it in range(n_full * SUB, count * SUB):
-        acc, m_i, l_i = _attn_tile(acc, m_i, l_i, q, k_base, v_base, idx_ptr, it, offs_n, offs_d,
-                                   pos_m, stride_kn, stride_kd, stride_vn, stride_vd, stride_ik,
-                                   NK, qk_scale, BLOCK_SIZE, BLOCK_N, True, STORE_OUT)
-    row_ok = offs_m < NQ
-    if STORE_OUT:
-        inv_l = tl.where(l_i > 0, 1.0 / tl.where(l_i > 0, l_i, 1.0), 0.0)
-        out = acc * inv_l[:, None]
-        tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om
-                 + offs_d[None, :] * stride_od, out.to(O.dtype.element_ty), mask=row_ok[:, None])
-    if STORE_STATS:  # Stats: [B, H, 2, NQ] fp32 (row max in log2 domain, row sum)
-        s_base = Stats + (pid_bh * 2) * NQ
-        tl.store(s_base + offs_m, m_i, mask=row_ok)
-        tl.store(s_base + NQ + offs_m, l_i, mask=row_ok)
-
-
-@triton.jit
-def _block_mass_kernel(Q, K, Stats, Mass, Counts, Indices,
-                       stride_qb, stride_qh, stride_qm, stride_qd,
-                       stride_kb, stride_kh, stride_kn, stride_kd,
-                       stride_cb, stride_ch, stride_ib, stride_ih, stride_ir, stride_ik,
-                       H, GROUP, NQ, NK, NKB, qk_scale,
-                       BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                       HEAD_DIM: tl.constexpr):
-    pid_bh = tl.program_id(0)
-    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    kvh = h // GROUP
-    r = (pid_m * BLOCK_M) // BLOCK_SIZE
-    SUB: tl.constexpr = BLOCK_SIZE // BLOCK_N
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
-    row_ok = offs_m < NQ
-    pos_m = offs_m + (NK - NQ)
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm
-                + offs_d[None, :] * stride_qd, mask=row_ok[:, None], other=0.0)
-    s_base = Stats + (pid_bh * 2) * NQ
-    m_i = tl.load(s_base + offs_m, mask=row_ok, other=0.0)
-    l_i = tl.load(s_base + NQ + offs_m, mask=row_ok, other=0.0)
-    m_i = tl.where(m_i == float("-inf"), 0.0, m_i)
-    n_rows = tl.minimum(NQ - r * BLOCK_SIZE, BLOCK_SIZE).to(tl.float32)
-    ok = row_ok & (l_i > 0)
-    w = tl.where(ok, 1.0 / (tl.where(ok, l_i, 1.0) * n_rows), 0.0)  # [BLOCK_M] 1 / (l * rows)
-    row = b * stride_cb + h * stride_ch + r
-    count = tl.load(Counts + row)
-    idx_ptr = Indices + b * stride_ib + h * stride_ih + r * stride_ir
-    k_base = K + b * stride_kb + kvh * stride_kh
-    mass_base = Mass + (pid_bh * tl.cdiv(NQ, BLOCK_SIZE) + r) * NKB
-    for it in range(0, count * SUB):
-        c = tl.load(idx_ptr + (it // SUB) * stride_ik)
-        cols = c * BLOCK_SIZE + (it % SUB) * BLOCK_N + offs_n
-        kt = tl.load(k_base + cols[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                     mask=cols[None, :] < NK, other=0.0)  # [HEAD_DIM, BLOCK_N]
-        qk = tl.dot(q, kt) * qk_scale
-        qk = tl.where(cols[None, :] <= pos_m[:, None], qk, float("-inf"))
-        p = tl.math.exp2(qk - m_i[:, None])  # [BLOCK_M, BLOCK_N]
-        part = tl.sum(tl.sum(p, 1) * w, 0)
-        tl.atomic_add(mass_base + c, part)
+    item = k.element_size()
+    for t in (k, v):
+        if t.stride(-1) != 1 or t.data_ptr() % 16 or any(s * item % 16 for s in t.stride()[:-1]):
+            return None
+    block = [1, 1, cfg.block_n, k.shape[-1]]
+    return (TensorDescriptor(k, list(k.shape), list(k.stride()), block),
+            TensorDescriptor(v, list(v.shape), list(v.stride()), block))
 
 
 def _check_inputs(q, k, v, layout: BlockLayout) -> None:
@@ -214,6 +61,7 @@ def _check_inputs(q, k, v, layout: BlockLayout) -> None:
         raise ValueError("q, k, v and the layout must be on one device")
 
 
+
 def _launch_attention(q, k, v, layout: BlockLayout, scale: float, return_block_mass: bool,
                       out: torch.Tensor | None, config: AttnConfig | None, store_out: bool = True):
     """Checked launch. q ``[B, H, Nq, D]``, k/v ``[B, H_kv, Nk, D]`` -> (out, mass or None)."""
@@ -234,31 +82,22 @@ def _launch_attention(q, k, v, layout: BlockLayout, scale: float, return_block_m
     if store_out:
         kernel_out = out if out.dtype == q.dtype else torch.empty_like(q)
     stats = torch.empty((bsz, heads, 2, nq), dtype=torch.float32, device=q.device)
-    grid = (bsz * heads, triton.cdiv(nq, cfg.block_m))
-    group = heads // k.shape[1]
+    descs = _kv_descriptors(k, v, cfg) if cfg.tma else None
+    num_m = triton.cdiv(nq, cfg.block_m)
     qk_scale = scale * LOG2E
-    lay = (layout.counts, layout.indices, layout.num_full)
-    _attn_fwd_kernel[grid](
-        q, k, v, kernel_out, stats, *lay,
+    attn_fwd_kernel[(bsz * heads * num_m,)](
+        q, k, v, kernel_out, stats, layout.counts, layout.indices, layout.num_full,
+        *(descs or (k, v)),
         *q.stride(), *k.stride(), *v.stride(), *kernel_out.stride(),
         layout.counts.stride(0), layout.counts.stride(1), *layout.indices.stride(),
-        heads, group, nq, k.shape[2], qk_scale,
+        heads, heads // k.shape[1], nq, k.shape[2], num_m, qk_scale,
         BLOCK_SIZE=layout.block_size, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=dim,
         STORE_OUT=store_out, STORE_STATS=return_block_mass, WARP_SPEC=cfg.warp_specialize,
+        USE_TMA=descs is not None, ORDER_KV=cfg.order == "kv",
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    if kernel_out is not out:
+    if store_out and kernel_out is not out:
         out.copy_(kernel_out)
-    mass = None
-    if return_block_mass:
-        mass = torch.zeros((bsz, heads, layout.num_q_blocks, layout.num_kv_blocks),
-                           dtype=torch.float32, device=q.device)
-        _block_mass_kernel[grid](
-            q, k, stats, mass, layout.counts, layout.indices,
-            *q.stride(), *k.stride(),
-            layout.counts.stride(0), layout.counts.stride(1), *layout.indices.stride(),
-            heads, group, nq, k.shape[2], layout.num_kv_blocks, qk_scale,
-            BLOCK_SIZE=layout.block_size, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=dim,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    mass = launch_block_mass(q, k, stats, layout, qk_scale, cfg) if return_block_mass else None
     return out, mass
 
 

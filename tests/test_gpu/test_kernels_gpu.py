@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from sharedattn.kernels import estimate as est
 from sharedattn.kernels import reference as ref
-from sharedattn.kernels.block_sparse import block_mass_map, block_sparse_attention
+from sharedattn.kernels.block_sparse import AttnConfig, block_mass_map, block_sparse_attention
 from sharedattn.kernels.layout import BlockLayout
 
 DEV = torch.device(torch.cuda.current_device()) if torch.cuda.is_available() else None
@@ -47,14 +47,33 @@ CASES = [  # (b, h, hkv, nq, nk, d, bs, density)
 ]
 
 
+VARIANTS = {  # launch variants besides the default: (tma, order, transformers-style K/V views)
+    "default": None, "pointers-heads": (False, "heads", False), "tma-kv": (True, "kv", False),
+    "tma-kv-views": (True, "kv", True), "pointers-kv-views": (False, "kv", True),
+}
+
+
+def _variant(name, bs, q, k, v):
+    """(config, k, v) for a variant; views are [B, N, H_kv, D] tensors seen as [B, H_kv, N, D]."""
+    spec = VARIANTS[name]
+    if spec is None:
+        return None, k, v
+    tma, order, views = spec
+    if views:
+        k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (k, v))
+    return AttnConfig(min(128, bs), 64, 4, 2, tma=tma, order=order), k, v
+
+
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_block_sparse_matches_reference(case, dtype):
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_block_sparse_matches_reference(case, dtype, variant):
     b, h, hkv, nq, nk, d, bs, density = case
     q, k, v = _qkv(b, h, hkv, nq, nk, d, dtype, seed=nq + h)
     lay = _layout(b, h, nq, nk, bs, density, seed=nk)
     out = torch.full_like(q, float("nan"))
-    o, mass = block_sparse_attention(q, k, v, lay, return_block_mass=True, out=out)
+    cfg, k, v = _variant(variant, bs, q, k, v)
+    o, mass = block_sparse_attention(q, k, v, lay, return_block_mass=True, out=out, config=cfg)
     assert not torch.isnan(o).any()
     dense = lay.to_dense()
     ref_o, ref_m = ref.block_sparse_attention_ref(q.float(), k.float(), v.float(), dense, bs,

@@ -114,3 +114,24 @@ def test_launcher_rejects_bad_inputs():
     q, k, v = make_qkv(1, 2, 1, 64, 64, 48, torch.float32)
     with pytest.raises(ValueError):
         block_sparse_attention(q, k, v, BlockLayout.dense_causal(1, 2, 64, 64, 64, q.device))
+
+
+@pytest.mark.parametrize("tma,order", [(True, "heads"), (False, "kv"), (True, "kv")])
+def test_tma_loads_and_program_orders(tma, order):
+    """TMA descriptor loads (zeros past Nk) and the KV-major program order give the same result."""
+    q, k, v = make_qkv(2, 6, 2, 200, 330, 64, torch.float32, seed=13)
+    _check(q, k, v, random_layout(2, 6, 200, 330, 64, 0.5, seed=13),
+           config=AttnConfig(64, 32, tma=tma, order=order))
+
+
+def test_tma_falls_back_for_unaligned_views():
+    """A K/V view whose strides TMA cannot describe still runs (pointer loads)."""
+    q, k, v = make_qkv(1, 2, 1, 128, 128, 64, torch.float32, seed=17)
+    k_odd = torch.cat([k, torch.zeros_like(k[..., :1])], dim=-1)[..., :64]  # row stride 65
+    _check(q, k_odd, v, random_layout(1, 2, 128, 128, 64, 0.7, seed=17),
+           config=AttnConfig(64, 64, tma=True))
+
+
+def test_unknown_program_order_rejected():
+    with pytest.raises(ValueError, match="order"):
+        AttnConfig(64, 64, order="rows")

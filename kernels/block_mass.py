@@ -1,0 +1,79 @@
+"""Block-mass pass of block-sparse attention (Triton): the map A[r, c] of method.md step 4.
+
+Runs after the forward kernel of ``attn_fwd`` has saved each query row's final max and sum
+(``Stats``). It re-reads only the kept K blocks, recomputes ``QK^T``, normalises it with those
+statistics, and adds ``mean_rows(sum_cols(p))`` of each kept block into ``[B, H, nqb, nkb]`` with
+an atomic add: one extra ``QK^T`` over kept blocks (about half the forward's FLOPs), only for the
+calls that ask for it. Twin: ``reference.block_sparse_attention_ref(..., return_block_mass=True)``.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .attn_fwd import AttnConfig
+from .layout import BlockLayout
+
+
+@triton.jit
+def block_mass_kernel(Q, K, Stats, Mass, Counts, Indices,
+                       stride_qb, stride_qh, stride_qm, stride_qd,
+                       stride_kb, stride_kh, stride_kn, stride_kd,
+                       stride_cb, stride_ch, stride_ib, stride_ih, stride_ir, stride_ik,
+                       H, GROUP, NQ, NK, NKB, qk_scale,
+                       BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                       HEAD_DIM: tl.constexpr):
+    pid_bh = tl.program_id(0)
+    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    kvh = h // GROUP
+    r = (pid_m * BLOCK_M) // BLOCK_SIZE
+    SUB: tl.constexpr = BLOCK_SIZE // BLOCK_N
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < NQ
+    pos_m = offs_m + (NK - NQ)
+    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm
+                + offs_d[None, :] * stride_qd, mask=row_ok[:, None], other=0.0)
+    s_base = Stats + (pid_bh * 2) * NQ
+    m_i = tl.load(s_base + offs_m, mask=row_ok, other=0.0)
+    l_i = tl.load(s_base + NQ + offs_m, mask=row_ok, other=0.0)
+    m_i = tl.where(m_i == float("-inf"), 0.0, m_i)
+    n_rows = tl.minimum(NQ - r * BLOCK_SIZE, BLOCK_SIZE).to(tl.float32)
+    ok = row_ok & (l_i > 0)
+    w = tl.where(ok, 1.0 / (tl.where(ok, l_i, 1.0) * n_rows), 0.0)  # [BLOCK_M] 1 / (l * rows)
+    row = b * stride_cb + h * stride_ch + r
+    count = tl.load(Counts + row)
+    idx_ptr = Indices + b * stride_ib + h * stride_ih + r * stride_ir
+    k_base = K + b * stride_kb + kvh * stride_kh
+    mass_base = Mass + (pid_bh * tl.cdiv(NQ, BLOCK_SIZE) + r) * NKB
+    for it in range(0, count * SUB):
+        c = tl.load(idx_ptr + (it // SUB) * stride_ik)
+        cols = c * BLOCK_SIZE + (it % SUB) * BLOCK_N + offs_n
+        kt = tl.load(k_base + cols[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+                     mask=cols[None, :] < NK, other=0.0)  # [HEAD_DIM, BLOCK_N]
+        qk = tl.dot(q, kt) * qk_scale
+        qk = tl.where(cols[None, :] <= pos_m[:, None], qk, float("-inf"))
+        p = tl.math.exp2(qk - m_i[:, None])  # [BLOCK_M, BLOCK_N]
+        part = tl.sum(tl.sum(p, 1) * w, 0)
+        tl.atomic_add(mass_base + c, part)
+
+
+def launch_block_mass(q: torch.Tensor, k: torch.Tensor, stats: torch.Tensor, layout: BlockLayout,
+                      qk_scale: float, cfg: AttnConfig) -> torch.Tensor:
+    """Mass map ``[B, H, nqb, nkb]`` fp32 from the forward pass's row statistics ``stats``."""
+    bsz, heads, nq, dim = q.shape
+    mass = torch.zeros((bsz, heads, layout.num_q_blocks, layout.num_kv_blocks),
+                       dtype=torch.float32, device=q.device)
+    grid = (bsz * heads, triton.cdiv(nq, cfg.block_m))
+    block_mass_kernel[grid](
+        q, k, stats, mass, layout.counts, layout.indices,
+        *q.stride(), *k.stride(),
+        layout.counts.stride(0), layout.counts.stride(1), *layout.indices.stride(),
+        heads, heads // k.shape[1], nq, k.shape[2], layout.num_kv_blocks, qk_scale,
+        BLOCK_SIZE=layout.block_size, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=dim,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return mass
