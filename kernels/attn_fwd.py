@@ -49,10 +49,10 @@ def default_config(block_size: int, head_dim: int, on_gpu: bool) -> AttnConfig:
     if not on_gpu:
         return AttnConfig(block_size, block_size, 4, 1)
     if block_size == 128 and head_dim == 128:
-        return AttnConfig(128, 128, 8, 3)
+        return AttnConfig(128, 128, 8, 3, order="kv")
     if block_size == 128:
-        return AttnConfig(128, 64, 4, 3)
-    return AttnConfig(64, 64, 4, 3)
+        return AttnConfig(128, 64, 4, 3, order="kv")
+    return AttnConfig(64, 64, 4, 3, order="kv")
 
 
 @triton.jit

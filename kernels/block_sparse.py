@@ -1,10 +1,10 @@
 """Block-sparse causal attention (Triton): public entry points and the checked launch.
 
-Tiers: ``attn_fwd.attn_fwd_kernel`` and ``block_mass.block_mass_kernel`` (``@triton.jit``) ->
+Tiers: ``attn_fwd.attn_fwd_kernel`` and ``mass_pass.block_mass_kernel`` (``@triton.jit``) ->
 ``_launch_attention`` (checks shapes, dtypes, block sizes; builds descriptors and the grid) ->
 ``block_sparse_attention`` / ``block_mass_map`` (public). The plain-torch twin is
 ``reference.block_sparse_attention_ref``. The kernel itself is described in ``attn_fwd``; the
-block-mass map (``return_block_mass=True``) in ``block_mass``.
+block-mass map (``return_block_mass=True``) in ``mass_pass``.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 import triton
 
 from .attn_fwd import AttnConfig, attn_fwd_kernel, default_config
-from .block_mass import launch_block_mass
+from .mass_pass import launch_block_mass
 from .layout import BlockLayout
 
 __all__ = ["AttnConfig", "block_mass_map", "block_sparse_attention", "default_config"]
