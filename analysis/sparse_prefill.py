@@ -74,10 +74,7 @@ class SparsePrefill:
 
     # ---- paths ---------------------------------------------------------------------------------
     def _dense(self, layer, q, k, v, scale):
-        out = torch.nn.functional.scaled_dot_product_attention(
-            q, k, v, is_causal=q.shape[2] > 1 and q.shape[2] == k.shape[2], scale=scale,
-            enable_gqa=q.shape[1] != k.shape[1],
-            attn_mask=None if q.shape[2] in (1, k.shape[2]) else _end_aligned_mask(q, k))
+        out = _sdpa(q, k, v, scale)
         b, h = q.shape[:2]
         ones = _full((b, h), 1.0, q.device, torch.float32)
         trace = LayerTrace(layer, _full((b, h), int(Decision.DENSE), q.device, torch.int8), ones, ones,
@@ -141,8 +138,11 @@ class SparsePrefill:
         bs = self.config.block_size
         layout = kernels.BlockLayout.from_dense(mask, bs, q.shape[2], k.shape[2])
         want_mass = pivots is not None and bool(pivots[0].any())
-        result = kernels.sparse_attention(q, k, v, layout, scale=scale, return_block_mass=want_mass)
-        out, mass = result if want_mass else (result, None)
+        if not want_mass and _keeps_everything(layout):  # nothing skipped: dense SDPA, bit-equal
+            out, mass = _sdpa(q, k, v, scale), None
+        else:
+            result = kernels.sparse_attention(q, k, v, layout, scale=scale, return_block_mass=want_mass)
+            out, mass = result if want_mass else (result, None)
         if want_mass:
             cfg: SharePrefillConfig = self.config
             self.sharing.record_pivotals(layer, pivots[0], mass, pivots[1], probe.v, probe.s,
@@ -157,6 +157,20 @@ class SparsePrefill:
             recall = mass_covered(mask, kernels.block_mass(q, k, bs, scale))
         kept = mask.cpu() if self.keep_masks else None
         return out, LayerTrace(layer, decision, density, coverage, source, recall, kept)
+
+
+def _sdpa(q, k, v, scale):
+    """Dense causal attention (torch SDPA), queries end-aligned to the keys."""
+    return torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, is_causal=q.shape[2] > 1 and q.shape[2] == k.shape[2], scale=scale,
+        enable_gqa=q.shape[1] != k.shape[1],
+        attn_mask=None if q.shape[2] in (1, k.shape[2]) else _end_aligned_mask(q, k))
+
+
+def _keeps_everything(layout) -> bool:
+    """Whether every head keeps every causal block (one host sync)."""
+    causal = causal_block_mask(layout.nq, layout.nk, layout.block_size, layout.device).sum()
+    return bool((layout.counts.sum() == causal * layout.counts.shape[0] * layout.counts.shape[1]).item())
 
 
 def _end_aligned_mask(q, k) -> torch.Tensor:

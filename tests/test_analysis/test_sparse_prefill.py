@@ -42,12 +42,20 @@ def test_prompt_shorter_than_a_block_runs_dense():
 
 
 @pytest.mark.parametrize("method", ["a-shape", "vertical-slash", "flexprefill", "shareprefill"])
-def test_full_budgets_equal_dense(method):
+def test_full_budgets_equal_dense(method, monkeypatch):
+    """A layout that keeps every block runs dense SDPA (the sparse kernel is never called)."""
+    def no_sparse(*args, **kwargs):
+        raise AssertionError("sparse kernel called for a layout that keeps everything")
+
+    monkeypatch.setattr("sharedattn.kernels.sparse_attention", no_sparse)
     q, k, v = qkv(nq=300, nk=300)
     out, trace = runner(method, gamma=1.0, min_budget=4096, local_tokens=4096, sink_tokens=4096
                         ).attend(0, q, k, v, 0.2)
     assert torch.allclose(out, attention_ref(q, k, v, 0.2), atol=1e-5)
     assert torch.allclose(trace.density, torch.ones_like(trace.density))
+    # nothing skipped: the same SDPA call as the dense path, bit for bit, but traced as the method
+    dense_out, _ = runner(method, dense_below=10**6).attend(0, q, k, v, 0.2)
+    assert torch.equal(out, dense_out) and not bool((trace.decision == Decision.DENSE).any())
 
 
 def test_sparse_is_sparse_and_traced():
