@@ -50,7 +50,8 @@ def kernel(
 
     device = torch.device(torch.cuda.current_device())
     shape = kb.BenchShape()
-    report = {"command": " ".join(["sharedattn", "bench", *sys.argv[1:]]),
+    args = sys.argv[1:]
+    report = {"command": " ".join(["sharedattn", *([] if args[:1] == ["bench"] else ["bench"]), *args]),
               "gpu": torch.cuda.get_device_name(device), "torch": torch.__version__,
               "triton": triton.__version__, "shape": vars(shape)}
     typer.echo(f"command: {report['command']}\ngpu: {report['gpu']} (torch {torch.__version__}, "
