@@ -141,7 +141,8 @@ class SparsePrefill:
         if not want_mass and _keeps_everything(layout):  # nothing skipped: dense SDPA, bit-equal
             out, mass = _sdpa(q, k, v, scale), None
         else:
-            result = kernels.sparse_attention(q, k, v, layout, scale=scale, return_block_mass=want_mass)
+            result = kernels.sparse_attention(q, k, v, layout, scale=scale, return_block_mass=want_mass,
+                                              mass_heads=pivots[0] if want_mass else None)
             out, mass = result if want_mass else (result, None)
         if want_mass:
             cfg: SharePrefillConfig = self.config

@@ -64,17 +64,35 @@ def select_backend(t: torch.Tensor) -> Backend:
 
 
 def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockLayout, *,
-                     scale: float | None = None, return_block_mass: bool = False):
+                     scale: float | None = None, return_block_mass: bool = False,
+                     mass_heads: torch.Tensor | None = None):
     """Block-sparse causal attention: q ``[B, H, Nq, D]``, k/v ``[B, H_kv, Nk, D]`` -> out
-    ``[B, H, Nq, D]`` (q's dtype), plus the mass map ``[B, H, nqb, nkb]`` fp32 when asked."""
+    ``[B, H, Nq, D]`` (q's dtype), plus the mass map ``[B, H, nqb, nkb]`` fp32 when asked
+    (only for the heads of the bool ``[B, H]`` ``mass_heads`` if given; zeros elsewhere)."""
     if select_backend(q) is Backend.TRITON:
         from .block_sparse import block_sparse_attention
 
-        return block_sparse_attention(q, k, v, layout, scale=scale, return_block_mass=return_block_mass)
+        return block_sparse_attention(q, k, v, layout, scale=scale, return_block_mass=return_block_mass,
+                                      mass_heads=mass_heads)
     if not return_block_mass:
         return _masked_sdpa(q, k, v, layout, scale)
-    res = ref.block_sparse_attention_ref(q, k, v, layout.to_dense(), layout.block_size, scale, True)
-    return res[0].to(q.dtype), res[1]
+    if mass_heads is None:
+        res = ref.block_sparse_attention_ref(q, k, v, layout.to_dense(), layout.block_size, scale, True)
+        return res[0].to(q.dtype), res[1]
+    return _masked_sdpa(q, k, v, layout, scale), _mass_of_heads(q, k, v, layout, scale, mass_heads)
+
+
+def _mass_of_heads(q, k, v, layout: BlockLayout, scale, mass_heads: torch.Tensor) -> torch.Tensor:
+    """Reference mass maps for the selected heads only (the others stay zero)."""
+    mass = torch.zeros(layout.shape, dtype=torch.float32, device=q.device)
+    bi, hi = torch.nonzero(mass_heads.to(q.device), as_tuple=True)
+    if bi.numel():
+        group = q.shape[1] // k.shape[1]
+        sel = lambda t, heads: t[bi, heads][None]  # noqa: E731  [1, n, ...]
+        _, m = ref.block_sparse_attention_ref(sel(q, hi), sel(k, hi // group), sel(v, hi // group),
+                                              sel(layout.to_dense(), hi), layout.block_size, scale, True)
+        mass[bi, hi] = m[0]
+    return mass
 
 
 def _masked_sdpa(q, k, v, layout: BlockLayout, scale: float | None) -> torch.Tensor:

@@ -62,8 +62,14 @@ def _check_inputs(q, k, v, layout: BlockLayout) -> None:
 
 
 
+def _check_mass_heads(mass_heads, q) -> None:
+    if mass_heads is not None and tuple(mass_heads.shape) != tuple(q.shape[:2]):
+        raise ValueError(f"mass_heads must be [B, H] = {tuple(q.shape[:2])}, got {tuple(mass_heads.shape)}")
+
+
 def _launch_attention(q, k, v, layout: BlockLayout, scale: float, return_block_mass: bool,
-                      out: torch.Tensor | None, config: AttnConfig | None, store_out: bool = True):
+                      out: torch.Tensor | None, config: AttnConfig | None, store_out: bool = True,
+                      mass_heads: torch.Tensor | None = None):
     """Checked launch. q ``[B, H, Nq, D]``, k/v ``[B, H_kv, Nk, D]`` -> (out, mass or None)."""
     _check_inputs(q, k, v, layout)
     orig_dtype = q.dtype
@@ -97,13 +103,14 @@ def _launch_attention(q, k, v, layout: BlockLayout, scale: float, return_block_m
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if store_out and kernel_out is not out:
         out.copy_(kernel_out)
-    mass = launch_block_mass(q, k, stats, layout, qk_scale, cfg) if return_block_mass else None
+    mass = launch_block_mass(q, k, stats, layout, qk_scale, cfg, mass_heads) if return_block_mass else None
     return out, mass
 
 
 def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockLayout,
                            *, scale: float | None = None, return_block_mass: bool = False,
-                           out: torch.Tensor | None = None, config: AttnConfig | None = None):
+                           out: torch.Tensor | None = None, config: AttnConfig | None = None,
+                           mass_heads: torch.Tensor | None = None):
     """Causal attention restricted to the layout's kept blocks.
 
     Args:
@@ -114,6 +121,8 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
         return_block_mass: also return the block-mass map ``[B, H, nqb, nkb]`` fp32 of the sparse
             softmax (rows sum to 1 over kept blocks, zero elsewhere).
         out: optional preallocated ``[B, H, Nq, D]`` output of q's dtype.
+        mass_heads: optional bool ``[B, H]``: with ``return_block_mass``, only these heads' maps
+            are computed (the others are zero and cost nothing), e.g. SharePrefill's pivotals.
         config: optional launch shape (benchmarks and tests); default from :func:`default_config`.
 
     Returns:
@@ -121,7 +130,9 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
         get zeros.
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    out, mass = _launch_attention(q, k, v, layout, scale, return_block_mass, out, config)
+    _check_mass_heads(mass_heads, q)
+    out, mass = _launch_attention(q, k, v, layout, scale, return_block_mass, out, config,
+                                  mass_heads=mass_heads)
     return (out, mass) if return_block_mass else out
 
 

@@ -17,7 +17,7 @@ from .layout import BlockLayout
 
 
 @triton.jit
-def block_mass_kernel(Q, K, Stats, Mass, Counts, Indices,
+def block_mass_kernel(Q, K, Stats, Mass, Counts, Indices, Wanted,
                        stride_qb, stride_qh, stride_qm, stride_qd,
                        stride_kb, stride_kh, stride_kn, stride_kd,
                        stride_cb, stride_ch, stride_ib, stride_ih, stride_ir, stride_ik,
@@ -46,7 +46,7 @@ def block_mass_kernel(Q, K, Stats, Mass, Counts, Indices,
     ok = row_ok & (l_i > 0)
     w = tl.where(ok, 1.0 / (tl.where(ok, l_i, 1.0) * n_rows), 0.0)  # [BLOCK_M] 1 / (l * rows)
     row = b * stride_cb + h * stride_ch + r
-    count = tl.load(Counts + row)
+    count = tl.load(Counts + row) * tl.load(Wanted + pid_bh)  # heads that did not ask: no work
     idx_ptr = Indices + b * stride_ib + h * stride_ih + r * stride_ir
     k_base = K + b * stride_kb + kvh * stride_kh
     mass_base = Mass + (pid_bh * tl.cdiv(NQ, BLOCK_SIZE) + r) * NKB
@@ -63,14 +63,19 @@ def block_mass_kernel(Q, K, Stats, Mass, Counts, Indices,
 
 
 def launch_block_mass(q: torch.Tensor, k: torch.Tensor, stats: torch.Tensor, layout: BlockLayout,
-                      qk_scale: float, cfg: AttnConfig) -> torch.Tensor:
-    """Mass map ``[B, H, nqb, nkb]`` fp32 from the forward pass's row statistics ``stats``."""
+                      qk_scale: float, cfg: AttnConfig, wanted: torch.Tensor | None = None) -> torch.Tensor:
+    """Mass map ``[B, H, nqb, nkb]`` fp32 from the forward pass's row statistics ``stats``.
+
+    ``wanted``: optional bool ``[B, H]``; heads that are False get zeros and cost no K reads."""
     bsz, heads, nq, dim = q.shape
     mass = torch.zeros((bsz, heads, layout.num_q_blocks, layout.num_kv_blocks),
                        dtype=torch.float32, device=q.device)
+    if wanted is None:
+        wanted = torch.ones((bsz, heads), dtype=torch.int32, device=q.device)
+    wanted = wanted.to(device=q.device, dtype=torch.int32).contiguous()
     grid = (bsz * heads, triton.cdiv(nq, cfg.block_m))
     block_mass_kernel[grid](
-        q, k, stats, mass, layout.counts, layout.indices,
+        q, k, stats, mass, layout.counts, layout.indices, wanted,
         *q.stride(), *k.stride(),
         layout.counts.stride(0), layout.counts.stride(1), *layout.indices.stride(),
         heads, heads // k.shape[1], nq, k.shape[2], layout.num_kv_blocks, qk_scale,

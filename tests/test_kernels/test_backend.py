@@ -21,13 +21,15 @@ def test_override_and_default():
 
 
 def test_backends_agree():
-    q, k, v = make_qkv(1, 2, 1, 130, 200, 32, torch.float32, seed=5)
-    lay = random_layout(1, 2, 130, 200, 64, 0.5)
+    q, k, v = make_qkv(2, 4, 2, 130, 200, 32, torch.float32, seed=5)
+    lay = random_layout(2, 4, 130, 200, 64, 0.5)
+    pivotal = torch.tensor([[False, True, False, True], [True, False, False, False]])
     results = {}
     for b in Backend:
         with use_backend(b):
             results[b] = (
                 kernels.sparse_attention(q, k, v, lay, return_block_mass=True),
+                kernels.sparse_attention(q, k, v, lay, return_block_mass=True, mass_heads=pivotal),
                 kernels.block_mass(q, k, 64),
                 kernels.last_block_profiles(q, k, 64),
                 kernels.pooled_block_estimate(q, k, 64),
@@ -38,7 +40,10 @@ def test_backends_agree():
     for a, b in zip(*flat):
         assert a.shape == b.shape and a.dtype == b.dtype
         assert torch.allclose(a, b, atol=1e-5)
-    assert torch.allclose(results[Backend.TRITON][1], ref.block_mass_ref(q, k, 64), atol=1e-5)
+    assert torch.allclose(results[Backend.TRITON][2], ref.block_mass_ref(q, k, 64), atol=1e-5)
+    full, part = results[Backend.REFERENCE][0][1], results[Backend.REFERENCE][1][1]
+    assert torch.equal(part[~pivotal], torch.zeros_like(part[~pivotal]))
+    assert torch.allclose(part[pivotal], full[pivotal], atol=1e-6)
 
 
 def test_import_is_cheap():

@@ -135,3 +135,17 @@ def test_tma_falls_back_for_unaligned_views():
 def test_unknown_program_order_rejected():
     with pytest.raises(ValueError, match="order"):
         AttnConfig(64, 64, order="rows")
+
+
+def test_mass_only_for_the_heads_that_ask():
+    """mass_heads: the selected heads' maps equal the twin's, the others are zero; out unchanged."""
+    q, k, v = make_qkv(2, 4, 2, 192, 256, 32, torch.float32, seed=19)
+    lay = random_layout(2, 4, 192, 256, 64, 0.6, seed=19)
+    wanted = torch.tensor([[True, False, False, True], [False, True, False, False]])
+    o, m = block_sparse_attention(q, k, v, lay, return_block_mass=True, mass_heads=wanted)
+    ref_o, ref_m = ref.block_sparse_attention_ref(q, k, v, lay.to_dense(), 64, return_block_mass=True)
+    assert (o - ref_o).abs().max().item() <= 1e-4
+    assert (m[wanted] - ref_m[wanted]).abs().max().item() <= 1e-4
+    assert bool((m[~wanted] == 0).all()) and bool((ref_m[~wanted] > 0).any())
+    with pytest.raises(ValueError, match="mass_heads"):
+        block_sparse_attention(q, k, v, lay, return_block_mass=True, mass_heads=wanted[:, :2])
