@@ -75,9 +75,15 @@ def _load_kv_tile(base, desc, b, kvh, start, offs_n, offs_d, stride_n, stride_d,
 @triton.jit
 def _attn_tile(acc, m_i, l_i, q, k_base, v_base, k_desc, v_desc, b, kvh, idx_ptr, it, offs_n,
                offs_d, pos_m, stride_kn, stride_kd, stride_vn, stride_vd, stride_ik, NK, qk_scale,
+               lse_ptr, lse_mask, NQP,
                BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-               MASKED: tl.constexpr, STORE_OUT: tl.constexpr, USE_TMA: tl.constexpr):
-    """One ``BLOCK_N`` key tile of the online softmax; returns the updated ``(acc, m_i, l_i)``."""
+               MASKED: tl.constexpr, STORE_OUT: tl.constexpr, USE_TMA: tl.constexpr,
+               TILE_LSE: tl.constexpr):
+    """One ``BLOCK_N`` key tile of the online softmax; returns the updated ``(acc, m_i, l_i)``.
+
+    With ``TILE_LSE`` it also stores, for each query row, the tile's log2-sum-exp2 of the scaled
+    logits (``m + log2(sum p)``) at ``lse_ptr + it * NQP`` (rows where ``lse_mask``): the one-pass
+    block-mass map is built from these and the final row statistics."""
     SUB: tl.constexpr = BLOCK_SIZE // BLOCK_N
     c = tl.load(idx_ptr + (it // SUB) * stride_ik)
     start = c * BLOCK_SIZE + (it % SUB) * BLOCK_N
@@ -94,7 +100,10 @@ def _attn_tile(acc, m_i, l_i, q, k_base, v_base, k_desc, v_desc, b, kvh, idx_ptr
         m_use = m_new
     p = tl.math.exp2(qk * qk_scale - m_use[:, None])  # one FMA + exp2 per element
     alpha = tl.math.exp2(m_i - m_use)
-    l_i = l_i * alpha + tl.sum(p, 1)
+    row_sum = tl.sum(p, 1)
+    l_i = l_i * alpha + row_sum
+    if TILE_LSE:
+        tl.store(lse_ptr + it * NQP, m_use + tl.math.log2(row_sum), mask=lse_mask)
     if STORE_OUT:
         v = _load_kv_tile(v_base, v_desc, b, kvh, start, offs_n, offs_d, stride_vn, stride_vd, NK,
                           BLOCK_N, HEAD_DIM, MASKED, USE_TMA)
@@ -122,16 +131,17 @@ def program_coords(pid, H, GROUP, NUM_M, ORDER_KV: tl.constexpr):
 
 
 @triton.jit
-def attn_fwd_kernel(Q, K, V, O, Stats, Counts, Indices, NumFull, KDesc, VDesc,
+def attn_fwd_kernel(Q, K, V, O, Stats, Counts, Indices, NumFull, KDesc, VDesc, Lse, Slots,
                     stride_qb, stride_qh, stride_qm, stride_qd,
                     stride_kb, stride_kh, stride_kn, stride_kd,
                     stride_vb, stride_vh, stride_vn, stride_vd,
                     stride_ob, stride_oh, stride_om, stride_od,
                     stride_cb, stride_ch, stride_ib, stride_ih, stride_ir, stride_ik,
-                    H, GROUP, NQ, NK, NUM_M, qk_scale,
+                    H, GROUP, NQ, NK, NUM_M, NQP, KT, qk_scale,
                     BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     HEAD_DIM: tl.constexpr, STORE_OUT: tl.constexpr, STORE_STATS: tl.constexpr,
-                    WARP_SPEC: tl.constexpr, USE_TMA: tl.constexpr, ORDER_KV: tl.constexpr):
+                    WARP_SPEC: tl.constexpr, USE_TMA: tl.constexpr, ORDER_KV: tl.constexpr,
+                    TILE_LSE: tl.constexpr):
     b, h, pid_m = program_coords(tl.program_id(0), H, GROUP, NUM_M, ORDER_KV)
     kvh = h // GROUP
     r = (pid_m * BLOCK_M) // BLOCK_SIZE
@@ -151,16 +161,24 @@ def attn_fwd_kernel(Q, K, V, O, Stats, Counts, Indices, NumFull, KDesc, VDesc,
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    lse_ptr = Lse + offs_m  # Lse: [slots, KT, NQP] fp32; Slots: [B * H] int32, -1 = no map
+    lse_mask = offs_m < 0
+    if TILE_LSE:
+        slot = tl.load(Slots + b * H + h)
+        lse_ptr = Lse + tl.maximum(slot, 0).to(tl.int64) * KT * NQP + offs_m
+        lse_mask = (offs_m < NQ) & (slot >= 0)
     for it in tl.range(0, n_full * SUB, warp_specialize=WARP_SPEC):
         acc, m_i, l_i = _attn_tile(acc, m_i, l_i, q, k_base, v_base, KDesc, VDesc, b, kvh, idx_ptr,
                                    it, offs_n, offs_d, pos_m, stride_kn, stride_kd, stride_vn,
-                                   stride_vd, stride_ik, NK, qk_scale, BLOCK_SIZE, BLOCK_N,
-                                   HEAD_DIM, False, STORE_OUT, USE_TMA)
+                                   stride_vd, stride_ik, NK, qk_scale, lse_ptr, lse_mask, NQP,
+                                   BLOCK_SIZE, BLOCK_N, HEAD_DIM, False, STORE_OUT, USE_TMA,
+                                   TILE_LSE)
     for it in range(n_full * SUB, count * SUB):
         acc, m_i, l_i = _attn_tile(acc, m_i, l_i, q, k_base, v_base, KDesc, VDesc, b, kvh, idx_ptr,
                                    it, offs_n, offs_d, pos_m, stride_kn, stride_kd, stride_vn,
-                                   stride_vd, stride_ik, NK, qk_scale, BLOCK_SIZE, BLOCK_N,
-                                   HEAD_DIM, True, STORE_OUT, USE_TMA)
+                                   stride_vd, stride_ik, NK, qk_scale, lse_ptr, lse_mask, NQP,
+                                   BLOCK_SIZE, BLOCK_N, HEAD_DIM, True, STORE_OUT, USE_TMA,
+                                   TILE_LSE)
     row_ok = offs_m < NQ
     if STORE_OUT:
         inv_l = tl.where(l_i > 0, 1.0 / tl.where(l_i > 0, l_i, 1.0), 0.0)

@@ -15,7 +15,7 @@ import torch
 import triton
 
 from .attn_fwd import AttnConfig, attn_fwd_kernel, default_config
-from .mass_pass import launch_block_mass
+from .mass_pass import launch_block_mass, mass_from_tile_lse
 from .layout import BlockLayout
 
 __all__ = ["AttnConfig", "block_mass_map", "block_sparse_attention", "default_config"]
@@ -67,9 +67,28 @@ def _check_mass_heads(mass_heads, q) -> None:
         raise ValueError(f"mass_heads must be [B, H] = {tuple(q.shape[:2])}, got {tuple(mass_heads.shape)}")
 
 
+def _one_pass_slots(layout: BlockLayout, cfg: AttnConfig, mass_heads, mode: str, device):
+    """Flat ids of the heads whose maps the forward pass records itself, or None for two passes.
+
+    The one-pass scratch is ``slots x kept tiles x rows`` fp32; "auto" takes it when it fits in
+    an eighth of the free device memory (512 MiB on CPU)."""
+    if mode == "two":
+        return None
+    bsz, heads = layout.counts.shape[:2]
+    wanted = torch.ones(bsz, heads, dtype=torch.bool, device=device) if mass_heads is None else mass_heads
+    ids = torch.nonzero(wanted.to(device).reshape(-1)).flatten()  # one host sync
+    need = ids.numel() * layout.indices.shape[-1] * (layout.block_size // cfg.block_n) \
+        * layout.num_q_blocks * layout.block_size * 4
+    if mode == "auto":
+        free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 4 << 30
+        if need > free // 8:
+            return None
+    return ids
+
+
 def _launch_attention(q, k, v, layout: BlockLayout, scale: float, return_block_mass: bool,
                       out: torch.Tensor | None, config: AttnConfig | None, store_out: bool = True,
-                      mass_heads: torch.Tensor | None = None):
+                      mass_heads: torch.Tensor | None = None, mass_pass: str = "auto"):
     """Checked launch. q ``[B, H, Nq, D]``, k/v ``[B, H_kv, Nk, D]`` -> (out, mass or None)."""
     _check_inputs(q, k, v, layout)
     orig_dtype = q.dtype
@@ -88,29 +107,41 @@ def _launch_attention(q, k, v, layout: BlockLayout, scale: float, return_block_m
     if store_out:
         kernel_out = out if out.dtype == q.dtype else torch.empty_like(q)
     stats = torch.empty((bsz, heads, 2, nq), dtype=torch.float32, device=q.device)
+    ids = _one_pass_slots(layout, cfg, mass_heads, mass_pass, q.device) if return_block_mass else None
+    sub = layout.block_size // cfg.block_n
+    kt, nqp = layout.indices.shape[-1] * sub, layout.num_q_blocks * layout.block_size
+    slots = lse = stats  # placeholders when no tile sums are recorded
+    if ids is not None:
+        lse = torch.empty((max(ids.numel(), 1), kt, nqp), dtype=torch.float32, device=q.device)
+        slots = torch.full((bsz * heads,), -1, dtype=torch.int32, device=q.device)
+        slots[ids] = torch.arange(ids.numel(), dtype=torch.int32, device=q.device)
     descs = _kv_descriptors(k, v, cfg) if cfg.tma else None
     num_m = triton.cdiv(nq, cfg.block_m)
     qk_scale = scale * LOG2E
     attn_fwd_kernel[(bsz * heads * num_m,)](
         q, k, v, kernel_out, stats, layout.counts, layout.indices, layout.num_full,
-        *(descs or (k, v)),
+        *(descs or (k, v)), lse, slots,
         *q.stride(), *k.stride(), *v.stride(), *kernel_out.stride(),
         layout.counts.stride(0), layout.counts.stride(1), *layout.indices.stride(),
-        heads, heads // k.shape[1], nq, k.shape[2], num_m, qk_scale,
+        heads, heads // k.shape[1], nq, k.shape[2], num_m, nqp, kt, qk_scale,
         BLOCK_SIZE=layout.block_size, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=dim,
         STORE_OUT=store_out, STORE_STATS=return_block_mass, WARP_SPEC=cfg.warp_specialize,
-        USE_TMA=descs is not None, ORDER_KV=cfg.order == "kv",
+        USE_TMA=descs is not None, ORDER_KV=cfg.order == "kv", TILE_LSE=ids is not None,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if store_out and kernel_out is not out:
         out.copy_(kernel_out)
-    mass = launch_block_mass(q, k, stats, layout, qk_scale, cfg, mass_heads) if return_block_mass else None
+    mass = None
+    if ids is not None:
+        mass = mass_from_tile_lse(lse, stats, layout, ids, sub)
+    elif return_block_mass:
+        mass = launch_block_mass(q, k, stats, layout, qk_scale, cfg, mass_heads)
     return out, mass
 
 
 def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockLayout,
                            *, scale: float | None = None, return_block_mass: bool = False,
                            out: torch.Tensor | None = None, config: AttnConfig | None = None,
-                           mass_heads: torch.Tensor | None = None):
+                           mass_heads: torch.Tensor | None = None, mass_pass: str = "auto"):
     """Causal attention restricted to the layout's kept blocks.
 
     Args:
@@ -123,6 +154,11 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
         out: optional preallocated ``[B, H, Nq, D]`` output of q's dtype.
         mass_heads: optional bool ``[B, H]``: with ``return_block_mass``, only these heads' maps
             are computed (the others are zero and cost nothing), e.g. SharePrefill's pivotals.
+        mass_pass: how the map is made. ``"one"``: the forward pass records each kept tile's
+            row sums (a scratch of ``mapped heads x kept tiles x rows`` fp32) and a few torch ops
+            turn them into the map, with no second pass over K. ``"two"``: a second kernel
+            re-reads the kept K blocks (no scratch). ``"auto"``: one pass when the scratch fits
+            in an eighth of the free device memory.
         config: optional launch shape (benchmarks and tests); default from :func:`default_config`.
 
     Returns:
@@ -131,8 +167,10 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     _check_mass_heads(mass_heads, q)
+    if mass_pass not in ("auto", "one", "two"):
+        raise ValueError(f"mass_pass must be auto, one or two, got {mass_pass!r}")
     out, mass = _launch_attention(q, k, v, layout, scale, return_block_mass, out, config,
-                                  mass_heads=mass_heads)
+                                  mass_heads=mass_heads, mass_pass=mass_pass)
     return (out, mass) if return_block_mass else out
 
 

@@ -111,3 +111,18 @@ def test_estimation_kernels(dtype, nq, nk, bs, d):
     col = est.probe_column_estimate(q, k, bs)
     assert (col - ref.probe_column_estimate_ref(q, k, bs)).abs().max().item() < 1e-4
     assert torch.allclose(est.pool_blocks_mean(k, bs), ref.pool_blocks_mean_ref(k, bs), atol=1e-5)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_one_pass_and_two_pass_mass_agree(case):
+    """The forward pass's own map (tile row sums) equals the second-pass map, for a head subset."""
+    b, h, hkv, nq, nk, d, bs, density = case
+    q, k, v = _qkv(b, h, hkv, nq, nk, d, torch.bfloat16, seed=nq + 1)
+    lay = _layout(b, h, nq, nk, bs, density, seed=nk + 1)
+    wanted = torch.rand(b, h, device=DEV, generator=torch.Generator(device=DEV).manual_seed(nq)) < 0.5
+    wanted[0, 0] = True
+    o1, m1 = block_sparse_attention(q, k, v, lay, return_block_mass=True, mass_heads=wanted, mass_pass="one")
+    o2, m2 = block_sparse_attention(q, k, v, lay, return_block_mass=True, mass_heads=wanted, mass_pass="two")
+    assert torch.equal(o1, o2)
+    assert (m1 - m2).abs().max().item() < 1e-3 and bool((m1[~wanted] == 0).all())
+    assert torch.allclose(m1[wanted].sum(-1), torch.ones_like(m1[wanted][..., 0]), atol=1e-3)

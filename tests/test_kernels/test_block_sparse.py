@@ -149,3 +149,21 @@ def test_mass_only_for_the_heads_that_ask():
     assert bool((m[~wanted] == 0).all()) and bool((ref_m[~wanted] > 0).any())
     with pytest.raises(ValueError, match="mass_heads"):
         block_sparse_attention(q, k, v, lay, return_block_mass=True, mass_heads=wanted[:, :2])
+
+
+@pytest.mark.parametrize("mass_pass", ["one", "two"])
+@pytest.mark.parametrize("config", [None, AttnConfig(32, 16)])
+def test_mass_one_pass_and_two_pass_agree_with_twin(mass_pass, config):
+    """Both ways of making the map, ragged rows, q shorter than k, sub-tiles, a subset of heads."""
+    q, k, v = make_qkv(2, 4, 2, 200, 330, 32, torch.float32, seed=23)
+    lay = random_layout(2, 4, 200, 330, 64, 0.5, seed=23)
+    wanted = torch.tensor([[True, True, False, True], [False, True, True, False]])
+    _, ref_m = ref.block_sparse_attention_ref(q, k, v, lay.to_dense(), 64, return_block_mass=True)
+    for heads in (None, wanted):
+        o, m = block_sparse_attention(q, k, v, lay, return_block_mass=True, mass_heads=heads,
+                                      config=config, mass_pass=mass_pass)
+        sel = torch.ones_like(wanted) if heads is None else wanted
+        assert (m[sel] - ref_m[sel]).abs().max().item() <= 1e-4
+        assert bool((m[~sel] == 0).all()) and not torch.isnan(m).any()
+    with pytest.raises(ValueError, match="mass_pass"):
+        block_sparse_attention(q, k, v, lay, return_block_mass=True, mass_pass="three")
