@@ -200,26 +200,6 @@ def check_against_flex(q, k, v, layout: BlockLayout, ours: torch.Tensor, flex_fn
     return float((ours.float() - want.float()).abs().max().item())
 
 
-def estimation_ms(q, k, block_size: int) -> dict[str, float]:
-    """Times of the estimation kernels for all heads of one layer."""
-    from . import estimate as est
-
-    parts = {
-        "last_block_profiles": lambda: est.last_block_profiles(q, k, block_size),
-        "pool_q_k": lambda: (est.pool_blocks_mean(q, block_size), est.pool_blocks_mean(k, block_size)),
-        "pooled_block_estimate": lambda: est.pooled_block_estimate(q, k, block_size),
-        "probe_column_estimate": lambda: est.probe_column_estimate(q, k, block_size),
-    }
-    res = {name: time_ms(fn) for name, fn in parts.items()}
-
-    def everything():
-        est.last_block_profiles(q, k, block_size)
-        est.pooled_block_estimate(q, k, block_size)
-        est.probe_column_estimate(q, k, block_size)
-    res["all"] = time_ms(everything)
-    return res
-
-
 def result_dict(r: CaseResult) -> dict:
     return asdict(r)
 
@@ -297,3 +277,4 @@ def run_length(shape: BenchShape, n: int, densities, patterns, device, config, p
     del base, q, k, v, out
     torch.cuda.empty_cache()
     return info, cases
+

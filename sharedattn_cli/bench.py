@@ -46,6 +46,7 @@ def kernel(
     import triton
 
     from sharedattn.kernels import bench as kb
+    from sharedattn.kernels import bench_costs as kc
     from sharedattn.kernels.block_sparse import AttnConfig, default_config
 
     device = torch.device(torch.cuda.current_device())
@@ -74,6 +75,10 @@ def kernel(
         report["cases"].extend(kb.result_dict(c) for c in cases)
     if estimate_length:
         _estimation(kb, shape, estimate_length, device, report)
+        report["block_mass"] = bm = kc.block_mass_ms(shape, estimate_length, device)
+        typer.echo(f"block-mass map at {estimate_length} ({bm['mapped_heads']} of {shape.heads} heads mapped, "
+                   f"dense layout): forward {bm['forward_ms']:.1f} ms, + one-pass map {bm['one_ms']:.1f} ms, "
+                   f"+ two-pass map {bm['two_ms']:.1f} ms (maps differ by {bm['max_abs_diff']:.1e})")
     _print_table(report)
     if out is not None:
         out.write_text(json.dumps(report, indent=1))
@@ -81,8 +86,10 @@ def kernel(
 
 
 def _estimation(kb, shape, n, device, report) -> None:
+    from sharedattn.kernels import bench_costs as kc
+
     q, k, v = kb.make_inputs(shape, n, device)
-    est = kb.estimation_ms(q, k, shape.block_size)
+    est = kc.estimation_ms(q, k, shape.block_size)
     dense = next((d["cudnn_ms"] for d in report["dense"] if d["n"] == n), None)
     if dense is None:
         dense = kb.Baselines(q, k, v).sdpa_ms("cudnn")
