@@ -138,8 +138,9 @@ class SparsePrefill:
         bs = self.config.block_size
         layout = kernels.BlockLayout.from_dense(mask, bs, q.shape[2], k.shape[2])
         want_mass = pivots is not None and bool(pivots[0].any())
-        if not want_mass and _keeps_everything(layout):  # nothing skipped: dense SDPA, bit-equal
-            out, mass = _sdpa(q, k, v, scale), None
+        if _keeps_everything(layout):  # nothing skipped: dense SDPA, bit-equal to dense
+            out = _sdpa(q, k, v, scale)
+            mass = kernels.block_mass(q, k, bs, scale) if want_mass else None
         else:
             result = kernels.sparse_attention(q, k, v, layout, scale=scale, return_block_mass=want_mass,
                                               mass_heads=pivots[0] if want_mass else None)

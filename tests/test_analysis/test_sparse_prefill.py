@@ -7,7 +7,8 @@ import torch
 from sharedattn.analysis.method_config import Decision, MethodName, make_config
 from sharedattn.analysis.sharing import SharingState, cluster_table
 from sharedattn.analysis.sparse_prefill import SparsePrefill
-from sharedattn.kernels.reference import attention_ref
+from sharedattn.analysis.coverage import coverage_mask
+from sharedattn.kernels.reference import attention_ref, block_mass_ref
 
 
 def qkv(b=1, h=4, hkv=2, nq=512, nk=512, d=32, seed=0):
@@ -115,3 +116,21 @@ def test_config_validation():
         make_config("flexprefill", gamma=0.0)
     with pytest.raises(ValueError, match="block_size"):
         make_config("dense", block_size=48)
+
+
+def test_pivotal_at_full_density_runs_dense_and_still_records_its_map(monkeypatch):
+    """Short prompt, every block kept: the pivotal layer is dense SDPA, and the pivotal's pattern
+    is still recorded from its exact map (sharing itself then falls back: its own vertical-slash
+    mask covers everything)."""
+    def no_sparse(*args, **kwargs):
+        raise AssertionError("sparse kernel called for a layout that keeps everything")
+
+    monkeypatch.setattr("sharedattn.kernels.sparse_attention", no_sparse)
+    q, k, v = qkv(nq=300, nk=300)
+    run = runner("shareprefill", lookup_of([(0, 0), (1, 0)]), min_budget=4096, tau_fb=1.0, tau_qa=0.0)
+    out, t0 = run.attend(0, q, k, v, 0.2)
+    assert t0.decision[0, 0] == Decision.PIVOTAL
+    assert torch.equal(out, runner("shareprefill", dense_below=10**6).attend(0, q, k, v, 0.2)[0])
+    exact = block_mass_ref(q, k, 64, 0.2)[0, 0]
+    assert torch.equal(run.sharing.pattern[0, 0], coverage_mask(exact, 0.95))
+    assert run.attend(1, q, k, v, 0.2)[1].decision[0, 0] == Decision.VERTICAL_SLASH
