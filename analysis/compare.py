@@ -110,7 +110,8 @@ class CompareResult:
     skipped: list[str] = field(default_factory=list)  # prompts skipped, with the reason
 
     def summary(self) -> list[dict]:
-        return [summarise(m.value, [r for r in self.rows if r.method == m.value])
+        dense = {r.prompt: r for r in self.rows if r.method == MethodName.DENSE.value}
+        return [summarise(m.value, [r for r in self.rows if r.method == m.value], dense)
                 for m in self.config.run_order]
 
     def to_json(self) -> dict:
@@ -132,9 +133,14 @@ def _mean(values) -> float | None:
     return statistics.fmean(vals) if vals else None
 
 
-def summarise(method: str, rows: list[CompareRow]) -> dict:
-    """Per-method aggregates over prompts (means; the worst layer error is a maximum)."""
+def summarise(method: str, rows: list[CompareRow], dense: dict[str, CompareRow] | None = None) -> dict:
+    """Per-method aggregates over prompts (means; the worst layer error is a maximum).
+
+    ``top1_last``: prompts whose final-position argmax equals dense's. With ``dense`` (prompt ->
+    dense row): ``dense_right`` = tasks dense answers correctly, ``kept_right`` = those this
+    method answers correctly too (the "identical to dense wherever dense is right" test)."""
     scored = [r.correct for r in rows if r.correct is not None]
+    right = [r for r in rows if dense and r.prompt in dense and dense[r.prompt].correct]
     text = [r.loglik_delta for r in rows if r.kind == TaskKind.TEXT.value]
     worst = [r.error_worst for r in rows if r.error_worst is not None]
     out = {"method": method, "prompts": len(rows),
@@ -142,7 +148,10 @@ def summarise(method: str, rows: list[CompareRow]) -> dict:
            "error_mean": _mean(r.error_mean for r in rows), "error_worst": max(worst) if worst else None,
            "kl_mean": _mean(r.kl_mean for r in rows), "top1": _mean(r.top1 for r in rows),
            "loglik_delta": _mean(text), "task_correct": sum(scored) if scored else None,
-           "task_total": len(scored), "seconds": sum(r.seconds for r in rows),
+           "task_total": len(scored), "top1_last": sum(bool(r.top1_last) for r in rows),
+           "dense_right": len(right) if dense else None,
+           "kept_right": sum(bool(r.correct) for r in right) if dense else None,
+           "seconds": sum(r.seconds for r in rows),
            "attention_seconds": sum(r.attention_seconds for r in rows)}
     return {k: _clean(v) for k, v in out.items()}
 

@@ -69,13 +69,15 @@ def write_outputs(out: Path, result, meta: dict, *, csv_path: Optional[Path], fi
 def summary_table(doc: dict) -> Table:
     table = Table(title=f"{doc['model']['model_id']}: every method against dense, same prompts, same run")
     for name in ("method", "density", "recall", "err mean", "err worst", "KL mean", "top-1",
-                 "d loglik", "task", "time s"):
+                 "final top-1", "d loglik", "task", "dense-right kept", "time s"):
         table.add_column(name, justify="left" if name == "method" else "right")
     for s in doc["summary"]:
         task = "-" if s["task_correct"] is None else f"{s['task_correct']}/{s['task_total']}"
+        kept = "-" if not s.get("dense_right") else f"{s['kept_right']}/{s['dense_right']}"
         table.add_row(s["method"], _fmt(s["density"]), _fmt(s["recall"], ".4f"), _fmt(s["error_mean"], ".4f"),
                       _fmt(s["error_worst"], ".4f"), _fmt(s["kl_mean"], ".2e"), _fmt(s["top1"]),
-                      _fmt(s["loglik_delta"], "+.4f"), task, _fmt(s["seconds"], ".1f"))
+                      f"{s['top1_last']}/{s['prompts']}", _fmt(s["loglik_delta"], "+.4f"), task, kept,
+                      _fmt(s["seconds"], ".1f"))
     return table
 
 

@@ -106,3 +106,17 @@ def test_figures_are_written(tmp_path):
     assert passkey_cells(rows, "shareprefill")[(2048, 1.0)] is False
     assert density_error_figure(rows, "t", tmp_path / "de.png").stat().st_size > 2000
     assert passkey_grid_figure(rows, "t", tmp_path / "pk.png").stat().st_size > 2000
+
+
+def test_summary_counts_final_argmax_and_dense_right_answers():
+    from sharedattn.analysis.compare import summarise
+
+    dense = {p: _row("dense", p, 1.0, 0.0, 1024, d, ok) for p, d, ok in
+             (("pk-a", 0.0, True), ("pk-b", 0.5, False), ("pk-c", 1.0, True))}
+    rows = [_row("vertical-slash", "pk-a", 0.5, 0.1, 1024, 0.0, False),
+            _row("vertical-slash", "pk-b", 0.5, 0.1, 1024, 0.5, True),
+            _row("vertical-slash", "pk-c", 0.5, 0.1, 1024, 1.0, True)]
+    rows[0].top1_last = False
+    s = summarise("vertical-slash", rows, dense)
+    assert (s["dense_right"], s["kept_right"], s["task_correct"], s["top1_last"]) == (2, 1, 2, 2)
+    assert summarise("vertical-slash", rows)["dense_right"] is None
