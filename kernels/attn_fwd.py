@@ -131,6 +131,18 @@ def program_coords(pid, H, GROUP, NUM_M, ORDER_KV: tl.constexpr):
 
 
 @triton.jit
+def load_query_tile(Q, b, h, pid_m, stride_qb, stride_qh, stride_qm, stride_qd, NQ, NK,
+                    BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """Rows of query tile ``pid_m`` of (b, h): ``(offs_m, pos_m, q)``; ``pos_m`` are the rows'
+    absolute positions (queries end-aligned to the keys), rows past NQ load as zeros."""
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm
+                + offs_d[None, :] * stride_qd, mask=offs_m[:, None] < NQ, other=0.0)
+    return offs_m, offs_m + (NK - NQ), q
+
+
+@triton.jit
 def attn_fwd_kernel(Q, K, V, O, Stats, Counts, Indices, NumFull, KDesc, VDesc, Lse, Slots,
                     stride_qb, stride_qh, stride_qm, stride_qd,
                     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -146,12 +158,10 @@ def attn_fwd_kernel(Q, K, V, O, Stats, Counts, Indices, NumFull, KDesc, VDesc, L
     kvh = h // GROUP
     r = (pid_m * BLOCK_M) // BLOCK_SIZE
     SUB: tl.constexpr = BLOCK_SIZE // BLOCK_N
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m, pos_m, q = load_query_tile(Q, b, h, pid_m, stride_qb, stride_qh, stride_qm, stride_qd,
+                                       NQ, NK, BLOCK_M, HEAD_DIM)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    pos_m = offs_m + (NK - NQ)  # absolute positions of the queries
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm
-                + offs_d[None, :] * stride_qd, mask=offs_m[:, None] < NQ, other=0.0)
     row = b * stride_cb + h * stride_ch + r
     count = tl.load(Counts + row)
     n_full = tl.load(NumFull + row)

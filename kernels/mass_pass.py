@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .attn_fwd import AttnConfig
+from .attn_fwd import AttnConfig, load_query_tile
 from .layout import BlockLayout
 
 
@@ -31,13 +31,11 @@ def block_mass_kernel(Q, K, Stats, Mass, Counts, Indices, Wanted,
     kvh = h // GROUP
     r = (pid_m * BLOCK_M) // BLOCK_SIZE
     SUB: tl.constexpr = BLOCK_SIZE // BLOCK_N
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m, pos_m, q = load_query_tile(Q, b, h, pid_m, stride_qb, stride_qh, stride_qm, stride_qd,
+                                       NQ, NK, BLOCK_M, HEAD_DIM)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < NQ
-    pos_m = offs_m + (NK - NQ)
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm
-                + offs_d[None, :] * stride_qd, mask=row_ok[:, None], other=0.0)
     s_base = Stats + (pid_bh * 2) * NQ
     m_i = tl.load(s_base + offs_m, mask=row_ok, other=0.0)
     l_i = tl.load(s_base + NQ + offs_m, mask=row_ok, other=0.0)
