@@ -176,7 +176,7 @@ def attn_fwd_kernel(Q, K, V, O, Stats, Counts, Indices, NumFull, KDesc, VDesc, L
     if TILE_LSE:
         slot = tl.load(Slots + b * H + h)
         lse_ptr = Lse + tl.maximum(slot, 0).to(tl.int64) * KT * NQP + offs_m
-        lse_mask = (offs_m < NQ) & (slot >= 0)
+        lse_mask = offs_m < tl.where(slot >= 0, NQ, 0)  # one comparison: a plain bool mask
     for it in tl.range(0, n_full * SUB, warp_specialize=WARP_SPEC):
         acc, m_i, l_i = _attn_tile(acc, m_i, l_i, q, k_base, v_base, KDesc, VDesc, b, kvh, idx_ptr,
                                    it, offs_n, offs_d, pos_m, stride_kn, stride_kd, stride_vn,
