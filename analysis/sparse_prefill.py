@@ -138,7 +138,7 @@ class SparsePrefill:
         bs = self.config.block_size
         layout = kernels.BlockLayout.from_dense(mask, bs, q.shape[2], k.shape[2])
         want_mass = pivots is not None and bool(pivots[0].any())
-        if _keeps_everything(layout):  # nothing skipped: dense SDPA, bit-equal to dense
+        if layout.keeps_every_block():  # nothing skipped: dense SDPA, bit-equal to dense
             out = _sdpa(q, k, v, scale)
             mass = kernels.block_mass(q, k, bs, scale) if want_mass else None
         else:
@@ -167,12 +167,6 @@ def _sdpa(q, k, v, scale):
         q, k, v, is_causal=q.shape[2] > 1 and q.shape[2] == k.shape[2], scale=scale,
         enable_gqa=q.shape[1] != k.shape[1],
         attn_mask=None if q.shape[2] in (1, k.shape[2]) else _end_aligned_mask(q, k))
-
-
-def _keeps_everything(layout) -> bool:
-    """Whether every head keeps every causal block (one host sync)."""
-    causal = causal_block_mask(layout.nq, layout.nk, layout.block_size, layout.device).sum()
-    return bool((layout.counts.sum() == causal * layout.counts.shape[0] * layout.counts.shape[1]).item())
 
 
 def _end_aligned_mask(q, k) -> torch.Tensor:

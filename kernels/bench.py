@@ -277,4 +277,3 @@ def run_length(shape: BenchShape, n: int, densities, patterns, device, config, p
     del base, q, k, v, out
     torch.cuda.empty_cache()
     return info, cases
-

@@ -61,7 +61,6 @@ def _check_inputs(q, k, v, layout: BlockLayout) -> None:
         raise ValueError("q, k, v and the layout must be on one device")
 
 
-
 def _check_mass_heads(mass_heads, q) -> None:
     if mass_heads is not None and tuple(mass_heads.shape) != tuple(q.shape[:2]):
         raise ValueError(f"mass_heads must be [B, H] = {tuple(q.shape[:2])}, got {tuple(mass_heads.shape)}")

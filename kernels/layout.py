@@ -152,9 +152,18 @@ class BlockLayout:
         out = torch.zeros(*self.counts.shape, nkb + 1, dtype=torch.bool, device=self.device)
         return out.scatter_(-1, idx, True)[..., :nkb]
 
+    def _causal_blocks(self) -> torch.Tensor:
+        """Number of causal-valid blocks of one head (a 0-d tensor on the layout's device)."""
+        return causal_block_mask(self.nq, self.nk, self.block_size, self.device).sum()
+
+    def keeps_every_block(self) -> bool:
+        """Whether every head keeps every causal-valid block (one host sync)."""
+        b, h = self.counts.shape[:2]
+        return bool((self.counts.sum() == self._causal_blocks() * b * h).item())
+
     def density(self, per_head: bool = False):
         """Kept blocks / causal-valid blocks: a float, or ``[B, H]`` fp32 when ``per_head``."""
-        causal = causal_block_mask(self.nq, self.nk, self.block_size, self.device).sum()
+        causal = self._causal_blocks()
         kept = self.counts.sum(dim=-1).float()  # [B, H]
         if per_head:
             return kept / causal.float()

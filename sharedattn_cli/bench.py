@@ -32,7 +32,7 @@ def kernel(
     out: Annotated[Optional[Path], typer.Option(help="Write the JSON results here.")] = None,
     tune: Annotated[bool, typer.Option(help="Sweep launch configs first and use the best.")] = False,
     tune_length: Annotated[int, typer.Option(help="Length for the config sweep.")] = 32768,
-    estimate_length: Annotated[int, typer.Option(help="Length for the estimation timing (0: skip).")] = 131072,
+    estimate_length: Annotated[int, typer.Option(help="Length for the estimation and block-mass timings (0: skip).")] = 131072,
 ) -> None:
     """Block-sparse attention vs dense SDPA (cuDNN, flash) and compiled FlexAttention.
 
@@ -46,7 +46,6 @@ def kernel(
     import triton
 
     from sharedattn.kernels import bench as kb
-    from sharedattn.kernels import bench_costs as kc
     from sharedattn.kernels.block_sparse import AttnConfig, default_config
 
     device = torch.device(torch.cuda.current_device())
@@ -74,18 +73,15 @@ def kernel(
         report["dense"].append(info)
         report["cases"].extend(kb.result_dict(c) for c in cases)
     if estimate_length:
-        _estimation(kb, shape, estimate_length, device, report)
-        report["block_mass"] = bm = kc.block_mass_ms(shape, estimate_length, device)
-        typer.echo(f"block-mass map at {estimate_length} ({bm['mapped_heads']} of {shape.heads} heads mapped, "
-                   f"dense layout): forward {bm['forward_ms']:.1f} ms, + one-pass map {bm['one_ms']:.1f} ms, "
-                   f"+ two-pass map {bm['two_ms']:.1f} ms (maps differ by {bm['max_abs_diff']:.1e})")
+        _side_costs(kb, shape, estimate_length, device, report)
     _print_table(report)
     if out is not None:
         out.write_text(json.dumps(report, indent=1))
         typer.echo(f"wrote {out}")
 
 
-def _estimation(kb, shape, n, device, report) -> None:
+def _side_costs(kb, shape, n, device, report) -> None:
+    """Estimation kernels for a whole layer and the block-mass map of a pivotal layer at ``n``."""
     from sharedattn.kernels import bench_costs as kc
 
     q, k, v = kb.make_inputs(shape, n, device)
@@ -95,6 +91,11 @@ def _estimation(kb, shape, n, device, report) -> None:
         dense = kb.Baselines(q, k, v).sdpa_ms("cudnn")
     report["estimation"] = {"n": n, "ms": est, "dense_cudnn_ms": dense, "fraction": est["all"] / dense}
     typer.echo(f"estimation at {n}: {est} -> {100 * est['all'] / dense:.2f}% of dense cuDNN ({dense:.1f} ms)")
+    del q, k, v
+    report["block_mass"] = bm = kc.block_mass_ms(shape, n, device)
+    typer.echo(f"block-mass map at {n} ({bm['mapped_heads']} of {shape.heads} heads mapped, dense layout): "
+               f"forward {bm['forward_ms']:.1f} ms, + one-pass map {bm['one_ms']:.1f} ms, "
+               f"+ two-pass map {bm['two_ms']:.1f} ms (maps differ by {bm['max_abs_diff']:.1e})")
 
 
 def _print_table(report) -> None:
