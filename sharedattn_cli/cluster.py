@@ -10,7 +10,7 @@ from sharedattn.analysis.choices import Features, JsCombine, Linkage, Metric
 
 from .common import (DEFAULT_OUT, DEFAULT_TOKENS, BlockSizeOpt, DeviceOpt, DtypeOpt, InputsArg, JsonOpt,
                      ModelOpt, RandomInitOpt, TokensOpt, TruncateOpt, UserError, cli_command, console,
-                     err_console)
+                     err_console, load_prompts, split_inputs)
 from .similarity import GammaOpt, JsCombineOpt, MetricOpt, RecordsOpt, gather_records, similarity_config
 
 LookupOutOpt = Annotated[Path, typer.Option("--out", "-o", help="Lookup file to write (JSON).")]
@@ -54,6 +54,39 @@ def _clusters_table(lookup, show: int = 25):
     return t
 
 
+def _prune_config(prune: bool, tolerance: float, records):
+    if not prune:
+        return None
+    if records:
+        raise UserError("--prune runs the model on the prompts: give [MODEL] PROMPT..., not --records")
+    from sharedattn.analysis.hf.cluster_pruning import PruneConfig
+
+    try:
+        return PruneConfig(tolerance=tolerance)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _pruned(loaded, prompt_specs, tokens, truncate, lookup, config):
+    """Unshare the clusters that cost fidelity on the calibration prompts; print what was measured."""
+    from sharedattn.analysis.hf.cluster_pruning import prune_lookup
+    from sharedattn.analysis.method_config import make_config
+
+    from .method_options import default_block_size
+
+    prompts = [p.input_ids for p in load_prompts(loaded, prompt_specs, tokens, truncate)]
+    method = make_config("shareprefill", block_size=default_block_size(loaded, None), dense_below=0)
+    with err_console.status("pruning: measuring each shared cluster...") as status:
+        lookup, report = prune_lookup(loaded, prompts, lookup, method, config,
+                                      progress=lambda msg: status.update(f"pruning: {msg}..."))
+    changes = ", ".join(f"{e.id}: {e.kl_change:+.1%}" for e in report.effects if e.shared_heads)
+    err_console.print(f"pruning: KL of final logits (mean over {report.prompts} prompt(s)) with no cluster "
+                      f"shared {report.kl_none:.3e}, all shared {report.kl_all:.3e}, after pruning "
+                      f"{report.kl_pruned:.3e}; KL change of clusters that shared a head: {changes or 'none'}; "
+                      f"unshared: {', '.join(map(str, report.unshared)) or 'none'}")
+    return lookup
+
+
 def _latent_codes(recs, ae_config):
     from sharedattn.analysis.autoencoder import latent_codes
 
@@ -88,6 +121,13 @@ def cluster(
     latent_dim: Annotated[int, typer.Option("--latent-dim", help="Autoencoder code size.")] = 16,
     grid: Annotated[int, typer.Option("--grid", help="Maps are resampled to grid x grid (multiple of 8).")] = 32,
     seed: Annotated[int, typer.Option("--seed", help="Autoencoder seed.")] = 0,
+    prune: Annotated[bool, typer.Option(
+        "--prune", help="Run SharePrefill on the prompts and stop sharing each cluster whose sharing raises "
+                        "the KL of the final logits against dense (needs [MODEL] PROMPT..., not --records).")
+    ] = False,
+    prune_tolerance: Annotated[float, typer.Option(
+        "--prune-tolerance", help="With --prune: the KL rise a cluster may cause, as a share of the KL "
+                                  "with no sharing (averaged over the prompts).")] = 0.05,
     json_out: JsonOpt = False,
     model: ModelOpt = None,
     random_init: RandomInitOpt = None,
@@ -110,7 +150,9 @@ def cluster(
     sim_config = similarity_config(metric, gamma, js_combine)
     config = cluster_config(features, linkage, distance_threshold, n_clusters, min_cluster_size, min_similarity)
     ae_config = autoencoder_config(epochs, latent_dim, grid, seed) if features is Features.AUTOENCODER else None
-    recs = gather_records(inputs, records, model, random_init, tokens, truncate, block_size, dtype, device)
+    prune_config = _prune_config(prune, prune_tolerance, records)
+    recs, loaded = gather_records(inputs, records, model, random_init, tokens, truncate, block_size, dtype, device,
+                                  with_model=True)
     fp = recs[0].meta.model
     with err_console.status(f"{metric.value} similarity over {len(recs)} prompt(s)..."):
         sim = mean_similarity(similarity_matrices(recs, sim_config))
@@ -120,6 +162,8 @@ def cluster(
     if ae_config is not None:
         options["autoencoder"] = ae_config.to_json()
     lookup = build_lookup(recs, clustering, gamma=gamma, metric=metric.value, options=options)
+    if prune_config is not None:
+        lookup = _pruned(loaded, split_inputs(inputs, model)[1], tokens, truncate, lookup, prune_config)
     try:
         path = save_lookup(lookup, out)
     except OSError as exc:

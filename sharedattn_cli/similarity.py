@@ -26,8 +26,9 @@ JsCombineOpt = Annotated[JsCombine, typer.Option(
 
 
 def gather_records(inputs, records, model, random_init, tokens, truncate, block_size, dtype, device,
-                   *, min_prompts: int = 1, why: str = ""):
-    """Load ``--records`` or capture ``[MODEL] PROMPT...`` first; returns validated records.
+                   *, min_prompts: int = 1, why: str = "", with_model: bool = False):
+    """Load ``--records`` or capture ``[MODEL] PROMPT...`` first; returns validated records
+    (with ``with_model``: and the loaded model, None for ``--records``).
 
     Fewer than ``min_prompts`` prompts fail before anything is loaded (``why`` names the option).
     """
@@ -39,15 +40,16 @@ def gather_records(inputs, records, model, random_init, tokens, truncate, block_
         if inputs or model or random_init:
             raise UserError("give either --records or [MODEL] PROMPT..., not both")
         _check_count(len(records), min_prompts, why)
-        return load_records(list(records))
+        recs = load_records(list(records))
+        return (recs, None) if with_model else recs
     model_spec, prompts = split_inputs(inputs, model)
     _check_count(max(len(prompts), 1), min_prompts, why)
     req = CaptureRequest(ModelChoice(model_spec, random_init, dtype, device), tuple(prompts), tokens,
                          truncate, block_size)
-    results, _ = capture_records(req)
+    results, loaded = capture_records(req)
     recs = [r for r, _ in results]
     check_compatible(recs)
-    return recs
+    return (recs, loaded) if with_model else recs
 
 
 def _check_count(count: int, min_prompts: int, why: str) -> None:

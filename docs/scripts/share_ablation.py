@@ -11,10 +11,10 @@ docs/fidelity.md ("Which clusters cost KL").
     python docs/scripts/share_ablation.py passkey:depth=0.75,seed=18 --variants none,all,only:4,without:4
 """
 import argparse
-import dataclasses
 import json
 import sys
 
+from sharedattn.analysis.hf.cluster_pruning import with_shared
 from sharedattn.analysis.hf.models import load_model
 from sharedattn.analysis.hf.prefill_run import logit_fidelity, run_prefill
 from sharedattn.analysis.lookup import load_lookup
@@ -53,9 +53,8 @@ def main() -> None:
     rows = []
     print(f"{prompt.name} ({prompt.num_tokens} tokens); {len(shared)} shared clusters", file=sys.stderr)
     for name, keep in variants.items():
-        clusters = tuple(dataclasses.replace(c, shared=c.id in keep) for c in lookup.clusters)
         run = run_prefill(loaded, prompt.input_ids, MethodName.SHAREPREFILL,
-                          make_config("shareprefill", **cfg), dataclasses.replace(lookup, clusters=clusters),
+                          make_config("shareprefill", **cfg), with_shared(lookup, keep),
                           eval_positions=args.positions)
         fid = logit_fidelity(dense.logits, run.logits)
         share = run.trace.decision_shares()
