@@ -106,6 +106,10 @@ class SharePrefillConfig(FlexPrefillConfig):
     tau_s: float = 0.5  # sqrt-JS distance (vertical and slash) under which a head shares
     tau_fb: float = 0.95  # pivotal's own vertical-slash covers this much: no sharing needed
     share_across_layer_only: bool = True  # a pivotal created in this layer is not shared in it
+    # Ours, not the paper's: in the last query-block row a shared head also keeps the blocks its own
+    # probe (exact attention of that row) needs to reach gamma; the pivotal's pattern was made from
+    # another head's map, and the last row feeds the next-token logits (docs/fidelity.md).
+    own_last_row: bool = True
 
     def __post_init__(self):
         super().__post_init__()

@@ -22,6 +22,9 @@ MinBudgetOpt = Annotated[Optional[int], Opt("--min-budget", help="Minimum vertic
 TauQaOpt = Annotated[Optional[float], Opt("--tau-qa", help="Query-aware threshold, sqrt-JS (0.1).")]
 TauSOpt = Annotated[Optional[float], Opt("--tau-s", help="Sharing threshold, sqrt-JS (0.5).")]
 TauFbOpt = Annotated[Optional[float], Opt("--tau-fb", help="Vertical-slash fallback coverage (0.95).")]
+OwnLastRowOpt = Annotated[Optional[bool], Opt("--own-last-row/--paper-last-row", help="shareprefill: a shared "
+                                              "head also keeps what its own probe needs in the last query-block "
+                                              "row (ours; default on), or only the pivotal's pattern (the paper).")]
 SinkOpt = Annotated[Optional[int], Opt("--sink-tokens", help="a-shape sink (128).")]
 LocalOpt = Annotated[Optional[int], Opt("--local-tokens", help="a-shape window (1024).")]
 

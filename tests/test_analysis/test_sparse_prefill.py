@@ -134,3 +134,27 @@ def test_pivotal_at_full_density_runs_dense_and_still_records_its_map(monkeypatc
     exact = block_mass_ref(q, k, 64, 0.2)[0, 0]
     assert torch.equal(run.sharing.pattern[0, 0], coverage_mask(exact, 0.95))
     assert run.attend(1, q, k, v, 0.2)[1].decision[0, 0] == Decision.VERTICAL_SLASH
+
+
+def _shared_layer(own_last_row: bool):
+    """Pivotal in layer 0; in layer 1 head 0's last query block also attends to three key spikes."""
+    q, k, v = qkv(nq=1024, nk=1024)
+    run = runner("shareprefill", lookup_of([(0, 0), (1, 0)]), gamma=0.7, tau_fb=1.0, tau_qa=0.0, tau_s=1.0,
+                 own_last_row=own_last_row)
+    run.keep_masks = True
+    run.attend(0, q, k, v, 0.2)
+    u = 0.6 * torch.randn(q.shape[-1], generator=torch.Generator().manual_seed(5))
+    q1, k1 = q.clone(), k.clone()
+    for start in (330, 460, 720):
+        k1[:, 0, start:start + 4] += u
+    q1[:, 0, -64:] += u
+    return run.attend(1, q1, k1, v, 0.2)[1]
+
+
+def test_shared_head_keeps_what_its_own_last_row_needs():
+    paper, ours = _shared_layer(False), _shared_layer(True)
+    assert paper.decision[0, 0] == ours.decision[0, 0] == Decision.SHARED
+    assert torch.equal(paper.mask[0, 0, :-1], ours.mask[0, 0, :-1])  # only the last row changes
+    last_paper, last_ours = paper.mask[0, 0, -1], ours.mask[0, 0, -1]
+    assert (last_ours >= last_paper).all() and last_ours.sum() > last_paper.sum()
+    assert float(ours.coverage[0, 0]) >= 0.7 and float(ours.coverage[0, 0]) > float(paper.coverage[0, 0])
