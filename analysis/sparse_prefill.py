@@ -113,9 +113,8 @@ class SparsePrefill:
             self.sharing.reset(q.shape[0], nqb, nkb, q.device)
         share = self.sharing.decide(layer, ~qa, probe.v, probe.s, cfg.tau_s)
         full = causal_block_mask(q.shape[2], k.shape[2], cfg.block_size, q.device)
-        borrowed = share.pattern | minimal
+        borrowed = share.pattern | minimal  # a new tensor: the pivotal's pattern stays untouched
         if cfg.own_last_row:
-            borrowed = borrowed.clone()
             borrowed[:, :, -1, :] |= coverage_mask(probe.v, cfg.gamma)
         mask = torch.where(share.shared[..., None, None], borrowed, mask)
         mask = torch.where(share.pivotal[..., None, None], full, mask)
