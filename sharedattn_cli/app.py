@@ -13,7 +13,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 
 # Command modules, in the order they appear in --help. Each exports register(app).
 _COMMAND_MODULES = ("capture", "prompts_cmd", "similarity", "cluster", "lookup_cmd", "heatmap",
-                    "report", "prefill", "compare", "bench")
+                    "report", "prefill", "compare", "matched", "bench")
 
 
 @app.callback()

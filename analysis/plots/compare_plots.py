@@ -89,3 +89,30 @@ def passkey_grid_figure(rows: list[CompareRow], title: str, path: Path) -> Path:
     axes[0][0].set_ylabel("length (tokens)", fontsize=8)
     fig.suptitle(title, fontsize=9, y=1.04)
     return save_figure(fig, path)
+
+
+def matched_curves_figure(curves, metric: str, title: str, path: Path) -> Path:
+    """Each method's (density, ``metric``) points over compare runs, joined in density order and
+    labelled with their gamma: the curves `sharedattn matched` reads baselines from."""
+    drawn = [c for c in curves if any(getattr(p, metric) is not None for p in c.points)]
+    if not drawn:
+        raise PlotError(f"no curve has a measured {metric} to plot")
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    seen: dict[str, int] = {}
+    for i, c in enumerate(drawn):
+        pts = [p for p in c.points if getattr(p, metric) is not None]
+        ys = [max(getattr(p, metric), 1e-9) for p in pts]
+        variant = seen[c.method] = seen.get(c.method, -1) + 1  # a method's second curve is dashed
+        ax.plot([p.density for p in pts], ys, marker=_MARKERS[i % len(_MARKERS)], lw=1.2, ms=5,
+                ls="--" if variant else "-", color=METHOD_COLOURS.get(c.method), label=c.label)
+        for p, y in zip(pts, ys):
+            if p.gamma is not None:
+                ax.annotate(f"{p.gamma:g}", (p.density, y), textcoords="offset points", xytext=(3, 3), fontsize=6)
+    ax.set_yscale("log")
+    ax.set_xlabel("density (kept / causal blocks), mean over prompts")
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=7)
+    return save_figure(fig, path)

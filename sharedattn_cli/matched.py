@@ -1,0 +1,98 @@
+"""`sharedattn matched RESULTS.json...`: methods at matched density over compare runs at several gammas."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .common import JsonOpt, UserError, cli_command, console
+
+METRIC_NAMES = {"error_mean": "err", "kl_mean": "KL mean", "kl_median": "KL median"}
+
+
+def _load(paths: list[Path]) -> list[tuple[str, dict]]:
+    import json
+
+    docs = []
+    for path in paths:
+        if not path.is_file():
+            raise UserError(f"compare results not found: {str(path)!r}")
+        try:
+            docs.append((str(path), json.loads(path.read_text())))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UserError(f"{str(path)!r} is not a JSON file ({exc})") from None
+    return docs
+
+
+def _fmt(value, metric: str) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if metric == "error_mean" else f"{value:.2e}"
+
+
+def _table(rows, target: str, tokens):
+    from rich.table import Table
+
+    scope = f"prompts of {tokens} tokens" if tokens else "all prompts"
+    t = Table(title=f"{target} and each other curve read at its density ({scope}; '-': outside that "
+                    "curve's measured densities)")
+    for col in ("gamma", "density", "curve", *METRIC_NAMES.values()):
+        t.add_column(col, justify="left" if col == "curve" else "right")
+    for r in rows:
+        gamma = "-" if r["gamma"] is None else f"{r['gamma']:g}"
+        t.add_row(gamma, f"{r['density']:.3f}", f"[bold]{target}[/]", *(_fmt(r[m], m) for m in METRIC_NAMES))
+        for label, values in r["baselines"].items():
+            t.add_row("", "", label, *(_fmt(values[m], m) for m in METRIC_NAMES))
+        t.add_section()
+    return t
+
+
+@cli_command
+def matched(
+    results: Annotated[list[Path], typer.Argument(help="results.json files of `sharedattn compare` runs "
+                                                    "(same model and prompts; typically one per --gamma).")],
+    method: Annotated[str, typer.Option("--method", help="The method (or curve label) whose points are "
+                                                         "compared.")] = "shareprefill",
+    tokens: Annotated[Optional[int], typer.Option("--tokens", help="Only the prompts of this many tokens.")] = None,
+    figure: Annotated[Optional[Path], typer.Option("--figure", help="Also draw the KL curves here (.png/.svg/.pdf).")
+                      ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Compare methods at equal density: each baseline's curve over the runs, read at the method's density.
+
+    Examples: `for g in 0.9 0.95 0.97; do sharedattn compare --gamma $g -o out/g$g; done;
+    sharedattn matched out/g*/results.json`, `sharedattn matched out/g*/results.json --tokens 8192`.
+    """
+    from sharedattn.analysis.matched_density import build_curves, matched_rows
+
+    docs = _load(results)
+    try:
+        curves = build_curves(docs, tokens)
+        rows = matched_rows(curves, method)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if figure is not None:
+        from sharedattn.analysis.plots.compare_plots import matched_curves_figure
+        from sharedattn.analysis.plots.render import PlotError
+
+        try:
+            matched_curves_figure(curves, "kl_mean", f"final-logit KL against density ({len(docs)} runs)", figure)
+        except PlotError as exc:
+            raise UserError(str(exc)) from None
+    if json_out:
+        import json
+
+        curves_json = [{"label": c.label, "method": c.method, "points": [vars(p) for p in c.points]} for c in curves]
+        typer.echo(json.dumps({"method": method, "tokens": tokens, "rows": rows, "curves": curves_json}))
+        return
+    for c in curves:
+        pts = ", ".join(f"{'-' if p.gamma is None else f'{p.gamma:g}'}: {p.density:.3f}" for p in c.points)
+        console.print(f"[dim]{c.label}: gamma: density {pts}[/]", soft_wrap=True)
+    console.print(_table(rows, method, tokens))
+    if figure is not None:
+        console.print(f"figure: {figure}", soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("matched")(matched)
