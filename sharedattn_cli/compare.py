@@ -65,6 +65,9 @@ def compare(
     dense_below: Annotated[int, Opt("--dense-below", help="Prompts shorter than this run dense (tokens); "
                                     "0 here, so short prompts measure the sparse methods.")] = 0,
     gamma: GammaOpt = None,
+    gammas: Annotated[Optional[str], Opt("--gammas", help="Run the whole comparison at each of these gammas "
+                                         "(e.g. 0.9,0.95,0.97; one folder each under --out) and compare the "
+                                         "methods at equal density, as `sharedattn matched`.")] = None,
     min_budget: MinBudgetOpt = None,
     tau_qa: TauQaOpt = None,
     tau_s: TauSOpt = None,
@@ -93,6 +96,7 @@ def compare(
     `sharedattn compare ./my-model notes.txt --methods dense,flexprefill,shareprefill -l lookup.json`.
     """
     cfg = _compare_config(methods, eval_positions, max_new_tokens, no_recall, timing_pass)
+    gamma_list = _gamma_list(gammas, gamma, csv_path)
     model_spec, specs = split_inputs(inputs, model)
     plan = PromptPlan.from_options(specs, quick=quick, passkey=passkey,
                                    lengths=_parse_list(passkey_lengths, int, "--passkey-lengths"),
@@ -103,14 +107,36 @@ def compare(
         check_out_dir(csv_path.parent)
     choice = ModelChoice(model_spec, random_init, dtype, device)
     loaded = choice.load()
-    configs = method_configs(cfg, loaded, block_size=block_size, dense_below=dense_below, gamma=gamma,
-                             min_budget=min_budget, tau_qa=tau_qa, tau_s=tau_s, tau_fb=tau_fb,
-                             own_last_row=own_last_row,
-                             sink_tokens=sink_tokens, local_tokens=local_tokens)
+    runs = [(g, method_configs(cfg, loaded, block_size=block_size, dense_below=dense_below, gamma=g,
+                               min_budget=min_budget, tau_qa=tau_qa, tau_s=tau_s, tau_fb=tau_fb,
+                               own_last_row=own_last_row, sink_tokens=sink_tokens, local_tokens=local_tokens))
+            for g in (gamma_list or (gamma,))]
     lookup_obj, lookup_note = _lookup(cfg, lookup, loaded, choice)
     tasks, skipped = build_tasks(plan, loaded)
-    _run_and_report(loaded, tasks, skipped, configs, lookup_obj, lookup_note, cfg, plan,
-                    out=out, csv_path=csv_path, figures=not no_figures, json_out=json_out)
+    if gamma_list is None:
+        _run_and_report(loaded, tasks, skipped, runs[0][1], lookup_obj, lookup_note, cfg, plan,
+                        out=out, csv_path=csv_path, figures=not no_figures, json_out=json_out)
+        return
+    from .compare_sweep import run_sweep
+
+    run_sweep(runs, cfg, out=out, figures=not no_figures, json_out=json_out,
+              run_one=lambda configs, sub: _run_and_report(loaded, tasks, skipped, configs, lookup_obj, lookup_note,
+                                                           cfg, plan, out=sub, csv_path=None,
+                                                           figures=not no_figures, json_out=False,
+                                                           show=not json_out))
+
+
+def _gamma_list(gammas: Optional[str], gamma: Optional[float], csv_path: Optional[Path]) -> Optional[tuple]:
+    values = _parse_list(gammas, float, "--gammas")
+    if values is None:
+        return None
+    if gamma is not None:
+        raise UserError("give --gamma or --gammas, not both")
+    if csv_path is not None:
+        raise UserError("--csv does not go with --gammas: each gamma's run writes results.csv in its own folder")
+    if len(set(values)) != len(values):
+        raise UserError(f"--gammas {gammas!r} lists a value twice")
+    return values
 
 
 def _lookup(cfg, path: Optional[Path], loaded, choice):
@@ -126,7 +152,8 @@ def _lookup(cfg, path: Optional[Path], loaded, choice):
 
 
 def _run_and_report(loaded, tasks, skipped, configs, lookup_obj, lookup_note, cfg, plan, *, out: Path,
-                    csv_path: Optional[Path], figures: bool, json_out: bool) -> None:
+                    csv_path: Optional[Path], figures: bool, json_out: bool, show: bool = True) -> dict:
+    """Run, write the outputs in ``out``, print them (tables, or one JSON line); returns the document."""
     from sharedattn.analysis.compare import run_compare
     from sharedattn.analysis.tasks import save_task_prompts
 
@@ -151,8 +178,9 @@ def _run_and_report(loaded, tasks, skipped, configs, lookup_obj, lookup_note, cf
     doc = write_outputs(out, result, meta, csv_path=csv_path, figures=figures)
     if json_out:
         typer.echo(json.dumps(doc))
-        return
-    print_tables(console, doc, result)
+    elif show:
+        print_tables(console, doc, result)
+    return doc
 
 
 def register(app: typer.Typer) -> None:

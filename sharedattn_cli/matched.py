@@ -31,7 +31,7 @@ def _fmt(value, metric: str) -> str:
     return f"{value:.4f}" if metric == "error_mean" else f"{value:.2e}"
 
 
-def _table(rows, target: str, tokens):
+def matched_table(rows, target: str, tokens):
     from rich.table import Table
 
     scope = f"prompts of {tokens} tokens" if tokens else "all prompts"
@@ -89,7 +89,7 @@ def matched(
     for c in curves:
         pts = ", ".join(f"{'-' if p.gamma is None else f'{p.gamma:g}'}: {p.density:.3f}" for p in c.points)
         console.print(f"[dim]{c.label}: gamma: density {pts}[/]", soft_wrap=True)
-    console.print(_table(rows, method, tokens))
+    console.print(matched_table(rows, method, tokens))
     if figure is not None:
         console.print(f"figure: {figure}", soft_wrap=True)
 

@@ -80,3 +80,34 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, extra, message):
 def test_lookup_for_another_model_is_rejected(tmp_path):
     res = invoke(*TINY, "--methods", "shareprefill", "--lookup", _tiny_lookup(tmp_path, "other", 3), "-o", tmp_path)
     assert res.exit_code == 2 and "another model" in res.output and "num_layers" in res.output
+
+
+def test_compare_gamma_sweep_reads_baselines_at_equal_density(tmp_path):
+    out = tmp_path / "sweep"
+    res = invoke(*TINY, "stdlib-code", "--methods", "vertical-slash,flexprefill", "--gammas", "0.3,0.6,0.95",
+                 "--no-recall", "-o", out, "--json")
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.strip().splitlines()
+    assert len(lines) == 1  # one JSON document for the whole sweep
+    doc = json.loads(lines[0])
+    assert doc["method"] == "flexprefill" and doc["gammas"] == [0.3, 0.6, 0.95]
+    assert [r["gamma"] for r in doc["rows"]] == [0.3, 0.6, 0.95]
+    assert set(doc["rows"][0]["baselines"]) == {"vertical-slash"}
+    for g in ("0.3", "0.6", "0.95"):
+        run = json.loads((out / f"gamma-{g}" / "results.json").read_text())
+        assert run["method_configs"]["vertical-slash"]["gamma"] == float(g)
+    assert json.loads((out / "matched.json").read_text())["rows"] == doc["rows"]
+    assert (out / "matched-kl.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--gammas", "0.5,0.9", "--gamma", "0.9"], "not both"),
+    (["--gammas", "0.5,0.5"], "twice"),
+    (["--gammas", "0.5,x"], "comma-separated numbers"),
+    (["--gammas", "0.5,1.5"], "gamma"),
+    (["--gammas", "0.5,0.9", "--csv", "rows.csv"], "--csv"),
+])
+def test_compare_gamma_sweep_bad_input(tmp_path, extra, message):
+    res = invoke(*TINY, "stdlib-code", "--methods", "vertical-slash", "-o", tmp_path / "o", *extra)
+    assert res.exit_code == 2 and message in res.output
+    assert not (tmp_path / "o").exists()
