@@ -72,7 +72,8 @@ def check_runs(docs: list[tuple[str, dict]], tokens: int | None = None) -> None:
         other = _prompt_set(doc, tokens)
         if other != prompts:
             missing = sorted(prompts ^ other)[0]
-            raise ValueError(f"{name} and {first_name} ran different prompts (e.g. {missing[0]} at {missing[1]} tokens)")
+            raise ValueError(f"{name} and {first_name} ran different prompts "
+                             f"(e.g. {missing[0]} at {missing[1]} tokens)")
 
 
 def _point(rows: list[dict], gamma, source: str) -> CurvePoint:

@@ -9,8 +9,8 @@ import typer
 from sharedattn.analysis.choices import Features, JsCombine, Linkage, Metric
 
 from .common import (DEFAULT_OUT, DEFAULT_TOKENS, BlockSizeOpt, DeviceOpt, DtypeOpt, InputsArg, JsonOpt,
-                     ModelOpt, RandomInitOpt, TokensOpt, TruncateOpt, UserError, cli_command, console,
-                     err_console, load_prompts, split_inputs)
+                     ModelChoice, ModelOpt, RandomInitOpt, TokensOpt, TruncateOpt, UserError, cli_command,
+                     console, err_console, load_prompts, split_inputs)
 from .similarity import GammaOpt, JsCombineOpt, MetricOpt, RecordsOpt, gather_records, similarity_config
 
 LookupOutOpt = Annotated[Path, typer.Option("--out", "-o", help="Lookup file to write (JSON).")]
@@ -54,11 +54,13 @@ def _clusters_table(lookup, show: int = 25):
     return t
 
 
-def _prune_config(prune: bool, tolerance: float, records):
+def _prune_config(prune: bool, tolerance: float, records, prune_on):
     if not prune:
         return None
-    if records:
-        raise UserError("--prune runs the model on the prompts: give [MODEL] PROMPT..., not --records")
+    if records and not prune_on:
+        raise UserError("--prune with --records needs --prune-on PROMPTS (records hold no token ids to rerun)")
+    if prune_on is not None and not prune_on.strip(" ,"):
+        raise UserError("--prune-on is empty")
     from sharedattn.analysis.hf.cluster_pruning import PruneConfig
 
     try:
@@ -123,8 +125,12 @@ def cluster(
     seed: Annotated[int, typer.Option("--seed", help="Autoencoder seed.")] = 0,
     prune: Annotated[bool, typer.Option(
         "--prune", help="Run SharePrefill on the prompts and stop sharing each cluster whose sharing raises "
-                        "the KL of the final logits against dense (needs [MODEL] PROMPT..., not --records).")
+                        "the KL of the final logits against dense.")
     ] = False,
+    prune_on: Annotated[Optional[str], typer.Option(
+        "--prune-on", help="Prune on these prompts (comma-separated names or files) instead of the "
+                           "calibration prompts; implies --prune. With --records the model comes from "
+                           "--model/--random-init (default: the bundled one).")] = None,
     prune_tolerance: Annotated[float, typer.Option(
         "--prune-tolerance", help="With --prune: the KL rise a cluster may cause, as a share of the KL "
                                   "with no sharing (averaged over the prompts).")] = 0.05,
@@ -150,9 +156,9 @@ def cluster(
     sim_config = similarity_config(metric, gamma, js_combine)
     config = cluster_config(features, linkage, distance_threshold, n_clusters, min_cluster_size, min_similarity)
     ae_config = autoencoder_config(epochs, latent_dim, grid, seed) if features is Features.AUTOENCODER else None
-    prune_config = _prune_config(prune, prune_tolerance, records)
-    recs, loaded = gather_records(inputs, records, model, random_init, tokens, truncate, block_size, dtype, device,
-                                  with_model=True)
+    prune_config = _prune_config(prune or prune_on is not None, prune_tolerance, records, prune_on)
+    recs, loaded = gather_records(inputs, records, None if records else model, None if records else random_init,
+                                  tokens, truncate, block_size, dtype, device, with_model=True)
     fp = recs[0].meta.model
     with err_console.status(f"{metric.value} similarity over {len(recs)} prompt(s)..."):
         sim = mean_similarity(similarity_matrices(recs, sim_config))
@@ -163,7 +169,14 @@ def cluster(
         options["autoencoder"] = ae_config.to_json()
     lookup = build_lookup(recs, clustering, gamma=gamma, metric=metric.value, options=options)
     if prune_config is not None:
-        lookup = _pruned(loaded, split_inputs(inputs, model)[1], tokens, truncate, lookup, prune_config)
+        if loaded is None:  # --records: load the model now, and make sure the records came from it
+            loaded = ModelChoice(model, random_init, dtype, device).load()
+            diff = lookup.model.mismatch(loaded.fingerprint)
+            if diff:
+                raise UserError(f"--prune-on: the records come from another model than {loaded.source} "
+                                f"(model.{diff}); pass that model with --model or --random-init")
+        specs = [p.strip() for p in prune_on.split(",") if p.strip()] if prune_on else split_inputs(inputs, model)[1]
+        lookup = _pruned(loaded, specs, tokens, truncate, lookup, prune_config)
     try:
         path = save_lookup(lookup, out)
     except OSError as exc:

@@ -115,8 +115,30 @@ def test_cluster_prune_needs_a_model(tmp_path):
 
     rec = save_record(synthetic_record(num_layers=2, num_heads=4), tmp_path / "r")
     result = CliRunner().invoke(app, ["cluster", "--records", str(rec), "--prune", "-o", str(tmp_path / "l.json")])
-    assert result.exit_code == 2 and "--prune" in result.output and "--records" in result.output
+    assert result.exit_code == 2 and "--prune-on" in result.output and "--records" in result.output
+    other = CliRunner().invoke(app, ["cluster", "--records", str(rec), "--prune-on", "stdlib-prose",
+                                     "--random-init", "llama-tiny", "-o", str(tmp_path / "l.json")])
+    assert other.exit_code == 2 and "another model" in other.output
     assert not (tmp_path / "l.json").exists()
+    empty = CliRunner().invoke(app, ["cluster", "--records", str(rec), "--prune-on", " , ",
+                                     "-o", str(tmp_path / "l.json")])
+    assert empty.exit_code == 2 and "--prune-on is empty" in empty.output
     bad = CliRunner().invoke(app, ["cluster", "--random-init", "llama-tiny", "stdlib-prose", "--prune",
                                    "--prune-tolerance", "-1", "-o", str(tmp_path / "l.json")])
     assert bad.exit_code == 2 and "tolerance" in bad.output
+
+
+def test_cluster_from_records_pruned_on_other_prompts(tmp_path):
+    runner = CliRunner()
+    recs = tmp_path / "recs"
+    captured = runner.invoke(app, ["capture", "--random-init", "llama-tiny", "stdlib-code", "--tokens", "512",
+                                   "-o", str(recs)])
+    assert captured.exit_code == 0, captured.output
+    out = tmp_path / "lookup.json"
+    result = runner.invoke(app, ["cluster", "--records", str(next(recs.glob("*.json"))), "--n-clusters", "2",
+                                 "--min-similarity", "0", "--prune-on", "stdlib-prose,licenses",
+                                 "--random-init", "llama-tiny", "--tokens", "512", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["calibration"]["options"]["pruning"]["prompts"] == 2
+    assert [p["name"] for p in data["calibration"]["prompts"]] == ["stdlib-code"]
