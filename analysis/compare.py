@@ -203,9 +203,13 @@ def _row(task: TaskPrompt, run, seconds, attn, dense_logits, dense_loglik, token
 
 
 def run_compare(loaded, tasks: list[TaskPrompt], configs: dict[MethodName, MethodConfig], lookup,
-                cfg: CompareConfig, progress: Progress | None = None) -> CompareResult:
+                cfg: CompareConfig, progress: Progress | None = None, reuse: dict | None = None) -> CompareResult:
     """Every method of ``cfg.run_order`` on every prompt; ``configs`` maps each method to its config
-    (dense included). ``lookup`` is needed only for shareprefill."""
+    (dense included). ``lookup`` is needed only for shareprefill.
+
+    ``reuse`` (a dict the caller keeps between calls on the same model, prompts and lookup) holds each
+    finished run under (method, its config, prompt): a later call whose run would be identical
+    (dense, or a method whose config did not change) takes it from there instead of running again."""
     say = progress or (lambda _msg: None)
     rows: list[CompareRow] = []
     records: list[RunRecord] = []
@@ -213,14 +217,26 @@ def run_compare(loaded, tasks: list[TaskPrompt], configs: dict[MethodName, Metho
         generate = task.prompt.answer is not None
         dense_logits = dense_loglik = None
         for method in cfg.run_order:
-            say(f"[{i}/{len(tasks)}] {task.name} ({task.prompt.num_tokens} tokens): {method.value}")
-            run, seconds, attn = _measured_run(loaded, task, method, configs[method],
-                                               lookup if method is MethodName.SHAREPREFILL else None,
-                                               cfg, generate)
+            key = (method, repr(sorted(configs[method].to_json().items())), task.name, task.prompt.sha256)
+            if reuse is not None and key in reuse:
+                row, record, logits = reuse[key]
+            else:
+                say(f"[{i}/{len(tasks)}] {task.name} ({task.prompt.num_tokens} tokens): {method.value}")
+                run, seconds, attn = _measured_run(loaded, task, method, configs[method],
+                                                   lookup if method is MethodName.SHAREPREFILL else None,
+                                                   cfg, generate)
+                logits = run.logits
+                ref = logits if method is MethodName.DENSE else dense_logits
+                ref_loglik = mean_loglik(logits, task.prompt.input_ids) if method is MethodName.DENSE \
+                    else dense_loglik
+                row = _row(task, run, seconds, attn, ref, ref_loglik, loaded.tokenizer)
+                record = RunRecord(method, task.name, run.trace)
+                if reuse is not None:
+                    reuse[key] = (row, record, logits)
             if method is MethodName.DENSE:
-                dense_logits, dense_loglik = run.logits, mean_loglik(run.logits, task.prompt.input_ids)
-            rows.append(_row(task, run, seconds, attn, dense_logits, dense_loglik, loaded.tokenizer))
-            records.append(RunRecord(method, task.name, run.trace))
+                dense_logits, dense_loglik = logits, mean_loglik(logits, task.prompt.input_ids)
+            rows.append(row)
+            records.append(record)
     method_configs = {m.value: configs[m].to_json() for m in cfg.run_order}
     return CompareResult(cfg, method_configs, rows, records)
 

@@ -66,8 +66,8 @@ def compare(
                                     "0 here, so short prompts measure the sparse methods.")] = 0,
     gamma: GammaOpt = None,
     gammas: Annotated[Optional[str], Opt("--gammas", help="Run the whole comparison at each of these gammas "
-                                         "(e.g. 0.9,0.95,0.97; one folder each under --out) and compare the "
-                                         "methods at equal density, as `sharedattn matched`.")] = None,
+                                         "(e.g. 0.9,0.95,0.97; one folder each under --out; dense and a-shape run "
+                                         "once) and compare the methods at equal density, as `sharedattn matched`.")] = None,
     min_budget: MinBudgetOpt = None,
     tau_qa: TauQaOpt = None,
     tau_s: TauSOpt = None,
@@ -119,11 +119,12 @@ def compare(
         return
     from .compare_sweep import run_sweep
 
+    reuse: dict = {}  # dense (and any method whose config does not change with gamma) runs once a prompt
     run_sweep(runs, cfg, out=out, figures=not no_figures, json_out=json_out,
               run_one=lambda configs, sub: _run_and_report(loaded, tasks, skipped, configs, lookup_obj, lookup_note,
                                                            cfg, plan, out=sub, csv_path=None,
                                                            figures=not no_figures, json_out=False,
-                                                           show=not json_out))
+                                                           show=not json_out, reuse=reuse))
 
 
 def _gamma_list(gammas: Optional[str], gamma: Optional[float], csv_path: Optional[Path]) -> Optional[tuple]:
@@ -152,7 +153,8 @@ def _lookup(cfg, path: Optional[Path], loaded, choice):
 
 
 def _run_and_report(loaded, tasks, skipped, configs, lookup_obj, lookup_note, cfg, plan, *, out: Path,
-                    csv_path: Optional[Path], figures: bool, json_out: bool, show: bool = True) -> dict:
+                    csv_path: Optional[Path], figures: bool, json_out: bool, show: bool = True,
+                    reuse: Optional[dict] = None) -> dict:
     """Run, write the outputs in ``out``, print them (tables, or one JSON line); returns the document."""
     from sharedattn.analysis.compare import run_compare
     from sharedattn.analysis.tasks import save_task_prompts
@@ -164,12 +166,12 @@ def _run_and_report(loaded, tasks, skipped, configs, lookup_obj, lookup_note, cf
     if not on_gpu:
         err_console.print("[yellow]note:[/] on the CPU the kernels run as their torch reference twins "
                           "(exact, slow): times here say nothing about GPU speed")
-    runs = len(tasks) * len(cfg.run_order)
+    runs = len(tasks) * len(cfg.run_order)  # at most: runs taken from ``reuse`` are not repeated
     if err_console.is_terminal:
         with err_console.status(f"{runs} prefills...") as status:
-            result = run_compare(loaded, tasks, configs, lookup_obj, cfg, progress=status.update)
+            result = run_compare(loaded, tasks, configs, lookup_obj, cfg, progress=status.update, reuse=reuse)
     else:  # a log file: one line per run, so a long run shows where it is
-        result = run_compare(loaded, tasks, configs, lookup_obj, cfg,
+        result = run_compare(loaded, tasks, configs, lookup_obj, cfg, reuse=reuse,
                              progress=lambda msg: err_console.print(f"[dim]{msg}[/]"))
     result.skipped = skipped
     meta = {"command": "sharedattn " + " ".join(shlex.quote(a) for a in sys.argv[1:]),

@@ -89,6 +89,28 @@ def test_run_compare_measures_every_method_against_dense(tiny_model):
     assert len(result.to_csv().splitlines()) == 7
 
 
+def test_run_compare_reuses_runs_whose_config_did_not_change(tiny_model, monkeypatch):
+    from sharedattn.analysis import compare as compare_mod
+
+    calls = []
+    real = compare_mod._measured_run
+    monkeypatch.setattr(compare_mod, "_measured_run",
+                        lambda loaded, task, method, *a: calls.append(method) or real(loaded, task, method, *a))
+    tasks = text_prompts(tiny_model.tokenizer, ["stdlib-prose"], 320)
+    cfg = CompareConfig((MethodName.A_SHAPE, MethodName.VERTICAL_SLASH), eval_positions=32, max_new_tokens=0)
+    reuse: dict = {}
+    results = []
+    for gamma in (0.5, 0.9):
+        configs = {m: make_config(m, block_size=64, dense_below=0, min_budget=64, local_tokens=64, gamma=gamma)
+                   for m in cfg.run_order}
+        results.append(run_compare(tiny_model, tasks, configs, None, cfg, reuse=reuse))
+    assert calls == [MethodName.DENSE, MethodName.A_SHAPE, MethodName.VERTICAL_SLASH, MethodName.VERTICAL_SLASH]
+    first, second = results
+    assert second.rows[0] is first.rows[0] and second.rows[1] is first.rows[1]  # dense, a-shape: once
+    assert second.rows[2] is not first.rows[2]  # vertical-slash at the other gamma ran again
+    assert second.rows[2].kl_mean >= 0 and second.rows[2].top1 <= 1
+
+
 def _row(method, prompt, density, error, length=None, depth=None, correct=None):
     kind = "passkey" if length else "text"
     return CompareRow(method, prompt, kind, length or 512, depth, length or 512, density, 0.9, error,
