@@ -74,6 +74,9 @@ class CompareRow:
     seconds: float
     attention_seconds: float
     decisions: dict = field(default_factory=dict)  # share of heads by decision
+    # dense's final-position log-probability gap between its top two tokens (nats): below
+    # NEAR_TIE a different final argmax is a coin flip rather than a fidelity failure
+    dense_margin: float | None = None
 
     def to_json(self) -> dict:
         return {k: _clean(v) for k, v in asdict(self).items()}
@@ -81,7 +84,8 @@ class CompareRow:
 
 CSV_COLUMNS = ("method", "prompt", "kind", "length", "depth", "tokens", "density", "recall",
                "error_mean", "error_worst", "worst_layer", "kl_mean", "kl_last", "top1", "top1_last",
-               "loglik", "loglik_delta", "answer", "correct", "seconds", "attention_seconds")
+               "loglik", "loglik_delta", "answer", "correct", "seconds", "attention_seconds", "dense_margin")
+NEAR_TIE = 0.1  # nats between dense's top two final tokens
 
 
 def _clean(value):
@@ -136,7 +140,8 @@ def _mean(values) -> float | None:
 def summarise(method: str, rows: list[CompareRow], dense: dict[str, CompareRow] | None = None) -> dict:
     """Per-method aggregates over prompts (means; the worst layer error is a maximum).
 
-    ``top1_last``: prompts whose final-position argmax equals dense's. With ``dense`` (prompt ->
+    ``top1_last``: prompts whose final-position argmax equals dense's; ``top1_last_near_tie_flips``:
+    of the others, those where dense's top two final tokens lie within ``NEAR_TIE``. With ``dense`` (prompt ->
     dense row): ``dense_right`` = tasks dense answers correctly, ``kept_right`` = those this
     method answers correctly too (the "identical to dense wherever dense is right" test)."""
     scored = [r.correct for r in rows if r.correct is not None]
@@ -149,6 +154,8 @@ def summarise(method: str, rows: list[CompareRow], dense: dict[str, CompareRow] 
            "kl_mean": _mean(r.kl_mean for r in rows), "top1": _mean(r.top1 for r in rows),
            "loglik_delta": _mean(text), "task_correct": sum(scored) if scored else None,
            "task_total": len(scored), "top1_last": sum(bool(r.top1_last) for r in rows),
+           "top1_last_near_tie_flips": sum(not r.top1_last and r.dense_margin is not None
+                                           and r.dense_margin < NEAR_TIE for r in rows),
            "dense_right": len(right) if dense else None,
            "kept_right": sum(bool(r.correct) for r in right) if dense else None,
            "seconds": sum(r.seconds for r in rows),
@@ -199,7 +206,14 @@ def _row(task: TaskPrompt, run, seconds, attn, dense_logits, dense_loglik, token
         run.trace.overall_density(), recall, err_mean, err_worst, worst_layer,
         fid.kl_mean, fid.kl_last, fid.top1_agreement, fid.top1_last, loglik,
         loglik - dense_loglik, task.prompt.answer, continuation,
-        answer_found(task.prompt.answer, continuation), seconds, attn, run.trace.decision_shares())
+        answer_found(task.prompt.answer, continuation), seconds, attn, run.trace.decision_shares(),
+        final_margin(dense_logits))
+
+
+def final_margin(logits) -> float:
+    """Log-probability gap (nats) between the top two tokens at the last position of ``[P, V]``."""
+    top = logits[-1].float().log_softmax(-1).topk(2).values
+    return float(top[0] - top[1])
 
 
 def run_compare(loaded, tasks: list[TaskPrompt], configs: dict[MethodName, MethodConfig], lookup,

@@ -76,9 +76,14 @@ def summary_table(doc: dict) -> Table:
         kept = "-" if not s.get("dense_right") else f"{s['kept_right']}/{s['dense_right']}"
         table.add_row(s["method"], _fmt(s["density"]), _fmt(s["recall"], ".4f"), _fmt(s["error_mean"], ".4f"),
                       _fmt(s["error_worst"], ".4f"), _fmt(s["kl_mean"], ".2e"), _fmt(s["top1"]),
-                      f"{s['top1_last']}/{s['prompts']}", _fmt(s["loglik_delta"], "+.4f"), task, kept,
+                      _final_top1(s), _fmt(s["loglik_delta"], "+.4f"), task, kept,
                       _fmt(s["seconds"], ".1f"))
     return table
+
+
+def _final_top1(s: dict) -> str:
+    ties = s.get("top1_last_near_tie_flips") or 0
+    return f"{s['top1_last']}/{s['prompts']}" + (f" ({ties} near-tie)" if ties else "")
 
 
 def rows_table(doc: dict) -> Table:

@@ -85,6 +85,8 @@ def test_run_compare_measures_every_method_against_dense(tiny_model):
     assert len(pk) == 3 and all(r.correct is not None and r.answer for r in pk)
     summary = {s["method"]: s for s in result.summary()}
     assert summary["a-shape"]["task_total"] == 1 and summary["dense"]["error_mean"] == 0
+    margins = {r.dense_margin for r in result.rows if r.prompt == "stdlib-prose"}
+    assert len(margins) == 1 and next(iter(margins)) >= 0  # every method carries dense's margin
     assert result.to_csv().splitlines()[0].startswith("method,prompt,kind")
     assert len(result.to_csv().splitlines()) == 7
 
@@ -142,3 +144,15 @@ def test_summary_counts_final_argmax_and_dense_right_answers():
     s = summarise("vertical-slash", rows, dense)
     assert (s["dense_right"], s["kept_right"], s["task_correct"], s["top1_last"]) == (2, 1, 2, 2)
     assert summarise("vertical-slash", rows)["dense_right"] is None
+    assert s["top1_last_near_tie_flips"] == 0  # no margin recorded
+    rows[0].dense_margin, rows[1].dense_margin = 0.05, 0.01
+    rows[1].top1_last = False
+    rows[2].dense_margin, rows[2].top1_last = 2.0, False
+    assert summarise("vertical-slash", rows)["top1_last_near_tie_flips"] == 2  # pk-a and pk-b, not pk-c
+
+
+def test_final_margin_is_the_gap_of_the_top_two_log_probabilities():
+    from sharedattn.analysis.compare import final_margin
+
+    logits = torch.log(torch.tensor([[0.5, 0.5, 0.0 + 1e-9], [0.2, 0.5, 0.3]]))
+    assert final_margin(logits) == pytest.approx(math.log(0.5 / 0.3), rel=1e-5)
