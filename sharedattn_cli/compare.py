@@ -19,6 +19,7 @@ from .compare_report import print_tables, write_outputs
 
 Opt = typer.Option
 ALL_METHODS = "dense,a-shape,vertical-slash,flexprefill,shareprefill"
+QUICK_MIN_BUDGET = 256  # tokens: at 1K the paper's 1024 keeps every block, and every method equals dense
 
 
 def _parse_list(text: Optional[str], kind, option: str) -> Optional[tuple]:
@@ -49,7 +50,8 @@ def compare(
     inputs: InputsArg = None,
     methods: Annotated[str, Opt("--methods", help="Comma-separated methods; dense always runs as the reference.")] = ALL_METHODS,
     lookup: LookupOpt = None,
-    quick: Annotated[bool, Opt("--quick", help="Reduced grid: 2 bundled prompts and passkeys at 1024 tokens, depths 0/0.5/1.")] = False,
+    quick: Annotated[bool, Opt("--quick", help="Reduced grid: 2 bundled prompts and passkeys at 1024 tokens, depths 0/0.5/1; "
+                               "min_budget 256 unless given (the paper's 1024 keeps every block at 1K).")] = False,
     passkey: Annotated[bool, Opt("--passkey", help="Add the passkey grid (1K-8K up to the context x depths 0-1).")] = False,
     passkey_lengths: Annotated[Optional[str], Opt("--passkey-lengths", help="Passkey grid lengths, e.g. 1024,2048.")] = None,
     passkey_depths: Annotated[Optional[str], Opt("--passkey-depths", help="Passkey grid depths, e.g. 0,0.5,1.")] = None,
@@ -97,6 +99,8 @@ def compare(
     """
     cfg = _compare_config(methods, eval_positions, max_new_tokens, no_recall, timing_pass)
     gamma_list = _gamma_list(gammas, gamma, csv_path)
+    if quick and min_budget is None:
+        min_budget = QUICK_MIN_BUDGET
     model_spec, specs = split_inputs(inputs, model)
     plan = PromptPlan.from_options(specs, quick=quick, passkey=passkey,
                                    lengths=_parse_list(passkey_lengths, int, "--passkey-lengths"),

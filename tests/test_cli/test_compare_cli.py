@@ -111,3 +111,13 @@ def test_compare_gamma_sweep_bad_input(tmp_path, extra, message):
     res = invoke(*TINY, "stdlib-code", "--methods", "vertical-slash", "-o", tmp_path / "o", *extra)
     assert res.exit_code == 2 and message in res.output
     assert not (tmp_path / "o").exists()
+
+
+def test_quick_lowers_min_budget_unless_given(tmp_path):
+    quick = ["--random-init", "llama-tiny", "--quick", "--methods", "vertical-slash", "--no-recall",
+             "--no-figures", "--max-new-tokens", "1", "--eval-positions", "8", "--json"]
+    res = invoke(*quick, "--no-text", "--passkey-depths", "0.5", "-o", tmp_path / "a")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.strip().splitlines()[-1])["method_configs"]["vertical-slash"]["min_budget"] == 256
+    res = invoke(*quick, "--no-text", "--passkey-depths", "0.5", "--min-budget", "512", "-o", tmp_path / "b")
+    assert json.loads(res.stdout.strip().splitlines()[-1])["method_configs"]["vertical-slash"]["min_budget"] == 512
