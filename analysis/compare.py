@@ -240,15 +240,14 @@ def run_compare(loaded, tasks: list[TaskPrompt], configs: dict[MethodName, Metho
                                                    lookup if method is MethodName.SHAREPREFILL else None,
                                                    cfg, generate)
                 logits = run.logits
-                ref = logits if method is MethodName.DENSE else dense_logits
-                ref_loglik = mean_loglik(logits, task.prompt.input_ids) if method is MethodName.DENSE \
-                    else dense_loglik
-                row = _row(task, run, seconds, attn, ref, ref_loglik, loaded.tokenizer)
+                if method is MethodName.DENSE:  # runs first: the reference of the prompt's other rows
+                    dense_logits, dense_loglik = logits, mean_loglik(logits, task.prompt.input_ids)
+                row = _row(task, run, seconds, attn, dense_logits, dense_loglik, loaded.tokenizer)
                 record = RunRecord(method, task.name, run.trace)
                 if reuse is not None:
                     reuse[key] = (row, record, logits)
-            if method is MethodName.DENSE:
-                dense_logits, dense_loglik = logits, mean_loglik(logits, task.prompt.input_ids)
+            if method is MethodName.DENSE:  # a reused dense row carries its own log-likelihood
+                dense_logits, dense_loglik = logits, row.loglik
             rows.append(row)
             records.append(record)
     method_configs = {m.value: configs[m].to_json() for m in cfg.run_order}

@@ -87,8 +87,7 @@ def _point(rows: list[dict], gamma, source: str) -> CurvePoint:
 def build_curves(docs: list[tuple[str, dict]], tokens: int | None = None) -> list[Curve]:
     """One curve per (method, parameters other than gamma) over the runs; dense is left out."""
     check_runs(docs, tokens)
-    groups: dict[tuple[str, str], list[CurvePoint]] = {}
-    params: dict[tuple[str, str], dict] = {}
+    groups: dict[tuple[str, str], tuple[dict, list[CurvePoint]]] = {}  # (method, params) -> params, points
     for name, doc in docs:
         for method, cfg in doc["method_configs"].items():
             if method == "dense":
@@ -97,17 +96,14 @@ def build_curves(docs: list[tuple[str, dict]], tokens: int | None = None) -> lis
             if not rows:
                 continue
             rest = {k: v for k, v in cfg.items() if k != "gamma"}
-            key = (method, repr(sorted(rest.items())))
-            params[key] = rest
-            points = groups.setdefault(key, [])
+            _, points = groups.setdefault((method, repr(sorted(rest.items()))), (rest, []))
             if all(p.gamma != cfg.get("gamma") for p in points):  # a repeated run adds no point
                 points.append(_point(rows, cfg.get("gamma"), name))
     curves = []
-    for (method, key), points in groups.items():
-        siblings = [params[k] for k in params if k[0] == method]
-        differing = sorted({k for s in siblings for k in set(s) | set(params[(method, key)])
-                            if any(s.get(k) != params[(method, key)].get(k) for s in siblings)})
-        own = params[(method, key)]
+    for (method, _), (own, points) in groups.items():
+        siblings = [p for (m, _), (p, _) in groups.items() if m == method]
+        keys = sorted(set().union(*siblings))
+        differing = [k for k in keys if len({repr(s.get(k)) for s in siblings}) > 1]
         label = method + "".join(f" {k}={own[k]}" if k in own else f" (no {k})" for k in differing)
         curves.append(Curve(label, method, tuple(sorted(points, key=lambda p: p.density))))
     return curves
