@@ -139,9 +139,14 @@ class SparsePrefill:
     # ---- kernel and trace --------------------------------------------------------------------
     def _run(self, layer, q, k, v, scale, mask, decision, probe, pivots, source=None):
         bs = self.config.block_size
-        layout = kernels.BlockLayout.from_dense(mask, bs, q.shape[2], k.shape[2])
-        want_mass = pivots is not None and bool(pivots[0].any())
-        if layout.keeps_every_block():  # nothing skipped: dense SDPA, bit-equal to dense
+        draft = kernels.BlockLayout.draft(mask, bs, q.shape[2], k.shape[2])
+        every = draft.counts.sum() == draft.causal_blocks() * draft.counts.shape[0] * draft.counts.shape[1]
+        wanted = pivots[0].any() if pivots is not None else torch.zeros((), dtype=torch.bool, device=q.device)
+        # the layer's one host sync: the layout's width, "keeps every block", "has pivotal heads"
+        max_kept, keeps_all, want_mass = torch.stack([draft.counts.max().long(), every.long(),
+                                                      wanted.long()]).tolist()
+        layout, want_mass = draft.finish(max_kept), bool(want_mass)
+        if keeps_all:  # nothing skipped: dense SDPA, bit-equal to dense
             out = _sdpa(q, k, v, scale)
             mass = kernels.block_mass(q, k, bs, scale) if want_mass else None
         else:

@@ -17,7 +17,8 @@ some query of block ``r`` may see. Factories drop causal-invalid blocks, so ever
 contributes work. ``density()`` is kept blocks over causal-valid blocks.
 
 All tensors live on the device of the inputs; the factories use tensor ops only (one host sync,
-to size ``max_kept``).
+to size ``max_kept``; :meth:`BlockLayout.draft` leaves that sync to the caller, so a caller can
+fetch everything it needs from the device at once).
 """
 from __future__ import annotations
 
@@ -97,6 +98,14 @@ class BlockLayout:
         ``nq``/``nk`` default to ``nqb * block_size`` / ``nkb * block_size``; pass the true token
         counts for ragged lengths. Causal-invalid blocks are dropped.
         """
+        draft = cls.draft(mask, block_size, nq, nk)
+        return draft.finish(int(draft.counts.max().item()) if draft.counts.numel() else 0)
+
+    @classmethod
+    def draft(cls, mask: torch.Tensor, block_size: int, nq: int | None = None,
+              nk: int | None = None) -> "LayoutDraft":
+        """:meth:`from_dense` up to its host sync: the caller reads ``draft.counts.max()`` (with
+        whatever else it needs from the device, in one transfer) and calls ``finish``."""
         if mask.dim() != 4:
             raise ValueError(f"mask must be [B, H, nqb, nkb], got {tuple(mask.shape)}")
         nqb, nkb = mask.shape[2], mask.shape[3]
@@ -106,14 +115,11 @@ class BlockLayout:
             raise ValueError(f"mask {tuple(mask.shape)} does not match nq={nq}, nk={nk}, B={block_size}")
         keep = mask.bool() & causal_block_mask(nq, nk, block_size, mask.device)  # [B, H, nqb, nkb]
         counts = keep.sum(dim=-1, dtype=torch.int32)  # [B, H, nqb]
-        max_kept = max(int(counts.max().item()) if counts.numel() else 0, 1)
         cols = torch.arange(nkb, device=mask.device, dtype=torch.int32)
         keyed = torch.where(keep, cols, torch.full_like(cols, nkb))  # kept first once sorted
-        idx = torch.sort(keyed, dim=-1).values[..., :max_kept]  # [B, H, nqb, max_kept]
-        idx = torch.where(idx == nkb, torch.full_like(idx, PAD), idx).contiguous()
-        full = keep & _full_block_mask(nq, nk, block_size, mask.device)
-        num_full = full.sum(dim=-1, dtype=torch.int32)
-        return cls(counts.contiguous(), idx, num_full.contiguous(), block_size, nq, nk)
+        num_full = (keep & _full_block_mask(nq, nk, block_size, mask.device)).sum(dim=-1, dtype=torch.int32)
+        return LayoutDraft(counts.contiguous(), torch.sort(keyed, dim=-1).values, num_full.contiguous(),
+                           block_size, nq, nk)
 
     @classmethod
     def from_indices(cls, indices, block_size: int, nq: int, nk: int,
@@ -168,6 +174,31 @@ class BlockLayout:
         if per_head:
             return kept / causal.float()
         return float(kept.sum().item() / (causal.item() * kept.numel()))
+
+
+@dataclass(frozen=True)
+class LayoutDraft:
+    """A layout before its host sync (see :meth:`BlockLayout.draft`): ``ordered`` holds each row's
+    kept key blocks first, ascending, then ``nkb`` for the dropped ones."""
+
+    counts: torch.Tensor
+    ordered: torch.Tensor
+    num_full: torch.Tensor
+    block_size: int
+    nq: int
+    nk: int
+
+    def causal_blocks(self) -> torch.Tensor:
+        """Causal-valid blocks of one head (0-d tensor): ``counts.sum()`` equals this times B x H
+        exactly when every block is kept."""
+        return causal_block_mask(self.nq, self.nk, self.block_size, self.counts.device).sum()
+
+    def finish(self, max_kept: int) -> BlockLayout:
+        """The layout, with ``max_kept`` = ``counts.max()`` read by the caller."""
+        nkb = self.ordered.shape[-1]
+        idx = self.ordered[..., :max(max_kept, 1)]
+        idx = torch.where(idx == nkb, torch.full_like(idx, PAD), idx).contiguous()
+        return BlockLayout(self.counts, idx, self.num_full, self.block_size, self.nq, self.nk)
 
 
 def _pad_nested(rows: Sequence, device: torch.device | None) -> torch.Tensor:

@@ -47,3 +47,16 @@ def test_bad_inputs():
         BlockLayout.from_dense(torch.ones(1, 1, 2, 2, dtype=torch.bool), 64, nq=64, nk=128)
     with pytest.raises(ValueError):
         BlockLayout.from_indices([[[[7]]]], 64, nq=64, nk=64)
+
+
+def test_draft_then_finish_equals_from_dense():
+    g = torch.Generator().manual_seed(3)
+    mask = torch.rand(2, 3, 5, 6, generator=g) < 0.4
+    whole = BlockLayout.from_dense(mask, 64, 300, 360)
+    draft = BlockLayout.draft(mask, 64, 300, 360)
+    assert torch.equal(draft.counts, whole.counts) and torch.equal(draft.num_full, whole.num_full)
+    done = draft.finish(int(draft.counts.max()))
+    assert torch.equal(done.indices, whole.indices) and done.shape == whole.shape
+    full = BlockLayout.dense_causal(2, 3, 300, 360, 64, torch.device("cpu"))
+    assert int(full.counts.sum()) == int(draft.causal_blocks()) * 6 and full.keeps_every_block()
+    assert not whole.keeps_every_block()
