@@ -80,10 +80,16 @@ class VerticalSlashConfig(MethodConfig):
     min_budget: int = 1024  # tokens; each budget is at least this
     vertical_tokens: int | None = None  # fixed vertical budget (tokens) instead of gamma
     slash_tokens: int | None = None  # fixed slash budget (tokens) instead of gamma
+    # Ours, not the papers': the last ``exact_tail`` query tokens (whole blocks, rounded up) attend
+    # to every causal key block. Those rows make the next-token logits; at 8K and block 64 one row
+    # is at most 1/128 of a head's work (docs/fidelity.md, "Exact tail"). 0: the papers' methods.
+    exact_tail: int = 0
 
     def __post_init__(self):
         super().__post_init__()
         _check_fraction("gamma", self.gamma)
+        if self.exact_tail < 0:
+            raise ValueError(f"exact_tail must be >= 0 tokens, got {self.exact_tail}")
         if self.min_budget < 0:
             raise ValueError(f"min_budget must be >= 0, got {self.min_budget}")
         for name in ("vertical_tokens", "slash_tokens"):

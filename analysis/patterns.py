@@ -88,6 +88,16 @@ def vertical_slash_mask(v_blocks: torch.Tensor, s_blocks: torch.Tensor, v_count:
     return (mask | always_kept(nq, nk, block_size, v_blocks.device)) & causal
 
 
+def with_exact_tail(mask: torch.Tensor, tokens: int, nq: int, nk: int, block_size: int) -> torch.Tensor:
+    """``mask`` ``[B, H, nqb, nkb]`` with its last query-block rows that hold the final ``tokens``
+    queries set to every causal key block (a new tensor; ``tokens`` 0 returns ``mask``)."""
+    if tokens <= 0:
+        return mask
+    first = max(nq - tokens, 0) // block_size  # query blocks count from the first query
+    tail = torch.arange(mask.shape[-2], device=mask.device) >= first
+    return mask | (causal_block_mask(nq, nk, block_size, mask.device) & tail[:, None])
+
+
 def a_shape_mask(batch: int, heads: int, nq: int, nk: int, block_size: int, sink_tokens: int,
                  local_tokens: int, device) -> torch.Tensor:
     """Sink blocks plus a local window of blocks before the diagonal: bool ``[B, H, nqb, nkb]``."""

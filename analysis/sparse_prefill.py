@@ -16,7 +16,7 @@ from .coverage import coverage_mask
 from .method_config import (AShapeConfig, Decision, FlexPrefillConfig, MethodConfig, MethodName,
                             SharePrefillConfig, VerticalSlashConfig)
 from .patterns import (a_shape_mask, gamma_budget, js_distance, mass_covered, pooled_profiles,
-                       probe_coverage, vertical_slash_mask)
+                       probe_coverage, vertical_slash_mask, with_exact_tail)
 from .sharing import SharingState
 
 
@@ -139,6 +139,8 @@ class SparsePrefill:
     # ---- kernel and trace --------------------------------------------------------------------
     def _run(self, layer, q, k, v, scale, mask, decision, probe, pivots, source=None):
         bs = self.config.block_size
+        if isinstance(self.config, VerticalSlashConfig):
+            mask = with_exact_tail(mask, self.config.exact_tail, q.shape[2], k.shape[2], bs)
         draft = kernels.BlockLayout.draft(mask, bs, q.shape[2], k.shape[2])
         every = draft.counts.sum() == draft.causal_blocks() * draft.counts.shape[0] * draft.counts.shape[1]
         wanted = pivots[0].any() if pivots is not None else torch.zeros((), dtype=torch.bool, device=q.device)

@@ -14,7 +14,7 @@ from .common import (DEFAULT_OUT, DeviceOpt, DtypeOpt, InputsArg, JsonOpt, Model
                      console, err_console, split_inputs)
 from .compare_inputs import PromptPlan, build_tasks, method_configs
 from .method_options import (GammaOpt, LocalOpt, LookupOpt, MethodBlockOpt, MinBudgetOpt, SinkOpt,
-                             OwnLastRowOpt, TauFbOpt, TauQaOpt, TauSOpt)
+                             OwnLastRowOpt, ExactTailOpt, TauFbOpt, TauQaOpt, TauSOpt)
 from .compare_report import print_tables, write_outputs
 
 Opt = typer.Option
@@ -75,6 +75,7 @@ def compare(
     tau_s: TauSOpt = None,
     tau_fb: TauFbOpt = None,
     own_last_row: OwnLastRowOpt = None,
+    exact_tail: ExactTailOpt = None,
     sink_tokens: SinkOpt = None,
     local_tokens: LocalOpt = None,
     csv_path: Annotated[Optional[Path], Opt("--csv", help="Also write the rows as CSV here (always in --out).")] = None,
@@ -113,7 +114,7 @@ def compare(
     loaded = choice.load()
     runs = [(g, method_configs(cfg, loaded, block_size=block_size, dense_below=dense_below, gamma=g,
                                min_budget=min_budget, tau_qa=tau_qa, tau_s=tau_s, tau_fb=tau_fb,
-                               own_last_row=own_last_row, sink_tokens=sink_tokens, local_tokens=local_tokens))
+                               own_last_row=own_last_row, exact_tail=exact_tail, sink_tokens=sink_tokens, local_tokens=local_tokens))
             for g in (gamma_list or (gamma,))]
     lookup_obj, lookup_note = _lookup(cfg, lookup, loaded, choice)
     tasks, skipped = build_tasks(plan, loaded)

@@ -17,7 +17,7 @@ from .common import (DEFAULT_OUT, DEFAULT_TOKENS, DeviceOpt, DtypeOpt, InputsArg
                      ModelOpt, OutDirOpt, RandomInitOpt, TokensOpt, TruncateOpt, UserError, check_out_dir,
                      cli_command, console, err_console, load_prompts, split_inputs)
 from .method_options import (GammaOpt, LocalOpt, LookupOpt, MethodBlockOpt, MinBudgetOpt, SinkOpt,
-                             OwnLastRowOpt, TauFbOpt, TauQaOpt, TauSOpt, default_block_size)
+                             OwnLastRowOpt, ExactTailOpt, TauFbOpt, TauQaOpt, TauSOpt, default_block_size)
 from .prefill_report import print_report, report_document
 
 Opt = typer.Option
@@ -90,6 +90,7 @@ def prefill(
     tau_s: TauSOpt = None,
     tau_fb: TauFbOpt = None,
     own_last_row: OwnLastRowOpt = None,
+    exact_tail: ExactTailOpt = None,
     sink_tokens: SinkOpt = None,
     local_tokens: LocalOpt = None,
     vertical_tokens: Annotated[Optional[int], Opt("--vertical-tokens", help="Fixed vertical budget (vertical-slash).")] = None,
@@ -123,7 +124,7 @@ def prefill(
     loaded = choice.load()
     config = method_config(method, block_size=default_block_size(loaded, block_size),
                            dense_below=dense_below, gamma=gamma, min_budget=min_budget, tau_qa=tau_qa,
-                           tau_s=tau_s, tau_fb=tau_fb, own_last_row=own_last_row, sink_tokens=sink_tokens,
+                           tau_s=tau_s, tau_fb=tau_fb, own_last_row=own_last_row, exact_tail=exact_tail, sink_tokens=sink_tokens,
                            local_tokens=local_tokens,
                            vertical_tokens=vertical_tokens, slash_tokens=slash_tokens)
     prompt = load_prompts(loaded, prompts, tokens, truncate)[0]

@@ -116,6 +116,23 @@ def test_config_validation():
         make_config("flexprefill", gamma=0.0)
     with pytest.raises(ValueError, match="block_size"):
         make_config("dense", block_size=48)
+    with pytest.raises(ValueError, match="exact_tail"):
+        make_config("vertical-slash", exact_tail=-1)
+
+
+@pytest.mark.parametrize("method", ["vertical-slash", "flexprefill", "shareprefill"])
+def test_exact_tail_rows_equal_dense_and_the_rest_is_unchanged(method):
+    q, k, v = qkv(nq=700, nk=1000)  # chunked, ragged: the last query block holds 700 - 640 = 60 rows
+    lookup = lookup_of([(0, 0), (0, 1), (1, 0), (1, 1)])
+    plain, t0 = runner(method, lookup, gamma=0.5).attend(0, q, k, v, 0.2)
+    tail, t1 = runner(method, lookup, gamma=0.5, exact_tail=61).attend(0, q, k, v, 0.2)
+    dense = attention_ref(q, k, v, 0.2)
+    # the last 61 queries reach into the second-last block: rows 576.. are exact, the rest unchanged
+    assert torch.allclose(tail[:, :, 576:], dense[:, :, 576:], atol=1e-5)
+    assert not torch.allclose(plain[:, :, 576:], dense[:, :, 576:], atol=1e-3)
+    assert torch.allclose(tail[:, :, :576], plain[:, :, :576], atol=1e-6)
+    grew = (t1.density > t0.density) | (t0.density == 1)  # a pivotal head was dense already
+    assert bool(grew.all()) and bool((t1.coverage > 1 - 1e-5).all())
 
 
 def test_pivotal_at_full_density_runs_dense_and_still_records_its_map(monkeypatch):
