@@ -75,8 +75,17 @@ class CompareRow:
     attention_seconds: float
     decisions: dict = field(default_factory=dict)  # share of heads by decision
     # dense's final-position log-probability gap between its top two tokens (nats): below
-    # NEAR_TIE a different final argmax is a coin flip rather than a fidelity failure
+    # NEAR_TIE, or at most one step of the precision the model computes its logits in
+    # (``dense_step``; bf16 at logits 16-32: 0.125), a different final argmax is a coin flip
+    # rather than a fidelity failure (``near_tie``)
     dense_margin: float | None = None
+    dense_step: float | None = None
+
+    @property
+    def near_tie(self) -> bool:
+        if self.dense_margin is None:
+            return False
+        return self.dense_margin < NEAR_TIE or (self.dense_step is not None and self.dense_margin <= self.dense_step)
 
     def to_json(self) -> dict:
         return {k: _clean(v) for k, v in asdict(self).items()}
@@ -84,7 +93,8 @@ class CompareRow:
 
 CSV_COLUMNS = ("method", "prompt", "kind", "length", "depth", "tokens", "density", "recall",
                "error_mean", "error_worst", "worst_layer", "kl_mean", "kl_last", "top1", "top1_last",
-               "loglik", "loglik_delta", "answer", "correct", "seconds", "attention_seconds", "dense_margin")
+               "loglik", "loglik_delta", "answer", "correct", "seconds", "attention_seconds", "dense_margin",
+               "dense_step")
 NEAR_TIE = 0.1  # nats between dense's top two final tokens
 
 
@@ -141,7 +151,7 @@ def summarise(method: str, rows: list[CompareRow], dense: dict[str, CompareRow] 
     """Per-method aggregates over prompts (means; the worst layer error is a maximum).
 
     ``top1_last``: prompts whose final-position argmax equals dense's; ``top1_last_near_tie_flips``:
-    of the others, those where dense's top two final tokens lie within ``NEAR_TIE``. With ``dense`` (prompt ->
+    of the others, those on a near tie of dense's top two final tokens (``CompareRow.near_tie``). With ``dense`` (prompt ->
     dense row): ``dense_right`` = tasks dense answers correctly, ``kept_right`` = those this
     method answers correctly too (the "identical to dense wherever dense is right" test)."""
     scored = [r.correct for r in rows if r.correct is not None]
@@ -154,8 +164,7 @@ def summarise(method: str, rows: list[CompareRow], dense: dict[str, CompareRow] 
            "kl_mean": _mean(r.kl_mean for r in rows), "top1": _mean(r.top1 for r in rows),
            "loglik_delta": _mean(text), "task_correct": sum(scored) if scored else None,
            "task_total": len(scored), "top1_last": sum(bool(r.top1_last) for r in rows),
-           "top1_last_near_tie_flips": sum(not r.top1_last and r.dense_margin is not None
-                                           and r.dense_margin < NEAR_TIE for r in rows),
+           "top1_last_near_tie_flips": sum(not r.top1_last and r.near_tie for r in rows),
            "dense_right": len(right) if dense else None,
            "kept_right": sum(bool(r.correct) for r in right) if dense else None,
            "seconds": sum(r.seconds for r in rows),
@@ -189,7 +198,8 @@ def _measured_run(loaded, task: TaskPrompt, method, mcfg, lookup, cfg: CompareCo
     return run, seconds, attn
 
 
-def _row(task: TaskPrompt, run, seconds, attn, dense_logits, dense_loglik, tokenizer) -> CompareRow:
+def _row(task: TaskPrompt, run, seconds, attn, dense_logits, dense_loglik, tokenizer,
+         logit_dtype=None) -> CompareRow:
     from .hf.prefill_run import logit_fidelity
 
     fid = logit_fidelity(dense_logits, run.logits)
@@ -207,13 +217,25 @@ def _row(task: TaskPrompt, run, seconds, attn, dense_logits, dense_loglik, token
         fid.kl_mean, fid.kl_last, fid.top1_agreement, fid.top1_last, loglik,
         loglik - dense_loglik, task.prompt.answer, continuation,
         answer_found(task.prompt.answer, continuation), seconds, attn, run.trace.decision_shares(),
-        final_margin(dense_logits))
+        final_margin(dense_logits), logit_step(dense_logits, logit_dtype))
 
 
 def final_margin(logits) -> float:
     """Log-probability gap (nats) between the top two tokens at the last position of ``[P, V]``."""
     top = logits[-1].float().log_softmax(-1).topk(2).values
     return float(top[0] - top[1])
+
+
+def logit_step(logits, dtype=None) -> float:
+    """Spacing of ``dtype`` (a torch dtype, default fp32) at the largest final-position logit of
+    ``[P, V]``: the smallest gap two logits of that size can have when the model computes them in
+    ``dtype``."""
+    import torch
+
+    dtype = dtype or torch.float32
+    top = float(logits[-1].float().abs().max())
+    info = torch.finfo(dtype)
+    return info.eps * 2.0 ** math.floor(math.log2(top)) if top >= info.tiny else info.tiny
 
 
 def run_compare(loaded, tasks: list[TaskPrompt], configs: dict[MethodName, MethodConfig], lookup,
@@ -242,7 +264,8 @@ def run_compare(loaded, tasks: list[TaskPrompt], configs: dict[MethodName, Metho
                 logits = run.logits
                 if method is MethodName.DENSE:  # runs first: the reference of the prompt's other rows
                     dense_logits, dense_loglik = logits, mean_loglik(logits, task.prompt.input_ids)
-                row = _row(task, run, seconds, attn, dense_logits, dense_loglik, loaded.tokenizer)
+                row = _row(task, run, seconds, attn, dense_logits, dense_loglik, loaded.tokenizer,
+                           getattr(loaded.model, "dtype", None))
                 record = RunRecord(method, task.name, run.trace)
                 if reuse is not None:
                     reuse[key] = (row, record, logits)

@@ -82,8 +82,9 @@ def dense_cudnn(q, k, v, scale) -> torch.Tensor:
     return _sdpa_cudnn(q, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1), scale)
 
 
-def _config(method: MethodName, gamma: float):
-    return make_config(method, gamma=gamma, dense_below=0)  # measure the sparse path at every N
+def _config(method: MethodName, gamma: float, exact_tail: int = 0):
+    # dense_below=0: measure the sparse path at every N; exact_tail applies to the probe-based methods
+    return make_config(method, gamma=gamma, dense_below=0, exact_tail=exact_tail)
 
 
 def _fidelity(result: LayerResult, out: torch.Tensor, ref: torch.Tensor, trace) -> LayerResult:
@@ -99,9 +100,9 @@ def _fidelity(result: LayerResult, out: torch.Tensor, ref: torch.Tensor, trace) 
 
 
 def bench_method(inputs: LayerInputs, method: MethodName, gamma: float, timer: Timer,
-                 fidelity: bool = True) -> list[LayerResult]:
+                 fidelity: bool = True, exact_tail: int = 0) -> list[LayerResult]:
     """Time one sparse method on the planted layers (two results for SharePrefill)."""
-    cfg = _config(method, gamma)
+    cfg = _config(method, gamma, exact_tail)
     if method is not MethodName.SHAREPREFILL:
         q, k, v = inputs.layers[0]
         runner = SparsePrefill(method, cfg)
@@ -132,13 +133,14 @@ def _bench_share(inputs: LayerInputs, cfg, timer: Timer, fidelity: bool) -> list
 
 
 def bench_length(spec: PlantedSpec, n: int, device, timer: Timer, gamma: float = 0.95,
-                 methods=SPARSE_METHODS, fidelity: bool = True, log=print) -> tuple[float, list[LayerResult]]:
+                 methods=SPARSE_METHODS, fidelity: bool = True, log=print,
+                 exact_tail: int = 0) -> tuple[float, list[LayerResult]]:
     """Dense time and every method's results at length ``n``."""
     inputs = LayerInputs(spec, n, device, timer)
     log(f"n={n}: dense cuDNN {inputs.dense_ms:.3f} ms")
     rows = []
     for method in methods:
-        for res in bench_method(inputs, MethodName(method), gamma, timer, fidelity):
+        for res in bench_method(inputs, MethodName(method), gamma, timer, fidelity, exact_tail):
             log(f"  {res.method:<15} {res.layer:<8} {res.ms:8.3f} ms  x{res.speedup:5.2f}  density "
                 f"{res.density:.3f}  rel.err {res.rel_error:.4f}  recall {res.recall:.4f}")
             rows.append(res)

@@ -27,7 +27,7 @@ OwnLastRowOpt = Annotated[Optional[bool], Opt("--own-last-row/--paper-last-row",
                                               "row (ours; default on), or only the pivotal's pattern (the paper).")]
 ExactTailOpt = Annotated[Optional[int], Opt("--exact-tail", help="vertical-slash, flexprefill, shareprefill: the "
                                             "last N query tokens (whole blocks) attend to every key block (ours; "
-                                            "0, the default, is the papers' methods).")]
+                                            "default 0: the papers' methods).")]
 SinkOpt = Annotated[Optional[int], Opt("--sink-tokens", help="a-shape sink (128).")]
 LocalOpt = Annotated[Optional[int], Opt("--local-tokens", help="a-shape window (1024).")]
 

@@ -149,6 +149,20 @@ def test_summary_counts_final_argmax_and_dense_right_answers():
     rows[1].top1_last = False
     rows[2].dense_margin, rows[2].top1_last = 2.0, False
     assert summarise("vertical-slash", rows)["top1_last_near_tie_flips"] == 2  # pk-a and pk-b, not pk-c
+    rows[2].dense_margin, rows[2].dense_step = 0.125, 0.125  # one bf16 step apart at logits 16-32
+    assert summarise("vertical-slash", rows)["top1_last_near_tie_flips"] == 3
+    rows[2].dense_margin = 0.25
+    assert summarise("vertical-slash", rows)["top1_last_near_tie_flips"] == 2
+
+
+def test_logit_step_is_the_spacing_of_the_dtype_at_the_top_logit():
+    from sharedattn.analysis.compare import logit_step
+
+    logits = torch.tensor([[0.0, 1.0], [3.0, -20.5]])  # final position: largest magnitude 20.5
+    assert logit_step(logits, torch.bfloat16) == 0.125  # bf16 in [16, 32): 8 bits of mantissa
+    assert logit_step(logits, torch.float16) == 2.0 ** -6
+    assert logit_step(logits) == pytest.approx(16 * 2.0 ** -23)
+    assert 20.5 + logit_step(logits, torch.bfloat16) == float(torch.tensor(20.625).to(torch.bfloat16))
 
 
 def test_final_margin_is_the_gap_of_the_top_two_log_probabilities():

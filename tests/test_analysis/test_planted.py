@@ -87,3 +87,22 @@ def test_bench_prefill_needs_a_gpu(monkeypatch):
 
     res = CliRunner().invoke(app, ["prefill"])
     assert res.exit_code == 2 and "needs a CUDA GPU" in res.output
+
+
+def test_bench_length_runs_every_method_on_the_cpu_and_exact_tail_adds_density():
+    calls = []
+
+    def timer(fn):  # stands in for CUDA-event timing: run once, report a fixed time
+        fn()
+        calls.append(1)
+        return 1.0
+
+    logged = []
+    dense_ms, rows = lb.bench_length(SPEC, 4096, "cpu", timer, 0.9, log=logged.append)
+    _, tail = lb.bench_length(SPEC, 4096, "cpu", timer, 0.9, methods=("vertical-slash",),
+                              log=logged.append, exact_tail=128)
+    assert dense_ms == 1.0 and [(r.method, r.layer) for r in rows] == [
+        ("vertical-slash", "any"), ("flexprefill", "any"), ("shareprefill", "pivotal"), ("shareprefill", "shared")]
+    assert all(0 < r.density <= 1 and r.rel_error < 0.5 and r.recall > 0.5 for r in rows)
+    assert tail[0].density > rows[0].density and tail[0].rel_error <= rows[0].rel_error + 1e-6
+    assert logged[0].startswith("n=4096: dense") and len(calls) == 2 + 5
