@@ -100,24 +100,24 @@ def _fidelity(result: LayerResult, out: torch.Tensor, ref: torch.Tensor, trace) 
 
 
 def bench_method(inputs: LayerInputs, method: MethodName, gamma: float, timer: Timer,
-                 fidelity: bool = True, exact_tail: int = 0) -> list[LayerResult]:
+                 fidelity: bool = True, exact_tail: int = 0, use_graphs: bool = True) -> list[LayerResult]:
     """Time one sparse method on the planted layers (two results for SharePrefill)."""
     cfg = _config(method, gamma, exact_tail)
     if method is not MethodName.SHAREPREFILL:
         q, k, v = inputs.layers[0]
-        runner = SparsePrefill(method, cfg)
+        runner = SparsePrefill(method, cfg, use_graphs=use_graphs)
         res = LayerResult(inputs.n, method.value, "any", timer(lambda: runner.attend(0, q, k, v, inputs.scale)),
                           inputs.dense_ms)
         if fidelity:
             out, trace = SparsePrefill(method, cfg, measure_recall=True).attend(0, q, k, v, inputs.scale)
             _fidelity(res, out, inputs.dense_out[0], trace)
         return [res]
-    return _bench_share(inputs, cfg, timer, fidelity)
+    return _bench_share(inputs, cfg, timer, fidelity, use_graphs)
 
 
-def _bench_share(inputs: LayerInputs, cfg, timer: Timer, fidelity: bool) -> list[LayerResult]:
+def _bench_share(inputs: LayerInputs, cfg, timer: Timer, fidelity: bool, use_graphs: bool) -> list[LayerResult]:
     table = planted_cluster_table(inputs.spec, 2)
-    runner = SparsePrefill(MethodName.SHAREPREFILL, cfg, SharingState(table))
+    runner = SparsePrefill(MethodName.SHAREPREFILL, cfg, SharingState(table), use_graphs=use_graphs)
     (q0, k0, v0), (q1, k1, v1) = inputs.layers
     pivotal = LayerResult(inputs.n, MethodName.SHAREPREFILL.value, "pivotal",
                           timer(lambda: runner.attend(0, q0, k0, v0, inputs.scale)), inputs.dense_ms)
@@ -134,13 +134,13 @@ def _bench_share(inputs: LayerInputs, cfg, timer: Timer, fidelity: bool) -> list
 
 def bench_length(spec: PlantedSpec, n: int, device, timer: Timer, gamma: float = 0.95,
                  methods=SPARSE_METHODS, fidelity: bool = True, log=print,
-                 exact_tail: int = 0) -> tuple[float, list[LayerResult]]:
+                 exact_tail: int = 0, use_graphs: bool = True) -> tuple[float, list[LayerResult]]:
     """Dense time and every method's results at length ``n``."""
     inputs = LayerInputs(spec, n, device, timer)
     log(f"n={n}: dense cuDNN {inputs.dense_ms:.3f} ms")
     rows = []
     for method in methods:
-        for res in bench_method(inputs, MethodName(method), gamma, timer, fidelity, exact_tail):
+        for res in bench_method(inputs, MethodName(method), gamma, timer, fidelity, exact_tail, use_graphs):
             log(f"  {res.method:<15} {res.layer:<8} {res.ms:8.3f} ms  x{res.speedup:5.2f}  density "
                 f"{res.density:.3f}  rel.err {res.rel_error:.4f}  recall {res.recall:.4f}")
             rows.append(res)

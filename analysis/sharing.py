@@ -3,6 +3,8 @@
 State lives for one forward pass: per (batch element, cluster) the pivotal head's exact pattern,
 its pooled profiles, whether its own vertical-slash mask already covers tau_fb of its mass, and
 where it came from. Decisions for a whole layer are tensor operations; no per-head Python loop.
+The state tensors keep their storage for a given geometry (reset and updates write in place), so
+a CUDA graph of ``decide`` (analysis/decision_graphs.py) reads the current state on every replay.
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ class SharingState:
         self.table = table  # [L, H]
         self.num_clusters = int(table.max().item()) + 1 if table.numel() else 0
         self._shape = None
+        self.generation = 0
         self._on_device: dict = {}  # device -> (table [L, H], earlier-head mask [H, H])
 
     def _tables(self, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,9 +56,21 @@ class SharingState:
                                        torch.ones(h, h, dtype=torch.bool, device=device).tril(-1))
         return self._on_device[device]
 
+    def cluster_row(self, layer: int, device) -> torch.Tensor:
+        """``[H]``: the shared cluster of each head of ``layer`` (-1: none), on ``device``."""
+        return self._tables(device)[0][layer]
+
     def reset(self, batch: int, nqb: int, nkb: int, device) -> None:
+        """Empty state for a new forward pass; the tensors of one geometry are reused in place."""
+        shape = (batch, nqb, nkb, device)
+        if shape == self._shape:
+            for t in (self.exists, self.vs_enough, self.pattern, self.v, self.s):
+                t.zero_()
+            self.source.fill_(-1)
+            return
         c = max(self.num_clusters, 1)
-        self._shape = (batch, nqb, nkb, device)
+        self._shape = shape
+        self.generation += 1  # new storage: decision graphs recorded against the old one are stale
         self.exists = torch.zeros(batch, c, dtype=torch.bool, device=device)
         self.vs_enough = torch.zeros(batch, c, dtype=torch.bool, device=device)
         self.pattern = torch.zeros(batch, c, nqb, nkb, dtype=torch.bool, device=device)
@@ -67,13 +82,12 @@ class SharingState:
         if self._shape != (batch, nqb, nkb, device):
             self.reset(batch, nqb, nkb, device)
 
-    def decide(self, layer: int, candidates: torch.Tensor, v_blocks: torch.Tensor, s_blocks: torch.Tensor,
-               tau_s: float) -> SharingDecision:
-        """``candidates`` ``[B, H]``: non-query-aware heads. Pooled profiles ``[B, H, nkb]``."""
+    def decide(self, cluster: torch.Tensor, candidates: torch.Tensor, v_blocks: torch.Tensor,
+               s_blocks: torch.Tensor, tau_s: float) -> SharingDecision:
+        """``cluster`` ``[H]``: the layer's row of the table (``cluster_row``); ``candidates``
+        ``[B, H]``: non-query-aware heads; pooled profiles ``[B, H, nkb]``. Reads the state only."""
         b, h = candidates.shape
-        device = candidates.device
-        table, earlier = self._tables(device)
-        cluster = table[layer]  # [H]
+        earlier = self._tables(candidates.device)[1]
         in_cluster = cluster >= 0
         cid = cluster.clamp(min=0)[None, :].expand(b, h)  # [B, H]
         cand = candidates & in_cluster[None, :]
@@ -100,18 +114,17 @@ class SharingState:
         slot = torch.where(pivotal, cid, torch.full_like(cid, self.pattern.shape[1]))  # dump slot
         c = self.pattern.shape[1]
 
-        def put(store: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        def put(store: torch.Tensor, values: torch.Tensor) -> None:  # in place: storage is kept
             extra = torch.zeros_like(store[:, :1]).expand(b, 1, *store.shape[2:])
             padded = torch.cat([store, extra], dim=1)
             idx = slot.reshape(b, h, *([1] * (store.dim() - 2))).expand(b, h, *store.shape[2:])
-            return padded.scatter(1, idx, values.to(store.dtype))[:, :c]
+            store.copy_(padded.scatter(1, idx, values.to(store.dtype))[:, :c])
 
         covered = mass_covered(own_vs_mask, block_mass) >= tau_fb  # [B, H]
-        self.pattern = put(self.pattern, coverage_mask(block_mass, gamma))
-        self.v = put(self.v, v_blocks)
-        self.s = put(self.s, s_blocks)
-        self.vs_enough = put(self.vs_enough, covered)
-        self.exists = put(self.exists, torch.ones_like(pivotal))
+        put(self.pattern, coverage_mask(block_mass, gamma))
+        put(self.v, v_blocks)
+        put(self.s, s_blocks)
+        put(self.vs_enough, covered)
+        put(self.exists, torch.ones_like(pivotal))
         heads = torch.arange(h, device=pivotal.device)[None, :].expand(b, h)
-        src = torch.stack([torch.full_like(heads, layer), heads], dim=-1)
-        self.source = put(self.source, src)
+        put(self.source, torch.stack([torch.full_like(heads, layer), heads], dim=-1))

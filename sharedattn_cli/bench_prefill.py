@@ -26,6 +26,8 @@ def bench_prefill(
     gamma: Annotated[float, typer.Option(help="Coverage target of every method.")] = 0.95,
     exact_tail: Annotated[int, typer.Option(help="Last tokens whose query blocks run every causal block "
                                             "(vertical-slash, flexprefill, shareprefill; 0: the papers').")] = 0,
+    graphs: Annotated[bool, typer.Option("--graphs/--no-graphs", help="Record each method's decision step "
+                                         "as a CUDA graph per length (the default) or run it eagerly.")] = True,
     seed: Annotated[int, typer.Option(help="Seed of the planted workload.")] = 0,
     out: Annotated[Optional[Path], typer.Option(help="Write the JSON results here.")] = None,
 ) -> None:
@@ -53,16 +55,16 @@ def bench_prefill(
     command = "sharedattn bench prefill " + " ".join(shlex.quote(a) for a in args)
     report = {"command": command.strip(), "gpu": torch.cuda.get_device_name(device),
               "torch": torch.__version__, "triton": triton.__version__, "gamma": gamma,
-              "exact_tail": exact_tail, "shape": {"heads": spec.heads, "kv_heads": spec.kv_heads, "head_dim": spec.head_dim,
+              "exact_tail": exact_tail, "graphs": graphs, "shape": {"heads": spec.heads, "kv_heads": spec.kv_heads, "head_dim": spec.head_dim,
                         "batch": spec.batch, "dtype": "bfloat16", "block_size": 128}, "seed": seed}
     typer.echo(f"command: {report['command']}\ngpu: {report['gpu']} (torch {torch.__version__}, "
                f"triton {triton.__version__})")
-    rows = _run(lb, spec, _csv(lengths, int), device, time_ms, gamma, chosen, exact_tail=exact_tail)
+    opts = {"exact_tail": exact_tail, "use_graphs": graphs}
+    rows = _run(lb, spec, _csv(lengths, int), device, time_ms, gamma, chosen, **opts)
     report["results"] = [r.to_json() for r in rows]
     cross_lengths = _csv(crossover, int)
     if cross_lengths:
-        cross_rows = _run(lb, spec, cross_lengths, device, time_ms, gamma, chosen, fidelity=False,
-                          exact_tail=exact_tail)
+        cross_rows = _run(lb, spec, cross_lengths, device, time_ms, gamma, chosen, fidelity=False, **opts)
         cross = lb.crossover(cross_rows + [r for r in rows if r.n > max(cross_lengths)],
                              sorted(set(cross_lengths) | {r.n for r in rows}))
         report["crossover"] = {"lengths": cross_lengths, "first_faster_n": cross,
@@ -75,11 +77,10 @@ def bench_prefill(
     typer.echo(json.dumps(_summary(report)))
 
 
-def _run(lb, spec, lengths, device, timer, gamma, methods, fidelity=True, exact_tail=0) -> list:
+def _run(lb, spec, lengths, device, timer, gamma, methods, fidelity=True, **opts) -> list:
     rows = []
     for n in lengths:
-        _, got = lb.bench_length(spec, n, device, timer, gamma, methods, fidelity, log=typer.echo,
-                                 exact_tail=exact_tail)
+        _, got = lb.bench_length(spec, n, device, timer, gamma, methods, fidelity, log=typer.echo, **opts)
         rows.extend(got)
     return rows
 

@@ -72,6 +72,27 @@ def test_planted_output_is_close_to_dense(layers):
     assert err < 0.15 and float(trace.density.mean()) < 0.8  # 0.101 measured on the H200
 
 
+@pytest.mark.parametrize("method", SPARSE)
+def test_decision_graphs_replay_what_eager_decides(layers, method):
+    """Two forward passes over the planted layers, another geometry in between: the recorded
+    decision step gives the eager step's outputs and traces, bit for bit."""
+    short = [tuple(t[:, :, -2048:].contiguous() for t in layer) for layer in layers]
+    runs = {}
+    for graphs in (True, False):
+        runner = _runner(method)
+        runner.graphs.enabled = graphs
+        passes = [_two_layers(runner, layers), _two_layers(runner, short), _two_layers(runner, layers)]
+        runs[graphs] = (passes, runner.graphs)
+    for got, want in zip(runs[True][0], runs[False][0]):
+        for (o, t), (ro, rt) in zip(got, want):
+            assert torch.equal(o, ro)
+            for name in ("decision", "density", "coverage", "source", "recall", "mask"):
+                assert torch.equal(getattr(t, name), getattr(rt, name)), name
+    graphs = runs[True][1]
+    assert graphs.captures >= 2 and graphs.replays >= 2  # recorded once per geometry, then replayed
+    assert runs[False][1].captures == 0
+
+
 @pytest.fixture(scope="module")
 def tiny_cuda():
     from sharedattn.analysis.hf.models import load_model

@@ -1,0 +1,72 @@
+"""CUDA graphs for the per-layer decision step of sparse prefill.
+
+Deciding what a layer keeps (budgets, top-k, sharing tests, masks, the layout draft) is a few
+hundred small tensor operations whose cost on the GPU is their launches, not their work
+(docs/benchmarks.md, "Where the fixed per-layer cost goes"). Every layer of one forward pass has
+the same geometry, so the step is recorded once per geometry as a CUDA graph and replayed for the
+other layers: one launch instead of hundreds.
+
+``DecisionGraphs.run(key, fn, inputs)`` calls ``fn(**inputs)`` and returns its dict of tensors.
+On CUDA, the first call for ``key`` runs ``fn`` eagerly (that warms every cache ``fn`` fills) and
+then records it into a graph that reads static copies of ``inputs``; later calls copy their
+inputs into those and replay. ``fn`` must depend only on ``inputs``, on tensors whose storage
+stays put between calls (the sharing state) and on what ``key`` fixes; it must not synchronise
+with the host. Returned tensors are the graph's own outputs: valid until the next replay of the
+same key, so callers clone what they keep.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+Outputs = dict[str, torch.Tensor]
+
+
+@dataclass
+class _Graph:
+    graph: torch.cuda.CUDAGraph
+    inputs: Outputs
+    outputs: Outputs
+
+
+class DecisionGraphs:
+    """Recorded decision steps, keyed by geometry; the oldest goes when more than ``capacity``."""
+
+    def __init__(self, enabled: bool = True, capacity: int = 4):
+        self.enabled = enabled
+        self.capacity = capacity
+        self._graphs: OrderedDict = OrderedDict()
+        self.captures = 0
+        self.replays = 0
+
+    def run(self, key, fn: Callable[..., Outputs], inputs: Outputs) -> Outputs:
+        on_cuda = all(t.is_cuda for t in inputs.values())
+        if not (self.enabled and on_cuda):
+            return fn(**inputs)
+        entry = self._graphs.get(key)
+        if entry is None:
+            out = fn(**inputs)  # eager: this layer's result, and the warm-up of the recording
+            self._record(key, fn, inputs)
+            return out
+        self._graphs.move_to_end(key)
+        for name, tensor in inputs.items():
+            entry.inputs[name].copy_(tensor)
+        entry.graph.replay()
+        self.replays += 1
+        return entry.outputs
+
+    def _record(self, key, fn, inputs: Outputs) -> None:
+        static = {name: t.clone() for name, t in inputs.items()}
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outputs = fn(**static)
+        self._graphs[key] = _Graph(graph, static, outputs)
+        self.captures += 1
+        while len(self._graphs) > self.capacity:
+            self._graphs.popitem(last=False)
+
+    def clear(self) -> None:
+        self._graphs.clear()
