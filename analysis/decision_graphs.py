@@ -12,7 +12,10 @@ then records it into a graph that reads static copies of ``inputs``; later calls
 inputs into those and replay. ``fn`` must depend only on ``inputs``, on tensors whose storage
 stays put between calls (the sharing state) and on what ``key`` fixes; it must not synchronise
 with the host. Returned tensors are the graph's own outputs: valid until the next replay of the
-same key, so callers clone what they keep.
+same key, so callers clone what they keep. A graph also reads the geometry tensors that
+``fn`` took from caches (``functools.lru_cache``, 64 entries each); ``capacity`` stays far below
+that, so a kept graph's tensors are never evicted. If recording runs out of GPU memory, the
+cache turns itself off and every later step runs eagerly.
 """
 from __future__ import annotations
 
@@ -39,12 +42,15 @@ class DecisionGraphs:
         self.enabled = enabled
         self.capacity = capacity
         self._graphs: OrderedDict = OrderedDict()
+        self._stream = None  # the side stream recordings are made on
         self.captures = 0
         self.replays = 0
 
-    def run(self, key, fn: Callable[..., Outputs], inputs: Outputs) -> Outputs:
+    def run(self, key, fn: Callable[..., Outputs], inputs: Outputs, record: bool = True) -> Outputs:
+        """``fn(**inputs)``, replayed from a graph where one was recorded for ``key``;
+        ``record=False`` runs it eagerly (and records nothing)."""
         on_cuda = all(t.is_cuda for t in inputs.values())
-        if not (self.enabled and on_cuda):
+        if not (self.enabled and record and on_cuda):
             return fn(**inputs)
         entry = self._graphs.get(key)
         if entry is None:
@@ -59,10 +65,28 @@ class DecisionGraphs:
         return entry.outputs
 
     def _record(self, key, fn, inputs: Outputs) -> None:
+        # CUDAGraph.capture_begin/end on a side stream, as torch.cuda.graph does, but without its
+        # torch.cuda.empty_cache(): that would hand the forward pass's cached memory back to the
+        # driver, and the rest of the pass would pay for fresh allocations.
         static = {name: t.clone() for name, t in inputs.items()}
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            outputs = fn(**static)
+        main = torch.cuda.current_stream()
+        if self._stream is None:
+            self._stream = torch.cuda.Stream()
+        self._stream.wait_stream(main)  # the static copies are made on the main stream
+        try:
+            with torch.cuda.stream(self._stream):
+                graph.capture_begin()
+                try:
+                    outputs = fn(**static)
+                finally:
+                    graph.capture_end()
+        except torch.OutOfMemoryError:  # the step's intermediates do not fit twice: stay eager
+            del graph, static
+            self.enabled = False
+            self.clear()
+            return
+        main.wait_stream(self._stream)
         self._graphs[key] = _Graph(graph, static, outputs)
         self.captures += 1
         while len(self._graphs) > self.capacity:

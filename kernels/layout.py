@@ -193,6 +193,10 @@ class LayoutDraft:
         exactly when every block is kept."""
         return causal_block_mask(self.nq, self.nk, self.block_size, self.counts.device).sum()
 
+    def density(self) -> torch.Tensor:
+        """Kept / causal-valid blocks per head, ``[B, H]`` fp32 (as ``BlockLayout.density``)."""
+        return self.counts.sum(dim=-1).float() / self.causal_blocks().float()
+
     def finish(self, max_kept: int) -> BlockLayout:
         """The layout, with ``max_kept`` = ``counts.max()`` read by the caller."""
         nkb = self.ordered.shape[-1]

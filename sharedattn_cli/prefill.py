@@ -32,12 +32,13 @@ def method_config(method: MethodName, **fields):
         raise UserError(str(exc)) from None
 
 
-def _timed_runs(loaded, ids, method, config, lookup, *, repeats, warmup, chunk, max_new_tokens):
+def _timed_runs(loaded, ids, method, config, lookup, *, repeats, warmup, chunk, max_new_tokens, use_graphs):
     from sharedattn.analysis.hf.prefill_run import run_prefill
 
     runs = []
     for i in range(warmup + repeats):
-        run = run_prefill(loaded, ids, method, config, lookup, chunk=chunk, max_new_tokens=max_new_tokens)
+        run = run_prefill(loaded, ids, method, config, lookup, chunk=chunk, max_new_tokens=max_new_tokens,
+                          use_graphs=use_graphs)
         if i >= warmup:
             runs.append(run)
     return runs
@@ -52,7 +53,7 @@ def _all_runs(loaded, prompt, method, config, dense_cfg, lookup, chunk, no_layer
     errors = None
     if not no_layer_errors:
         errors = run_prefill(loaded, prompt.input_ids, method, config, lookup, compare_dense=True,
-                             chunk=chunk).layer_errors
+                             chunk=chunk, use_graphs=kw["use_graphs"]).layer_errors
     return dense_runs, method_runs, errors
 
 
@@ -96,6 +97,8 @@ def prefill(
     vertical_tokens: Annotated[Optional[int], Opt("--vertical-tokens", help="Fixed vertical budget (vertical-slash).")] = None,
     slash_tokens: Annotated[Optional[int], Opt("--slash-tokens", help="Fixed slash budget (vertical-slash).")] = None,
     no_layer_errors: Annotated[bool, Opt("--no-layer-errors", help="Skip the extra pass that measures each layer's error.")] = False,
+    graphs: Annotated[bool, Opt("--graphs/--no-graphs", help="On CUDA, record each prompt length's decision step "
+                                "as a CUDA graph and replay it in the other layers (default), or run it eagerly.")] = True,
     out: OutDirOpt = DEFAULT_OUT / "prefill",
     tokens: TokensOpt = DEFAULT_TOKENS,
     truncate: TruncateOpt = False,
@@ -145,7 +148,7 @@ def prefill(
     n_rep = (repeats or (5 if on_gpu else 3)) if bench else 1
     n_warm = warmup if bench else 0
     dense_cfg = DenseConfig(block_size=config.block_size)
-    kw = dict(repeats=n_rep, warmup=n_warm, chunk=chunk, max_new_tokens=max_new_tokens)
+    kw = dict(repeats=n_rep, warmup=n_warm, chunk=chunk, max_new_tokens=max_new_tokens, use_graphs=graphs)
     import torch
 
     try:

@@ -38,9 +38,11 @@ def _sync(device: torch.device) -> None:
 def run_prefill(loaded: LoadedModel, input_ids: list[int] | tuple[int, ...], method: MethodName,
                 config: MethodConfig, lookup=None, *, compare_dense: bool = False,
                 measure_recall: bool = False, keep_masks: bool = False,
-                chunk: int | None = None, max_new_tokens: int = 0, eval_positions: int = 64) -> PrefillRun:
+                chunk: int | None = None, max_new_tokens: int = 0, eval_positions: int = 64,
+                use_graphs: bool = True) -> PrefillRun:
     """Prefill ``input_ids`` (batch 1) with ``method``; optionally in chunks over a growing cache,
-    then greedy-decode ``max_new_tokens`` tokens with dense attention."""
+    then greedy-decode ``max_new_tokens`` tokens with dense attention. ``use_graphs``: record the
+    decision step as a CUDA graph per length (analysis/decision_graphs.py)."""
     from transformers import DynamicCache
 
     register_methods()
@@ -50,7 +52,7 @@ def run_prefill(loaded: LoadedModel, input_ids: list[int] | tuple[int, ...], met
     ids = torch.tensor([list(input_ids)], device=device)
     n = ids.shape[1]
     session = PrefillSession(MethodName(method), config, fp.num_layers, fp.num_heads, lookup, compare_dense,
-                             measure_recall, keep_masks)
+                             measure_recall, keep_masks, use_graphs=use_graphs)
     step = chunk or n
     cache = DynamicCache() if (chunk or max_new_tokens) else None
     chunk_traces, errors = [], []

@@ -33,6 +33,7 @@ class PrefillSession:
     compare_dense: bool = False  # also run dense on the same inputs and record each layer's error
     measure_recall: bool = False  # record each head's true attention mass inside its kept blocks
     keep_masks: bool = False  # keep each head's block mask (CPU) in the trace, for figures
+    use_graphs: bool = True  # record each length's decision step as a CUDA graph (on CUDA)
     traces: dict = field(default_factory=dict)  # layer -> LayerTrace (last prefill chunk)
     layer_errors: dict = field(default_factory=dict)  # layer -> relative error vs dense
     attention_seconds: float = 0.0
@@ -44,8 +45,8 @@ class PrefillSession:
             sharing = None
             if self.method is MethodName.SHAREPREFILL:
                 sharing = SharingState(cluster_table(self.lookup, self.num_layers, self.num_heads))
-            self._runners[key] = SparsePrefill(self.method, self.config, sharing,
-                                               self.measure_recall, self.keep_masks)
+            self._runners[key] = SparsePrefill(self.method, self.config, sharing, self.measure_recall,
+                                               self.keep_masks, self.use_graphs)
         return self._runners[key]
 
     def finish_timing(self) -> None:

@@ -57,6 +57,7 @@ def test_draft_then_finish_equals_from_dense():
     assert torch.equal(draft.counts, whole.counts) and torch.equal(draft.num_full, whole.num_full)
     done = draft.finish(int(draft.counts.max()))
     assert torch.equal(done.indices, whole.indices) and done.shape == whole.shape
+    assert torch.equal(draft.density(), whole.density(per_head=True))
     full = BlockLayout.dense_causal(2, 3, 300, 360, 64, torch.device("cpu"))
     assert int(full.counts.sum()) == int(draft.causal_blocks()) * 6 and full.keeps_every_block()
     assert not whole.keeps_every_block()
