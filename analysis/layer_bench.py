@@ -82,7 +82,7 @@ def dense_cudnn(q, k, v, scale) -> torch.Tensor:
     return _sdpa_cudnn(q, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1), scale)
 
 
-def _config(method: MethodName, gamma: float, exact_tail: int = 0):
+def config_for(method: MethodName, gamma: float, exact_tail: int = 0):
     # dense_below=0: measure the sparse path at every N; exact_tail applies to the probe-based methods
     return make_config(method, gamma=gamma, dense_below=0, exact_tail=exact_tail)
 
@@ -102,7 +102,7 @@ def _fidelity(result: LayerResult, out: torch.Tensor, ref: torch.Tensor, trace) 
 def bench_method(inputs: LayerInputs, method: MethodName, gamma: float, timer: Timer,
                  fidelity: bool = True, exact_tail: int = 0, use_graphs: bool = True) -> list[LayerResult]:
     """Time one sparse method on the planted layers (two results for SharePrefill)."""
-    cfg = _config(method, gamma, exact_tail)
+    cfg = config_for(method, gamma, exact_tail)
     if method is not MethodName.SHAREPREFILL:
         q, k, v = inputs.layers[0]
         runner = SparsePrefill(method, cfg, use_graphs=use_graphs)

@@ -38,19 +38,18 @@ def bench_prefill(
     """
     import torch
 
+    chosen = _check_options(methods, gamma, exact_tail)
     if not torch.cuda.is_available():
         typer.echo("sharedattn bench prefill needs a CUDA GPU; none is available here.")
         raise typer.Exit(2)
     import triton
 
     from sharedattn.analysis import layer_bench as lb
-    from sharedattn.analysis.method_config import MethodName
     from sharedattn.analysis.planted import PlantedSpec
     from sharedattn.kernels.bench import time_ms
 
     device = torch.device(torch.cuda.current_device())
     spec = PlantedSpec(seed=seed)
-    chosen = [MethodName(m) for m in _csv(methods, str)]
     args = sys.argv[sys.argv.index("prefill") + 1:] if "prefill" in sys.argv else sys.argv[1:]
     command = "sharedattn bench prefill " + " ".join(shlex.quote(a) for a in args)
     report = {"command": command.strip(), "gpu": torch.cuda.get_device_name(device),
@@ -75,6 +74,26 @@ def bench_prefill(
         out.write_text(json.dumps(report, indent=1))
         typer.echo(f"wrote {out}")
     typer.echo(json.dumps(_summary(report)))
+
+
+def _check_options(methods: str, gamma: float, exact_tail: int) -> list:
+    """The sparse methods named, each with a valid config at these settings; else one line, exit 2."""
+    from sharedattn.analysis.layer_bench import config_for
+    from sharedattn.analysis.method_config import MethodName
+
+    allowed = [m.value for m in MethodName if m is not MethodName.DENSE]
+    names = _csv(methods, str)
+    bad = [m for m in names if m not in allowed] or ([] if names else ["(none)"])
+    if bad:
+        typer.echo(f"--methods: {bad[0]} is not one of {', '.join(allowed)}")
+        raise typer.Exit(2)
+    try:
+        for name in names:
+            config_for(MethodName(name), gamma, exact_tail)
+    except ValueError as exc:
+        typer.echo(str(exc))
+        raise typer.Exit(2) from None
+    return [MethodName(m) for m in names]
 
 
 def _run(lb, spec, lengths, device, timer, gamma, methods, fidelity=True, **opts) -> list:

@@ -30,6 +30,7 @@ def report_document(*, command, machine, loaded, prompt, method, config, lookup_
                    "expected_answer": prompt.answer},
         "method": method.value, "config": config.to_json(), "lookup": lookup_note,
         "timing": timing, "decision_shares": trace.decision_shares(),
+        "decision_graphs": method_run.decision_graphs,
         "per_layer_density": trace.per_layer_density(), "layer_errors": layer_errors,
         "fidelity": vars(fidelity),
         "generation": {"dense": dense_answer, method.value: ours_answer,
@@ -66,7 +67,10 @@ def print_report(console, doc: dict) -> None:
                   f"{speed:.2f}x")
     console.print(t)
     shares = ", ".join(f"{k} {v:.0%}" for k, v in doc["decision_shares"].items() if v > 0)
-    console.print(f"density {s['density']:.3f}; heads: {shares}")
+    graphs = doc.get("decision_graphs") or {}
+    console.print(f"density {s['density']:.3f}; heads: {shares}"
+                  + (f"; decision step: {graphs['recorded']} CUDA graph(s) recorded, replayed "
+                     f"{graphs['replayed']} times (last run)" if graphs.get("recorded") else ""))
     f = doc["fidelity"]
     line = (f"fidelity vs dense: KL(final) {f['kl_last']:.2e}, KL(mean of last {f['positions']}) "
             f"{f['kl_mean']:.2e}, top-1 final {'same' if f['top1_last'] else 'DIFFERENT'}, "

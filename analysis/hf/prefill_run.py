@@ -28,6 +28,8 @@ class PrefillRun:
     trace: PrefillTrace
     layer_errors: list[float] | None = None  # relative error of each layer's attention output
     generated: list[int] = field(default_factory=list)
+    # decision steps recorded as CUDA graphs and replays of them, over all layers and chunks
+    decision_graphs: dict = field(default_factory=lambda: {"recorded": 0, "replayed": 0})
 
 
 def _sync(device: torch.device) -> None:
@@ -78,8 +80,10 @@ def run_prefill(loaded: LoadedModel, input_ids: list[int] | tuple[int, ...], met
     layer_errors = None
     if compare_dense:
         layer_errors = [max(float(e[i]) for e in errors if i in e) for i in range(fp.num_layers)]
+    graphs = [r.graphs for r in session._runners.values()]
+    counts = {"recorded": sum(g.captures for g in graphs), "replayed": sum(g.replays for g in graphs)}
     return PrefillRun(MethodName(method), config, n, logits.cpu(), seconds, session.attention_seconds,
-                      trace, layer_errors, generated)
+                      trace, layer_errors, generated, counts)
 
 
 def _greedy(model, cache, last_logits, steps: int, device, tokenizer) -> list[int]:

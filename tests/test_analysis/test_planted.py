@@ -87,6 +87,12 @@ def test_bench_prefill_needs_a_gpu(monkeypatch):
 
     res = CliRunner().invoke(app, ["prefill"])
     assert res.exit_code == 2 and "needs a CUDA GPU" in res.output
+    for args, says in ((["--methods", "vertical-slash,bogus"], "bogus is not one of"),
+                       (["--methods", ""], "(none) is not one of"),
+                       (["--gamma", "1.5"], "gamma must be in"),
+                       (["--exact-tail", "-1"], "exact_tail must be >= 0")):
+        res = CliRunner().invoke(app, ["prefill", *args])  # checked before looking for a GPU
+        assert res.exit_code == 2 and says in res.output and len(res.output.strip().splitlines()) == 1, args
 
 
 def test_bench_length_runs_every_method_on_the_cpu_and_exact_tail_adds_density():

@@ -23,6 +23,7 @@ def test_prefill_reports_against_dense(tmp_path):
     assert s["method"] == "flexprefill" and s["tokens"] == 512 and 0 < s["density"] <= 1
     assert len(doc["layer_errors"]) == 2 and doc["config"]["min_budget"] == 64
     assert set(doc["timing"]) == {"dense", "flexprefill"}
+    assert doc["decision_graphs"] == {"recorded": 0, "replayed": 0}  # CUDA graphs: GPU only
     trace = json.loads((tmp_path / "prefill-flexprefill.json").read_text())["trace"]
     assert len(trace["heads"]) == 8 and (tmp_path / "prefill-flexprefill-trace.png").stat().st_size > 1000
 

@@ -113,6 +113,9 @@ def test_run_prefill_every_method_on_cuda(tiny_cuda, method, chunk):
     assert len(run.generated) >= 1
     assert run.trace.decision.shape[0] == (1 if chunk is None else 3)
     assert all(e < 0.5 for e in run.layer_errors)
+    chunks, layers = (1 if chunk is None else 3), tiny_cuda.fingerprint.num_layers
+    if method is not MethodName.DENSE:  # one recording per chunk's geometry, replayed by the other layers
+        assert run.decision_graphs == {"recorded": chunks, "replayed": chunks * (layers - 1)}
 
 
 def test_generate_on_cuda(tiny_cuda):
