@@ -133,12 +133,12 @@ class SparsePrefill:
                     mask, decision = self._share(plan, nq, nk, mask, decision, v, s, own, minimal, qa, cluster)
             mask = with_exact_tail(mask, cfg.exact_tail, nq, nk, bs)
         draft = kernels.BlockLayout.draft(mask, bs, nq, nk)
-        every = draft.counts.sum() == draft.causal_blocks() * b * h
         wanted = plan["pivotal"].any() if "pivotal" in plan else torch.zeros((), dtype=torch.bool, device=v.device)
         # what the host needs, fetched in one transfer: the layout's width, "keeps every block",
         # "has pivotal heads"
-        plan["flags"] = torch.stack([draft.counts.max().long(), every.long(), wanted.long()])
+        plan["flags"] = torch.stack([draft.counts.max().long(), draft.keeps_all().long(), wanted.long()])
         coverage = torch.where(decision == int(Decision.PIVOTAL), 1.0, probe_coverage(mask, v))
+        plan.setdefault("source", _full((b, h, 2), -1, v.device, torch.long))  # no head shared
         plan.update(mask=mask, decision=decision, counts=draft.counts, ordered=draft.ordered,
                     num_full=draft.num_full, density=draft.density(), coverage=coverage)
         return plan
@@ -189,15 +189,13 @@ class SparsePrefill:
             cfg: SharePrefillConfig = self.config
             self.sharing.record_pivotals(layer, pivotal, mass, plan["own"], probe.v, probe.s,
                                          cfg.gamma, cfg.tau_fb)
-        source = plan["source"].clone() if "source" in plan else \
-            _full((*decision.shape, 2), -1, q.device, torch.long)
         recall = None
         if self.measure_recall:
             recall = mass_covered(mask, kernels.block_mass(q, k, bs, scale))
         kept = mask.cpu() if self.keep_masks else None
         # the plan's tensors belong to the recorded graph: the trace keeps copies
         return out, LayerTrace(layer, decision.clone(), plan["density"].clone(), plan["coverage"].clone(),
-                               source, recall, kept)
+                               plan["source"].clone(), recall, kept)
 
 
 def _sdpa(q, k, v, scale):

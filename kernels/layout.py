@@ -44,8 +44,27 @@ def _full_block_mask(nq: int, nk: int, block_size: int, device: torch.device) ->
     return (ends[None, :] - 1 <= first_pos[:, None]) & (ends[None, :] <= nk)
 
 
+class _KeptCounts:
+    """What a layout and its draft derive from ``counts`` ``[B, H, nqb]`` and the geometry
+    (``nq``, ``nk``, ``block_size``) alone, without a host sync."""
+
+    def causal_blocks(self) -> torch.Tensor:
+        """Causal-valid blocks of one head (0-d tensor): ``counts.sum()`` equals this times B x H
+        exactly when every block is kept."""
+        return causal_block_mask(self.nq, self.nk, self.block_size, self.counts.device).sum()
+
+    def keeps_all(self) -> torch.Tensor:
+        """0-d bool tensor: every head keeps every causal-valid block."""
+        b, h = self.counts.shape[:2]
+        return self.counts.sum() == self.causal_blocks() * b * h
+
+    def head_density(self) -> torch.Tensor:
+        """Kept / causal-valid blocks per head, ``[B, H]`` fp32."""
+        return self.counts.sum(dim=-1).float() / self.causal_blocks().float()
+
+
 @dataclass(frozen=True)
-class BlockLayout:
+class BlockLayout(_KeptCounts):
     """Kept key blocks per (batch, query head, query block); see the module docstring.
 
     Fields: ``counts`` ``[B, H, nqb]`` int32, ``indices`` ``[B, H, nqb, max_kept]`` int32 (sorted,
@@ -158,26 +177,20 @@ class BlockLayout:
         out = torch.zeros(*self.counts.shape, nkb + 1, dtype=torch.bool, device=self.device)
         return out.scatter_(-1, idx, True)[..., :nkb]
 
-    def _causal_blocks(self) -> torch.Tensor:
-        """Number of causal-valid blocks of one head (a 0-d tensor on the layout's device)."""
-        return causal_block_mask(self.nq, self.nk, self.block_size, self.device).sum()
-
     def keeps_every_block(self) -> bool:
         """Whether every head keeps every causal-valid block (one host sync)."""
-        b, h = self.counts.shape[:2]
-        return bool((self.counts.sum() == self._causal_blocks() * b * h).item())
+        return bool(self.keeps_all().item())
 
     def density(self, per_head: bool = False):
         """Kept blocks / causal-valid blocks: a float, or ``[B, H]`` fp32 when ``per_head``."""
-        causal = self._causal_blocks()
-        kept = self.counts.sum(dim=-1).float()  # [B, H]
         if per_head:
-            return kept / causal.float()
-        return float(kept.sum().item() / (causal.item() * kept.numel()))
+            return self.head_density()
+        kept = self.counts.sum(dim=-1).float()  # [B, H]
+        return float(kept.sum().item() / (self.causal_blocks().item() * kept.numel()))
 
 
 @dataclass(frozen=True)
-class LayoutDraft:
+class LayoutDraft(_KeptCounts):
     """A layout before its host sync (see :meth:`BlockLayout.draft`): ``ordered`` holds each row's
     kept key blocks first, ascending, then ``nkb`` for the dropped ones."""
 
@@ -188,14 +201,9 @@ class LayoutDraft:
     nq: int
     nk: int
 
-    def causal_blocks(self) -> torch.Tensor:
-        """Causal-valid blocks of one head (0-d tensor): ``counts.sum()`` equals this times B x H
-        exactly when every block is kept."""
-        return causal_block_mask(self.nq, self.nk, self.block_size, self.counts.device).sum()
-
     def density(self) -> torch.Tensor:
-        """Kept / causal-valid blocks per head, ``[B, H]`` fp32 (as ``BlockLayout.density``)."""
-        return self.counts.sum(dim=-1).float() / self.causal_blocks().float()
+        """Kept / causal-valid blocks per head, ``[B, H]`` fp32 (``BlockLayout.density(per_head=True)``)."""
+        return self.head_density()
 
     def finish(self, max_kept: int) -> BlockLayout:
         """The layout, with ``max_kept`` = ``counts.max()`` read by the caller."""

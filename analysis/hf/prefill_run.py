@@ -80,10 +80,8 @@ def run_prefill(loaded: LoadedModel, input_ids: list[int] | tuple[int, ...], met
     layer_errors = None
     if compare_dense:
         layer_errors = [max(float(e[i]) for e in errors if i in e) for i in range(fp.num_layers)]
-    graphs = [r.graphs for r in session._runners.values()]
-    counts = {"recorded": sum(g.captures for g in graphs), "replayed": sum(g.replays for g in graphs)}
     return PrefillRun(MethodName(method), config, n, logits.cpu(), seconds, session.attention_seconds,
-                      trace, layer_errors, generated, counts)
+                      trace, layer_errors, generated, session.graph_counts())
 
 
 def _greedy(model, cache, last_logits, steps: int, device, tokenizer) -> list[int]:

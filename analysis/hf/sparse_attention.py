@@ -49,6 +49,11 @@ class PrefillSession:
                                                self.keep_masks, self.use_graphs)
         return self._runners[key]
 
+    def graph_counts(self) -> dict:
+        """Decision steps recorded as CUDA graphs and replays of them, over this session's runners."""
+        graphs = [r.graphs for r in self._runners.values()]
+        return {"recorded": sum(g.captures for g in graphs), "replayed": sum(g.replays for g in graphs)}
+
     def finish_timing(self) -> None:
         """Fold pending CUDA event pairs into ``attention_seconds`` (one sync)."""
         if self._events:
