@@ -1,6 +1,6 @@
 """`sharedattn bench prefill`: whole-layer sparse prefill vs dense cuDNN on planted structure.
 
-Thin command over ``sharedattn.analysis.layer_bench``; heavy imports happen inside the body.
+Thin command over ``sharedattn.analysis.evaluation.layer_bench``; heavy imports happen inside the body.
 """
 from __future__ import annotations
 
@@ -44,8 +44,8 @@ def bench_prefill(
         raise typer.Exit(2)
     import triton
 
-    from sharedattn.analysis import layer_bench as lb
-    from sharedattn.analysis.planted import PlantedSpec
+    from sharedattn.analysis.evaluation import layer_bench as lb
+    from sharedattn.analysis.evaluation.planted import PlantedSpec
     from sharedattn.kernels.bench import time_ms
 
     device = torch.device(torch.cuda.current_device())
@@ -78,8 +78,8 @@ def bench_prefill(
 
 def _check_options(methods: str, gamma: float, exact_tail: int) -> list:
     """The sparse methods named, each with a valid config at these settings; else one line, exit 2."""
-    from sharedattn.analysis.layer_bench import config_for
-    from sharedattn.analysis.method_config import MethodName
+    from sharedattn.analysis.evaluation.layer_bench import config_for
+    from sharedattn.analysis.method.method_config import MethodName
 
     allowed = [m.value for m in MethodName if m is not MethodName.DENSE]
     names = _csv(methods, str)

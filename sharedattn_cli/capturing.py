@@ -27,7 +27,7 @@ class CaptureRequest:
 
 
 def record_stem(prompt) -> str:
-    from sharedattn.analysis.prompts import is_prompt_name
+    from sharedattn.analysis.files.prompts import is_prompt_name
 
     name = prompt.name if is_prompt_name(prompt.name) else Path(prompt.name).stem
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "prompt"
@@ -53,7 +53,7 @@ def capture_records(req: CaptureRequest, out_dir: Optional[Path] = None):
     """Capture every prompt; returns ``[(record, sidecar_path or None)]`` and the loaded model."""
     from sharedattn.analysis.hf.capture import CaptureConfig, capture_prompt
     from sharedattn.analysis.hf.models import cache_root
-    from sharedattn.analysis.records import load_record, save_record
+    from sharedattn.analysis.files.records import load_record, save_record
 
     try:
         config = CaptureConfig(block_size=req.block_size, chunk_size=req.chunk_size)
@@ -79,7 +79,7 @@ def capture_records(req: CaptureRequest, out_dir: Optional[Path] = None):
 
 
 def _save(record, stem: Path) -> Path:
-    from sharedattn.analysis.records import save_record
+    from sharedattn.analysis.files.records import save_record
 
     try:
         stem.parent.mkdir(parents=True, exist_ok=True)
@@ -97,7 +97,7 @@ def _capture_one(loaded, prompt, config, capture_prompt):
 
 
 def load_records(paths: list[Path]):
-    from sharedattn.analysis.records import check_compatible, load_record
+    from sharedattn.analysis.files.records import check_compatible, load_record
 
     if not paths:
         raise UserError("no record files given")

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from sharedattn.analysis.choices import Features, JsCombine, Linkage, Metric
+from sharedattn.analysis.offline.choices import Features, JsCombine, Linkage, Metric
 
 from .common import (DEFAULT_OUT, DEFAULT_TOKENS, BlockSizeOpt, DeviceOpt, DtypeOpt, InputsArg, JsonOpt,
                      ModelChoice, ModelOpt, RandomInitOpt, TokensOpt, TruncateOpt, UserError, cli_command,
@@ -17,7 +17,7 @@ LookupOutOpt = Annotated[Path, typer.Option("--out", "-o", help="Lookup file to 
 
 
 def cluster_config(features, linkage, distance_threshold, n_clusters, min_cluster_size, min_similarity):
-    from sharedattn.analysis.clustering import ClusterConfig
+    from sharedattn.analysis.offline.clustering import ClusterConfig
 
     try:
         return ClusterConfig(features=features, linkage=linkage, distance_threshold=distance_threshold,
@@ -28,7 +28,7 @@ def cluster_config(features, linkage, distance_threshold, n_clusters, min_cluste
 
 
 def autoencoder_config(epochs: int, latent_dim: int, grid: int, seed: int):
-    from sharedattn.analysis.autoencoder import AutoencoderConfig
+    from sharedattn.analysis.offline.autoencoder import AutoencoderConfig
 
     try:
         return AutoencoderConfig(grid=grid, latent_dim=latent_dim, epochs=epochs, seed=seed)
@@ -72,7 +72,7 @@ def _prune_config(prune: bool, tolerance: float, records, prune_on):
 def _pruned(loaded, prompt_specs, tokens, truncate, lookup, config):
     """Unshare the clusters that cost fidelity on the calibration prompts; print what was measured."""
     from sharedattn.analysis.hf.cluster_pruning import prune_lookup
-    from sharedattn.analysis.method_config import make_config
+    from sharedattn.analysis.method.method_config import make_config
 
     from .method_options import default_block_size
 
@@ -90,7 +90,7 @@ def _pruned(loaded, prompt_specs, tokens, truncate, lookup, config):
 
 
 def _latent_codes(recs, ae_config):
-    from sharedattn.analysis.autoencoder import latent_codes
+    from sharedattn.analysis.offline.autoencoder import latent_codes
 
     with err_console.status(f"training the autoencoder ({ae_config.epochs} epochs)..."):
         codes, result = latent_codes(recs, ae_config)
@@ -149,9 +149,9 @@ def cluster(
     `sharedattn cluster stdlib-code stdlib-prose passkey --tokens 4096 --n-clusters 40`,
     `sharedattn cluster --records recs/*.json --features autoencoder --linkage ward`.
     """
-    from sharedattn.analysis.clustering import cluster_heads
-    from sharedattn.analysis.lookup import build_lookup, save_lookup
-    from sharedattn.analysis.similarity import mean_similarity, similarity_matrices
+    from sharedattn.analysis.offline.clustering import cluster_heads
+    from sharedattn.analysis.offline.lookup import build_lookup, save_lookup
+    from sharedattn.analysis.offline.similarity import mean_similarity, similarity_matrices
 
     sim_config = similarity_config(metric, gamma, js_combine)
     config = cluster_config(features, linkage, distance_threshold, n_clusters, min_cluster_size, min_similarity)

@@ -34,8 +34,8 @@ def set_debug(value: bool) -> None:
 
 def _known_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [UserError]
-    for module, name in (("sharedattn.analysis.prompts", "PromptError"),
-                         ("sharedattn.analysis.fingerprint", "FormatError"),
+    for module, name in (("sharedattn.analysis.files.prompts", "PromptError"),
+                         ("sharedattn.analysis.files.fingerprint", "FormatError"),
                          ("sharedattn.analysis.hf.models", "ModelLoadError"),
                          ("sharedattn.analysis.hf.prefill_run", "AttentionInterfaceError"),
                          ("sharedattn.analysis.plots.render", "PlotError")):
@@ -121,7 +121,7 @@ class ModelChoice:
 def split_inputs(inputs: Optional[list[str]], model_opt: Optional[str]) -> tuple[Optional[str], list[str]]:
     """Split positional ``[MODEL] PROMPT...`` into (model, prompts)."""
     from sharedattn.analysis.hf.models import looks_like_model
-    from sharedattn.analysis.prompts import is_prompt_name
+    from sharedattn.analysis.files.prompts import is_prompt_name
 
     items = list(inputs or [])
     model = model_opt
@@ -144,7 +144,7 @@ def quiet_transformers() -> None:
 
 
 def load_prompts(loaded, specs: list[str], tokens: int, truncate: bool) -> list:
-    from sharedattn.analysis.prompts import resolve_prompt
+    from sharedattn.analysis.files.prompts import resolve_prompt
 
     max_tokens = loaded.fingerprint.max_positions or sys.maxsize
     return [resolve_prompt(s, loaded.tokenizer, tokens=tokens, max_tokens=max_tokens, truncate=truncate)

@@ -36,7 +36,7 @@ def _parse_list(text: Optional[str], kind, option: str) -> Optional[tuple]:
 
 def _compare_config(methods: str, eval_positions: int, max_new_tokens: int, no_recall: bool,
                     timing_pass: bool):
-    from sharedattn.analysis.compare import CompareConfig, parse_methods
+    from sharedattn.analysis.evaluation.compare import CompareConfig, parse_methods
 
     try:
         return CompareConfig(parse_methods(methods), eval_positions, max_new_tokens, not no_recall,
@@ -146,7 +146,7 @@ def _gamma_list(gammas: Optional[str], gamma: Optional[float], csv_path: Optiona
 
 
 def _lookup(cfg, path: Optional[Path], loaded, choice):
-    from sharedattn.analysis.method_config import MethodName
+    from sharedattn.analysis.method.method_config import MethodName
 
     if MethodName.SHAREPREFILL not in cfg.methods:
         return None, None
@@ -161,8 +161,8 @@ def _run_and_report(loaded, tasks, skipped, configs, lookup_obj, lookup_note, cf
                     csv_path: Optional[Path], figures: bool, json_out: bool, show: bool = True,
                     reuse: Optional[dict] = None) -> dict:
     """Run, write the outputs in ``out``, print them (tables, or one JSON line); returns the document."""
-    from sharedattn.analysis.compare import run_compare
-    from sharedattn.analysis.tasks import save_task_prompts
+    from sharedattn.analysis.evaluation.compare import run_compare
+    from sharedattn.analysis.evaluation.tasks import save_task_prompts
 
     out.mkdir(parents=True, exist_ok=True)
     prompts_path = save_task_prompts(out / "prompts.json", tasks,

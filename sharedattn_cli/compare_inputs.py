@@ -31,7 +31,7 @@ class PromptPlan:
     @classmethod
     def from_options(cls, specs: list[str], *, quick: bool, passkey: bool, lengths, depths, needles: int,
                      seed: int, no_text: bool, tokens: Optional[int], truncate: bool) -> "PromptPlan":
-        from sharedattn.analysis.tasks import DEFAULT_DEPTHS, PasskeyGrid
+        from sharedattn.analysis.evaluation.tasks import DEFAULT_DEPTHS, PasskeyGrid
 
         if tokens is not None and tokens < 1:
             raise UserError(f"--tokens must be positive, got {tokens}")
@@ -55,7 +55,7 @@ class PromptPlan:
 
 def method_configs(cfg, loaded, **fields) -> dict:
     """One config per method of the run (dense included), sharing the block size and dense_below."""
-    from sharedattn.analysis.method_config import make_config
+    from sharedattn.analysis.method.method_config import make_config
 
     from .method_options import default_block_size
 
@@ -67,7 +67,7 @@ def method_configs(cfg, loaded, **fields) -> dict:
 
 
 def _grid_lengths(plan: PromptPlan, context: int) -> tuple[list[int], list[int]]:
-    from sharedattn.analysis.tasks import DEFAULT_LENGTHS
+    from sharedattn.analysis.evaluation.tasks import DEFAULT_LENGTHS
 
     lengths = list(plan.lengths)
     if plan.full_grid:
@@ -76,8 +76,8 @@ def _grid_lengths(plan: PromptPlan, context: int) -> tuple[list[int], list[int]]
 
 
 def _text_task(spec: str, plan: PromptPlan, loaded, context: int, skipped: list[str]) -> list:
-    from sharedattn.analysis.prompts import resolve_prompt
-    from sharedattn.analysis.tasks import TaskKind, TaskPrompt, is_task_prompt_file, load_task_prompts
+    from sharedattn.analysis.files.prompts import resolve_prompt
+    from sharedattn.analysis.evaluation.tasks import TaskKind, TaskPrompt, is_task_prompt_file, load_task_prompts
 
     if is_task_prompt_file(Path(spec)):
         return load_task_prompts(Path(spec))
@@ -94,7 +94,7 @@ def _text_task(spec: str, plan: PromptPlan, loaded, context: int, skipped: list[
 
 def build_tasks(plan: PromptPlan, loaded) -> tuple[list, list[str]]:
     """The prompts of the run (text first, then the passkey grid) and the ones skipped, named."""
-    from sharedattn.analysis.tasks import PasskeyGrid, passkey_grid
+    from sharedattn.analysis.evaluation.tasks import PasskeyGrid, passkey_grid
 
     context = loaded.fingerprint.max_positions or sys.maxsize
     if plan.tokens > context and plan.specs:

@@ -19,14 +19,14 @@ def _fmt(value, spec: str = ".3f") -> str:
 
 
 def _write(path: Path, text: str) -> None:
-    from sharedattn.analysis.atomic import write_text_atomic
+    from sharedattn.analysis.files.atomic import write_text_atomic
 
     write_text_atomic(path, text)
 
 
 def _figures(out: Path, result, meta: dict) -> dict:
     from sharedattn.analysis.plots.compare_plots import density_error_figure, passkey_grid_figure
-    from sharedattn.analysis.tasks import TaskKind
+    from sharedattn.analysis.evaluation.tasks import TaskKind
 
     model = meta["model"]["model_id"]
     figures = {}
@@ -42,7 +42,7 @@ def _figures(out: Path, result, meta: dict) -> dict:
 
 def write_outputs(out: Path, result, meta: dict, *, csv_path: Optional[Path], figures: bool) -> dict:
     """results.json, results.csv and traces.json in ``out`` (and the CSV at ``csv_path``); figures."""
-    from sharedattn.analysis.compare import trace_notes
+    from sharedattn.analysis.evaluation.compare import trace_notes
 
     doc = {**meta, **result.to_json(), "trace_notes": trace_notes(result)}
     try:

@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from sharedattn.analysis.choices import Metric
+from sharedattn.analysis.offline.choices import Metric
 from sharedattn.analysis.plots.choices import MaskKind, View
 
 from .common import (DEFAULT_OUT, DEFAULT_TOKENS, BlockSizeOpt, DeviceOpt, DtypeOpt, InputsArg, ModelOpt,
@@ -82,13 +82,13 @@ def load_clusters(lookup_path: Optional[Path], records, gamma: float, metric: Me
     """A lookup (checked against the records' model) or a fresh clustering of the records' heads."""
     fp = records[0].meta.model
     if lookup_path is not None:
-        from sharedattn.analysis.lookup import check_lookup_model, load_lookup
+        from sharedattn.analysis.offline.lookup import check_lookup_model, load_lookup
 
         lookup = load_lookup(lookup_path)
         check_lookup_model(lookup, fp, check_id=False)
         return lookup
-    from sharedattn.analysis.clustering import ClusterConfig, cluster_heads
-    from sharedattn.analysis.similarity import mean_similarity, similarity_matrices
+    from sharedattn.analysis.offline.clustering import ClusterConfig, cluster_heads
+    from sharedattn.analysis.offline.similarity import mean_similarity, similarity_matrices
 
     config = similarity_config(metric, gamma, "worst")
     return cluster_heads(mean_similarity(similarity_matrices(records, config)), fp.num_heads, ClusterConfig())
@@ -125,7 +125,7 @@ def heatmap_view(rec, layer: int, head: Optional[int], mask: Optional[MaskKind],
 
 def similarity_view(records, view: View, metric: Metric, gamma: float):
     from sharedattn.analysis.plots import similarity_plots as sp
-    from sharedattn.analysis.similarity import mean_similarity, similarity_matrices
+    from sharedattn.analysis.offline.similarity import mean_similarity, similarity_matrices
 
     fp = records[0].meta.model
     matrices = similarity_matrices(records, similarity_config(metric, gamma, "worst"))
@@ -172,7 +172,7 @@ def method_layer_masks(rec, mask: MaskKind, layer: int, gamma: float, lookup: Op
     """Run ``mask``'s method on the record's own prompt and return its block masks ``[H, nqb, nkb]``
     for ``layer`` (the record's block size; dense_below 0 so short prompts show their pattern)."""
     from sharedattn.analysis.hf.prefill_run import run_prefill
-    from sharedattn.analysis.method_config import MethodName, make_config
+    from sharedattn.analysis.method.method_config import MethodName, make_config
 
     from .common import load_prompts
     from .lookup_source import resolve_lookup

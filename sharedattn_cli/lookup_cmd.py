@@ -16,7 +16,7 @@ LookupArg = Annotated[Path, typer.Argument(help="Lookup file (JSON) written by `
 
 def model_fingerprint(model: Optional[str], random_init: Optional[str]):
     """The fingerprint of a model from its configuration alone (no weights are loaded)."""
-    from sharedattn.analysis.fingerprint import ModelFingerprint
+    from sharedattn.analysis.files.fingerprint import ModelFingerprint
     from sharedattn.analysis.hf import models as hf_models
 
     if random_init:
@@ -69,7 +69,7 @@ def show(path: LookupArg, json_out: JsonOpt = False) -> None:
 
     Example: `sharedattn lookup show sharedattn-out/lookup.json`.
     """
-    from sharedattn.analysis.lookup import load_lookup
+    from sharedattn.analysis.offline.lookup import load_lookup
 
     lookup = load_lookup(path)
     if json_out:
@@ -96,13 +96,13 @@ def validate(
     `sharedattn lookup validate lookup.json --model ./my-model`,
     `sharedattn lookup validate lookup.json --record recs/stdlib-code-4096.json`.
     """
-    from sharedattn.analysis.lookup import check_lookup_model, load_lookup
+    from sharedattn.analysis.offline.lookup import check_lookup_model, load_lookup
 
     lookup = load_lookup(path)
     if record is not None:
         if model or random_init:
             raise UserError("give either --record or a model, not both")
-        from sharedattn.analysis.records import load_record
+        from sharedattn.analysis.files.records import load_record
 
         fingerprint = load_record(record).meta.model
     else:

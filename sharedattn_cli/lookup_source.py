@@ -29,7 +29,7 @@ def _cache_path(loaded) -> Path:
 
 
 def _load_checked(path: Path, loaded):
-    from sharedattn.analysis.lookup import check_lookup_model, load_lookup
+    from sharedattn.analysis.offline.lookup import check_lookup_model, load_lookup
 
     lookup = load_lookup(path)
     check_lookup_model(lookup, loaded.fingerprint, check_id=False)
@@ -38,9 +38,9 @@ def _load_checked(path: Path, loaded):
 
 def _build(loaded, choice, path: Path):
     """Capture the bundled prompts, cluster with the defaults of `sharedattn cluster`, cache."""
-    from sharedattn.analysis.clustering import ClusterConfig, cluster_heads
-    from sharedattn.analysis.lookup import build_lookup, save_lookup
-    from sharedattn.analysis.similarity import SimilarityConfig, mean_similarity, similarity_matrices
+    from sharedattn.analysis.offline.clustering import ClusterConfig, cluster_heads
+    from sharedattn.analysis.offline.lookup import build_lookup, save_lookup
+    from sharedattn.analysis.offline.similarity import SimilarityConfig, mean_similarity, similarity_matrices
 
     from .capturing import CaptureRequest, capture_records
 

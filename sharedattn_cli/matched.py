@@ -64,7 +64,7 @@ def matched(
     Examples: `for g in 0.9 0.95 0.97; do sharedattn compare --gamma $g -o out/g$g; done;
     sharedattn matched out/g*/results.json`, `sharedattn matched out/g*/results.json --tokens 8192`.
     """
-    from sharedattn.analysis.matched_density import build_curves, matched_rows
+    from sharedattn.analysis.evaluation.matched_density import build_curves, matched_rows
 
     docs = _load(results)
     try:

@@ -1,6 +1,6 @@
 """Option aliases for the sparse methods' parameters, shared by `prefill` and `compare`.
 
-Each maps one-to-one onto a field of the method configs (analysis/method_config.py); None means
+Each maps one-to-one onto a field of the method configs (analysis/method/method_config.py); None means
 "the config's default", so the defaults live in one place.
 """
 from __future__ import annotations

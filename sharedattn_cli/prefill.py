@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from sharedattn.analysis.method_config import MethodName
+from sharedattn.analysis.method.method_config import MethodName
 
 from .common import (DEFAULT_OUT, DEFAULT_TOKENS, DeviceOpt, DtypeOpt, InputsArg, JsonOpt, ModelChoice,
                      ModelOpt, OutDirOpt, RandomInitOpt, TokensOpt, TruncateOpt, UserError, check_out_dir,
@@ -24,7 +24,7 @@ Opt = typer.Option
 
 
 def method_config(method: MethodName, **fields):
-    from sharedattn.analysis.method_config import make_config
+    from sharedattn.analysis.method.method_config import make_config
 
     try:
         return make_config(method, **fields)
@@ -115,7 +115,7 @@ def prefill(
     `sharedattn prefill ./my-model notes.txt --lookup lookup.json --chunk 8192`.
     """
     from sharedattn.analysis.hf.prefill_run import logit_fidelity
-    from sharedattn.analysis.method_config import DenseConfig
+    from sharedattn.analysis.method.method_config import DenseConfig
 
     model_spec, prompts = split_inputs(inputs, model)
     if len(prompts) > 1:
@@ -177,7 +177,7 @@ def prefill(
 
 
 def _write_outputs(out: Path, doc: dict, trace, method: MethodName, loaded, prompt) -> None:
-    from sharedattn.analysis.atomic import write_text_atomic
+    from sharedattn.analysis.files.atomic import write_text_atomic
     from sharedattn.analysis.plots.trace_plot import trace_figure
 
     try:

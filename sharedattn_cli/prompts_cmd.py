@@ -14,7 +14,7 @@ prompts_app = typer.Typer(help="List and show the bundled prompts.", no_args_is_
 @cli_command
 def list_prompts(json_out: JsonOpt = False) -> None:
     """List the bundled prompts (real text from the Python standard library and license files)."""
-    from sharedattn.analysis.prompts import BUNDLED, DEFAULT_PROMPT, PASSKEY_PREFIX
+    from sharedattn.analysis.files.prompts import BUNDLED, DEFAULT_PROMPT, PASSKEY_PREFIX
 
     rows = [{"name": p.name, "kind": p.kind.value, "description": p.description,
              "default": p.name == DEFAULT_PROMPT} for p in BUNDLED.values()]
@@ -44,7 +44,7 @@ def show_prompt(
     model: ModelOpt = None,
 ) -> None:
     """Print a bundled prompt's text, sized to --tokens with the model's tokenizer."""
-    from sharedattn.analysis.prompts import is_prompt_name
+    from sharedattn.analysis.files.prompts import is_prompt_name
 
     from .common import UserError, load_prompts
 

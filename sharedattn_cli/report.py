@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from sharedattn.analysis.choices import Metric
+from sharedattn.analysis.offline.choices import Metric
 
 from .common import (DEFAULT_OUT, DEFAULT_TOKENS, BlockSizeOpt, DeviceOpt, DtypeOpt, InputsArg, ModelOpt,
                      OutDirOpt, RandomInitOpt, TokensOpt, TruncateOpt, UserError, check_out_dir, cli_command,
@@ -24,7 +24,7 @@ REPORT_NAME = "report.html"
 def load_lookup_for(path: Optional[Path], records):
     if path is None:
         return None
-    from sharedattn.analysis.lookup import check_lookup_model, load_lookup
+    from sharedattn.analysis.offline.lookup import check_lookup_model, load_lookup
 
     lookup = load_lookup(path)
     check_lookup_model(lookup, records[0].meta.model, check_id=False)

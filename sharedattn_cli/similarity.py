@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from sharedattn.analysis.choices import JsCombine, Metric
+from sharedattn.analysis.offline.choices import JsCombine, Metric
 
 from .common import (DEFAULT_OUT, DEFAULT_TOKENS, BlockSizeOpt, DeviceOpt, DtypeOpt, InputsArg, JsonOpt,
                      ModelChoice, ModelOpt, OutDirOpt, RandomInitOpt, TokensOpt, TruncateOpt, UserError,
@@ -32,7 +32,7 @@ def gather_records(inputs, records, model, random_init, tokens, truncate, block_
 
     Fewer than ``min_prompts`` prompts fail before anything is loaded (``why`` names the option).
     """
-    from sharedattn.analysis.records import check_compatible
+    from sharedattn.analysis.files.records import check_compatible
 
     from .capturing import CaptureRequest, capture_records, load_records
 
@@ -58,7 +58,7 @@ def _check_count(count: int, min_prompts: int, why: str) -> None:
 
 
 def similarity_config(metric: Metric, gamma: float, js_combine: JsCombine):
-    from sharedattn.analysis.similarity import SimilarityConfig
+    from sharedattn.analysis.offline.similarity import SimilarityConfig
 
     try:
         return SimilarityConfig(metric=metric, gamma=gamma, js_combine=js_combine)
@@ -120,8 +120,8 @@ def _consistency_table(report, names: list[str]):
 
 
 def _write_outputs(out: Path, metric: Metric, matrix, summary, num_layers: int, num_heads: int) -> dict:
-    from sharedattn.analysis.atomic import write_text_atomic
-    from sharedattn.analysis.similarity_report import save_matrix
+    from sharedattn.analysis.files.atomic import write_text_atomic
+    from sharedattn.analysis.offline.similarity_report import save_matrix
 
     check_out_dir(out)
     npy, csv_path = save_matrix(matrix, out / f"similarity-{metric.value}", num_layers, num_heads)
@@ -164,9 +164,9 @@ def similarity(
     `sharedattn similarity --records a.json --records b.json --across --json`.
     Writes the (mean) matrix as .npy and .csv, and each head's closest partner, to --out.
     """
-    from sharedattn.analysis.consistency import consistency
-    from sharedattn.analysis.similarity import mean_similarity, similarity_matrices
-    from sharedattn.analysis.similarity_report import summarize
+    from sharedattn.analysis.offline.consistency import consistency
+    from sharedattn.analysis.offline.similarity import mean_similarity, similarity_matrices
+    from sharedattn.analysis.offline.similarity_report import summarize
 
     config = similarity_config(metric, gamma, js_combine)
     if not (0.0 <= threshold <= 1.0):

@@ -15,8 +15,8 @@ from typing import Callable
 import torch
 
 from ... import kernels
-from ..prompts import Prompt
-from ..records import AttentionRecord, PromptInfo, RecordMeta
+from ..files.prompts import Prompt
+from ..files.records import AttentionRecord, PromptInfo, RecordMeta
 from .models import LoadedModel
 
 CAPTURE_ATTENTION = "sharedattn_capture"

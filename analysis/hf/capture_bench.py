@@ -38,7 +38,7 @@ def _child(mode: CaptureMode, tokens: int, device: str, dtype: str, repeats: int
            random_init: str | None = None) -> dict:
     import torch
 
-    from ..prompts import resolve_prompt
+    from ..files.prompts import resolve_prompt
     from .capture import CaptureConfig, attention_implementation, capture_prompt
     from .models import load_model
 

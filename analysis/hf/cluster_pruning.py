@@ -16,8 +16,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
-from ..lookup import Lookup
-from ..method_config import Decision, MethodName, SharePrefillConfig, make_config
+from ..offline.lookup import Lookup
+from ..method.method_config import Decision, MethodName, SharePrefillConfig, make_config
 from .models import LoadedModel
 from .prefill_run import logit_fidelity, run_prefill
 

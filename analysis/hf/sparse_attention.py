@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ...kernels.reference import causal_token_mask
-from ..method_config import MethodConfig, MethodName, make_config
-from ..sharing import SharingState, cluster_table
-from ..sparse_prefill import LayerTrace, SparsePrefill
+from ..method.method_config import MethodConfig, MethodName, make_config
+from ..method.sharing import SharingState, cluster_table
+from ..method.sparse_prefill import LayerTrace, SparsePrefill
 
 
 @dataclass

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..compare import CompareRow, pareto_front, passkey_cells
+from ..evaluation.compare import CompareRow, pareto_front, passkey_cells
 from .render import PlotError, pyplot, save_figure
 
 METHOD_COLOURS = {

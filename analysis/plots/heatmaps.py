@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..coverage import coverage_mask, density
-from ..records import AttentionRecord
+from ..method.coverage import coverage_mask, density
+from ..files.records import AttentionRecord
 from . import render
 from .choices import MaskKind  # noqa: F401 - re-exported
 from .downsample import any_pool, as_array, format_tokens, log_range, outline_segments, pool_factor, \

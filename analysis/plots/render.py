@@ -10,7 +10,7 @@ import os
 from enum import Enum
 from pathlib import Path
 
-from ..atomic import write_with
+from ..files.atomic import write_with
 
 DPI = 130  # legible at the sizes below without multi-megabyte PNGs
 HEATMAP_CMAP = "viridis"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..records import AttentionRecord
+from ..files.records import AttentionRecord
 from . import heatmaps, render, similarity_plots, summary
 from .report import ReportFigure, ReportSection, ReportTable, write_report
 
@@ -42,10 +42,10 @@ class Analysis:
 
 def analyse(records: list[AttentionRecord], options: ReportOptions, lookup=None) -> Analysis:
     """Run every analysis the page needs (``lookup``: use its clusters instead of clustering)."""
-    from ..clustering import ClusterConfig, cluster_heads
-    from ..consistency import consistency
-    from ..similarity import SimilarityConfig, mean_similarity, similarity_matrices
-    from ..similarity_report import summarize
+    from ..offline.clustering import ClusterConfig, cluster_heads
+    from ..offline.consistency import consistency
+    from ..offline.similarity import SimilarityConfig, mean_similarity, similarity_matrices
+    from ..offline.similarity_report import summarize
 
     fp = records[0].meta.model
     config = SimilarityConfig(metric=options.metric, gamma=options.gamma)

@@ -78,7 +78,7 @@ def clustermap_figure(sim, num_layers: int, num_heads: int, *, title: str, metri
     """seaborn clustermap of the matrix: dendrograms and a layer colour strip on both sides."""
     import seaborn as sns
 
-    from ..similarity import head_labels
+    from ..offline.similarity import head_labels
 
     plt = render.pyplot()
     m = check_matrix(sim, num_layers, num_heads)

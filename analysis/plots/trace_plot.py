@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..method_config import Decision
+from ..method.method_config import Decision
 from .render import pyplot, save_figure
 
 _COLOURS = {

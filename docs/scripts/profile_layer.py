@@ -5,10 +5,10 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from sharedattn.analysis.method_config import MethodName, make_config
-from sharedattn.analysis.planted import PlantedSpec, planted_cluster_table, planted_layer
-from sharedattn.analysis.sharing import SharingState
-from sharedattn.analysis.sparse_prefill import SparsePrefill
+from sharedattn.analysis.method.method_config import MethodName, make_config
+from sharedattn.analysis.evaluation.planted import PlantedSpec, planted_cluster_table, planted_layer
+from sharedattn.analysis.method.sharing import SharingState
+from sharedattn.analysis.method.sparse_prefill import SparsePrefill
 
 spec = PlantedSpec()
 for n in (4096, 32768):

@@ -6,12 +6,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from sharedattn.analysis.clustering import HeadCluster
+from sharedattn.analysis.offline.clustering import HeadCluster
 from sharedattn.analysis.hf import cluster_pruning
 from sharedattn.analysis.hf.cluster_pruning import PruneConfig, prune_lookup, with_shared
-from sharedattn.analysis.lookup import Calibration, Lookup
-from sharedattn.analysis.method_config import Decision, make_config
-from sharedattn.analysis.synthetic import synthetic_record
+from sharedattn.analysis.offline.lookup import Calibration, Lookup
+from sharedattn.analysis.method.method_config import Decision, make_config
+from sharedattn.analysis.evaluation.synthetic import synthetic_record
 from sharedattn_cli.app import app
 
 LAYERS, HEADS = 3, 4
@@ -111,7 +111,7 @@ def test_cluster_prune_cli_records_the_measurement(tmp_path):
 
 
 def test_cluster_prune_needs_a_model(tmp_path):
-    from sharedattn.analysis.records import save_record
+    from sharedattn.analysis.files.records import save_record
 
     rec = save_record(synthetic_record(num_layers=2, num_heads=4), tmp_path / "r")
     result = CliRunner().invoke(app, ["cluster", "--records", str(rec), "--prune", "-o", str(tmp_path / "l.json")])

@@ -4,11 +4,11 @@ import math
 import pytest
 import torch
 
-from sharedattn.analysis.compare import (CompareConfig, CompareRow, pareto_front, parse_methods,
+from sharedattn.analysis.evaluation.compare import (CompareConfig, CompareRow, pareto_front, parse_methods,
                                          passkey_cells, run_compare)
-from sharedattn.analysis.method_config import MethodName, make_config
-from sharedattn.analysis.prompts import PromptError
-from sharedattn.analysis.tasks import (PasskeyGrid, TaskKind, answer_found, load_task_prompts, mean_loglik,
+from sharedattn.analysis.method.method_config import MethodName, make_config
+from sharedattn.analysis.files.prompts import PromptError
+from sharedattn.analysis.evaluation.tasks import (PasskeyGrid, TaskKind, answer_found, load_task_prompts, mean_loglik,
                                        multikey_prompt, passkey_grid, save_task_prompts, text_prompts)
 
 
@@ -92,7 +92,7 @@ def test_run_compare_measures_every_method_against_dense(tiny_model):
 
 
 def test_run_compare_reuses_runs_whose_config_did_not_change(tiny_model, monkeypatch):
-    from sharedattn.analysis import compare as compare_mod
+    from sharedattn.analysis.evaluation import compare as compare_mod
 
     calls = []
     real = compare_mod._measured_run
@@ -133,7 +133,7 @@ def test_figures_are_written(tmp_path):
 
 
 def test_summary_counts_final_argmax_and_dense_right_answers():
-    from sharedattn.analysis.compare import summarise
+    from sharedattn.analysis.evaluation.compare import summarise
 
     dense = {p: _row("dense", p, 1.0, 0.0, 1024, d, ok) for p, d, ok in
              (("pk-a", 0.0, True), ("pk-b", 0.5, False), ("pk-c", 1.0, True))}
@@ -156,7 +156,7 @@ def test_summary_counts_final_argmax_and_dense_right_answers():
 
 
 def test_logit_step_is_the_spacing_of_the_dtype_at_the_top_logit():
-    from sharedattn.analysis.compare import logit_step
+    from sharedattn.analysis.evaluation.compare import logit_step
 
     logits = torch.tensor([[0.0, 1.0], [3.0, -20.5]])  # final position: largest magnitude 20.5
     assert logit_step(logits, torch.bfloat16) == 0.125  # bf16 in [16, 32): 8 bits of mantissa
@@ -166,7 +166,7 @@ def test_logit_step_is_the_spacing_of_the_dtype_at_the_top_logit():
 
 
 def test_final_margin_is_the_gap_of_the_top_two_log_probabilities():
-    from sharedattn.analysis.compare import final_margin
+    from sharedattn.analysis.evaluation.compare import final_margin
 
     logits = torch.log(torch.tensor([[0.5, 0.5, 0.0 + 1e-9], [0.2, 0.5, 0.3]]))
     assert final_margin(logits) == pytest.approx(math.log(0.5 / 0.3), rel=1e-5)

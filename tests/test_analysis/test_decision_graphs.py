@@ -3,8 +3,8 @@
 (tests/test_gpu/test_prefill_gpu.py)."""
 import torch
 
-from sharedattn.analysis.decision_graphs import DecisionGraphs
-from sharedattn.analysis.sharing import SharingState
+from sharedattn.analysis.method.decision_graphs import DecisionGraphs
+from sharedattn.analysis.method.sharing import SharingState
 
 
 def test_on_the_cpu_the_step_runs_eagerly():

@@ -4,7 +4,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from sharedattn.analysis.matched_density import build_curves, matched_rows
+from sharedattn.analysis.evaluation.matched_density import build_curves, matched_rows
 from sharedattn_cli.app import app
 
 MODEL = {"model_id": "m", "num_layers": 2}

@@ -3,8 +3,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from sharedattn.analysis import layer_bench as lb
-from sharedattn.analysis.planted import (PlantedSpec, Style, make_template, planted_cluster_table,
+from sharedattn.analysis.evaluation import layer_bench as lb
+from sharedattn.analysis.evaluation.planted import (PlantedSpec, Style, make_template, planted_cluster_table,
                                          planted_densities, planted_groups, planted_layer,
                                          style_summary)
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from sharedattn.analysis.coverage import coverage_mask
+from sharedattn.analysis.method.coverage import coverage_mask
 from sharedattn.analysis.plots import downsample, heatmaps, render, similarity_plots, summary
-from sharedattn.analysis.similarity import similarity_matrix
-from sharedattn.analysis.synthetic import synthetic_record
+from sharedattn.analysis.offline.similarity import similarity_matrix
+from sharedattn.analysis.evaluation.synthetic import synthetic_record
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -104,7 +104,7 @@ def test_head_grid_vector_formats(record, tmp_path, suffix, magic):
 
 
 def test_grid_of_32_heads_at_1000_blocks_is_pooled(tmp_path):
-    from sharedattn.analysis.synthetic import large_synthetic_record
+    from sharedattn.analysis.evaluation.synthetic import large_synthetic_record
 
     rec = large_synthetic_record(1, 32, 1000, block_size=128, num_groups=4)
     fig = heatmaps.head_grid_figure(rec, 0)
@@ -126,7 +126,7 @@ def test_overlay_stats_match_coverage(record):
 
 
 def test_shared_overlay_uses_the_clusters_pivot(record, sim):
-    from sharedattn.analysis.clustering import ClusterConfig, cluster_heads
+    from sharedattn.analysis.offline.clustering import ClusterConfig, cluster_heads
 
     clusters = cluster_heads(sim, record.meta.model.num_heads, ClusterConfig())
     cluster = clusters.shared_clusters[0]
@@ -182,7 +182,7 @@ def test_across_reports_the_correlation(record, sim, tmp_path):
 
 
 def test_summary_figure(record, sim, tmp_path):
-    from sharedattn.analysis.clustering import ClusterConfig, cluster_heads
+    from sharedattn.analysis.offline.clustering import ClusterConfig, cluster_heads
 
     fp = record.meta.model
     dens = summary.head_densities(record, 0.95)

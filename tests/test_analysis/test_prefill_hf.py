@@ -6,7 +6,7 @@ import sharedattn.analysis.hf  # noqa: F401  (registers the attention functions)
 from sharedattn.analysis.hf.capture import attention_implementation
 from sharedattn.analysis.hf.prefill_run import logit_fidelity, run_prefill
 from sharedattn.analysis.hf.sparse_attention import PrefillSession, prefill_session
-from sharedattn.analysis.method_config import MethodName, make_config
+from sharedattn.analysis.method.method_config import MethodName, make_config
 
 IDS = list(range(300, 1000))
 

@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from sharedattn.analysis.fingerprint import FormatError, ModelFingerprint
-from sharedattn.analysis.records import (AttentionRecord, PromptInfo, RecordMeta, check_compatible,
+from sharedattn.analysis.files.fingerprint import FormatError, ModelFingerprint
+from sharedattn.analysis.files.records import (AttentionRecord, PromptInfo, RecordMeta, check_compatible,
                                          load_record, save_record)
 
 

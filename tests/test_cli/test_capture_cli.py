@@ -4,7 +4,7 @@ import os
 import pytest
 from typer.testing import CliRunner
 
-from sharedattn.analysis.records import load_record
+from sharedattn.analysis.files.records import load_record
 from sharedattn_cli.app import app
 
 runner = CliRunner()

@@ -16,9 +16,9 @@ def invoke(*args):
 
 
 def _tiny_lookup(tmp_path, model_id="random:llama-tiny", layers=2):
-    from sharedattn.analysis.clustering import HeadCluster
-    from sharedattn.analysis.fingerprint import ModelFingerprint
-    from sharedattn.analysis.lookup import Calibration, Lookup, save_lookup
+    from sharedattn.analysis.offline.clustering import HeadCluster
+    from sharedattn.analysis.files.fingerprint import ModelFingerprint
+    from sharedattn.analysis.offline.lookup import Calibration, Lookup, save_lookup
 
     fp = ModelFingerprint(model_id, layers, 4, 2, 32, 8192)
     cluster = HeadCluster(0, ((0, 0), (1, 0), (1, 1)), True, 0.8)

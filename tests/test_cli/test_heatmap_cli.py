@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from sharedattn.analysis.records import save_record
-from sharedattn.analysis.synthetic import synthetic_record
+from sharedattn.analysis.files.records import save_record
+from sharedattn.analysis.evaluation.synthetic import synthetic_record
 from sharedattn_cli.app import app
 
 runner = CliRunner()
@@ -75,7 +75,7 @@ def test_bad_input_is_one_line_exit_2_nothing_written(recs, tmp_path, monkeypatc
 
 
 def test_record_without_the_layer(recs, tmp_path):
-    from sharedattn.analysis.records import load_record
+    from sharedattn.analysis.files.records import load_record
 
     rec = load_record(recs[0])
     bm = rec.block_mass.clone()

@@ -44,8 +44,8 @@ def test_shareprefill_builds_and_caches_a_lookup_for_a_new_model(tmp_path):
 
 
 def _other_model_lookup(tmp_path):
-    from sharedattn.analysis.fingerprint import ModelFingerprint
-    from sharedattn.analysis.lookup import Calibration, Lookup, save_lookup
+    from sharedattn.analysis.files.fingerprint import ModelFingerprint
+    from sharedattn.analysis.offline.lookup import Calibration, Lookup, save_lookup
 
     fp = ModelFingerprint("other", 3, 4, 2, 32, 8192)
     return save_lookup(Lookup(fp, Calibration((), 64, 0.95, "jaccard"), ()), tmp_path / "other.json")

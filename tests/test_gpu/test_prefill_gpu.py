@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from sharedattn import kernels
-from sharedattn.analysis.method_config import MethodName, make_config
-from sharedattn.analysis.planted import PlantedSpec, Style, planted_cluster_table, planted_layer
-from sharedattn.analysis.sharing import SharingState
-from sharedattn.analysis.sparse_prefill import SparsePrefill
+from sharedattn.analysis.method.method_config import MethodName, make_config
+from sharedattn.analysis.evaluation.planted import PlantedSpec, Style, planted_cluster_table, planted_layer
+from sharedattn.analysis.method.sharing import SharingState
+from sharedattn.analysis.method.sparse_prefill import SparsePrefill
 
 DEV = torch.device(torch.cuda.current_device()) if torch.cuda.is_available() else None
 SPEC = PlantedSpec(heads=8, kv_heads=2, layout=((Style.LOCAL,) * 2 + (Style.VERTICAL,) * 2,
@@ -57,7 +57,7 @@ def test_triton_matches_reference_backend(layers, method):
 def test_shareprefill_shares_planted_groups(layers):
     runner = _runner(MethodName.SHAREPREFILL)
     (_, t0), (_, t1) = _two_layers(runner, layers)
-    from sharedattn.analysis.method_config import Decision
+    from sharedattn.analysis.method.method_config import Decision
 
     assert bool((t0.decision == int(Decision.PIVOTAL)).any())
     assert not bool((t1.decision == int(Decision.PIVOTAL)).any())

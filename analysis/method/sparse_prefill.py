@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import kernels
-from ..kernels.layout import LayoutDraft
-from ..kernels.reference import causal_block_mask, num_blocks
+from ... import kernels
+from ...kernels.layout import LayoutDraft
+from ...kernels.reference import causal_block_mask, num_blocks
 from .coverage import coverage_mask
 from .decision_graphs import DecisionGraphs
 from .method_config import (AShapeConfig, Decision, FlexPrefillConfig, MethodConfig, MethodName,
@@ -207,6 +207,6 @@ def _sdpa(q, k, v, scale):
 
 
 def _end_aligned_mask(q, k) -> torch.Tensor:
-    from ..kernels.reference import causal_token_mask
+    from ...kernels.reference import causal_token_mask
 
     return causal_token_mask(q.shape[2], k.shape[2], q.device)

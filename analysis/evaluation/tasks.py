@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from .atomic import write_text_atomic
-from .prompts import Prompt, PromptError, bundled_prompt, passkey_prompt, prose_text
+from ..files.atomic import write_text_atomic
+from ..files.prompts import Prompt, PromptError, bundled_prompt, passkey_prompt, prose_text
 
 PROMPT_SET_KIND = "sharedattn.compare.prompts"
 DEFAULT_LENGTHS = (1024, 2048, 4096, 8192)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .coverage import clean_mass
-from .records import AttentionRecord, check_compatible
+from ..method.coverage import clean_mass
+from ..files.records import AttentionRecord, check_compatible
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .coverage import common_grid, coverage_mask
-from .records import AttentionRecord, check_compatible
+from ..method.coverage import common_grid, coverage_mask
+from ..files.records import AttentionRecord, check_compatible
 
 
 def spearman_upper(a: torch.Tensor, b: torch.Tensor) -> float:

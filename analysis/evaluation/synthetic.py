@@ -14,8 +14,8 @@ from enum import Enum
 
 import torch
 
-from .fingerprint import ModelFingerprint
-from .records import AttentionRecord, PromptInfo, RecordMeta
+from ..files.fingerprint import ModelFingerprint
+from ..files.records import AttentionRecord, PromptInfo, RecordMeta
 
 
 class Shape(str, Enum):

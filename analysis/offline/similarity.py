@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 
 from .choices import JsCombine, Metric
-from .coverage import check_gamma, clean_mass, coverage_mask, flatten_causal
-from .records import AttentionRecord, check_compatible
+from ..method.coverage import check_gamma, clean_mass, coverage_mask, flatten_causal
+from ..files.records import AttentionRecord, check_compatible
 
 
 @dataclass(frozen=True)

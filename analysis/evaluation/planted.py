@@ -43,8 +43,8 @@ from enum import Enum
 
 import torch
 
-from ..kernels.reference import num_blocks
-from .coverage import coverage_mask, density
+from ...kernels.reference import num_blocks
+from ..method.coverage import coverage_mask, density
 
 REL_PAIRS = 40  # rotation pairs of the relative-position block (80 dims)
 SINK_DIM, STRIPE_DIM = 2 * REL_PAIRS, 2 * REL_PAIRS + 1
@@ -257,7 +257,7 @@ def planted_densities(q: torch.Tensor, k: torch.Tensor, gamma: float = 0.95, blo
                       scale: float | None = None) -> torch.Tensor:
     """Per-head share of causal blocks needed to cover ``gamma`` of each query-block row's exact
     attention mass ``[B, H]`` (the paper's pattern density; uses ``kernels.block_mass``)."""
-    from .. import kernels
+    from ... import kernels
 
     mass = kernels.block_mass(q, k, block_size, scale)  # [B, H, nqb, nkb]
     return density(coverage_mask(mass, gamma))

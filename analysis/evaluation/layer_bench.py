@@ -18,10 +18,10 @@ from typing import Callable
 
 import torch
 
-from .method_config import Decision, MethodName, make_config
+from ..method.method_config import Decision, MethodName, make_config
 from .planted import PlantedSpec, planted_cluster_table, planted_layer
-from .sharing import SharingState
-from .sparse_prefill import SparsePrefill
+from ..method.sharing import SharingState
+from ..method.sparse_prefill import SparsePrefill
 
 SPARSE_METHODS = (MethodName.VERTICAL_SLASH, MethodName.FLEXPREFILL, MethodName.SHAREPREFILL)
 Timer = Callable[[Callable[[], object]], float]

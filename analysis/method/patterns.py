@@ -10,7 +10,7 @@ import functools
 
 import torch
 
-from ..kernels.reference import causal_block_mask, num_blocks, pool_cols_sum
+from ...kernels.reference import causal_block_mask, num_blocks, pool_cols_sum
 
 
 # Geometry helpers are cached per (lengths, block size, device): every layer of a forward pass

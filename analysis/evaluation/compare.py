@@ -14,7 +14,7 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from .method_config import MethodConfig, MethodName
+from ..method.method_config import MethodConfig, MethodName
 from .tasks import TaskKind, TaskPrompt, answer_found, mean_loglik
 
 
@@ -184,7 +184,7 @@ def _layer_errors(run) -> tuple[float | None, float | None, int | None]:
 
 
 def _measured_run(loaded, task: TaskPrompt, method, mcfg, lookup, cfg: CompareConfig, generate: bool):
-    from .hf.prefill_run import run_prefill
+    from ..hf.prefill_run import run_prefill
 
     positions = min(cfg.eval_positions, task.prompt.num_tokens)
     instrumented = method is not MethodName.DENSE
@@ -200,7 +200,7 @@ def _measured_run(loaded, task: TaskPrompt, method, mcfg, lookup, cfg: CompareCo
 
 def _row(task: TaskPrompt, run, seconds, attn, dense_logits, dense_loglik, tokenizer,
          logit_dtype=None) -> CompareRow:
-    from .hf.prefill_run import logit_fidelity
+    from ..hf.prefill_run import logit_fidelity
 
     fid = logit_fidelity(dense_logits, run.logits)
     err_mean, err_worst, worst_layer = _layer_errors(run)
@@ -316,7 +316,7 @@ def passkey_cells(rows: list[CompareRow], method: str) -> dict[tuple[int, float]
 def trace_notes(result: CompareResult) -> list[dict]:
     """Per (method, prompt): the share of heads by decision and the mean density of each decision,
     the evidence for why a method won or lost on a prompt."""
-    from .method_config import Decision
+    from ..method.method_config import Decision
 
     notes = []
     for rec in result.records:

@@ -4,7 +4,7 @@ State lives for one forward pass: per (batch element, cluster) the pivotal head'
 its pooled profiles, whether its own vertical-slash mask already covers tau_fb of its mass, and
 where it came from. Decisions for a whole layer are tensor operations; no per-head Python loop.
 The state tensors keep their storage for a given geometry (reset and updates write in place), so
-a CUDA graph of ``decide`` (analysis/decision_graphs.py) reads the current state on every replay.
+a CUDA graph of ``decide`` (analysis/method/decision_graphs.py) reads the current state on every replay.
 """
 from __future__ import annotations
 

@@ -18,10 +18,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .atomic import write_text_atomic
+from ..files.atomic import write_text_atomic
 from .clustering import Clustering, HeadCluster
-from .fingerprint import FormatError, ModelFingerprint
-from .records import AttentionRecord
+from ..files.fingerprint import FormatError, ModelFingerprint
+from ..files.records import AttentionRecord
 
 SCHEMA_VERSION = 1
 LOOKUP_KIND = "sharedattn.lookup"

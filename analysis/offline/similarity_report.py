@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .atomic import write_text_atomic, write_with
+from ..files.atomic import write_text_atomic, write_with
 from .similarity import head_label, head_labels
 
 

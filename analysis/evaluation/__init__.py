@@ -1,0 +1,1 @@
+"""The evaluation harness: compare runs, matched density, long-context tasks, planted benchmarks."""

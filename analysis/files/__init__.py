@@ -1,0 +1,1 @@
+"""Files and inputs: attention records, model fingerprints, atomic writes, prompts."""

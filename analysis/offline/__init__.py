@@ -1,0 +1,1 @@
+"""The offline head analysis: similarity, cross-input consistency, clustering, lookups."""
