@@ -1,6 +1,7 @@
 """Why does a SharePrefill head not share? Per-head reasons, per length, on a real model (GPU).
 
     python docs/scripts/sharing_diagnosis.py MODEL LOOKUP.json OUT.json [LENGTH ...]
+    python docs/scripts/sharing_diagnosis.py --profile MODEL LOOKUP.json LENGTH
 
 For every length: a passkey prompt (depth 0.3, seed 7) is prefilled with shareprefill at the
 paper's settings (dense_below 0, decision graphs off so the sharing step runs in Python and can
@@ -169,7 +170,28 @@ def _quartiles(values: list[float]) -> list[float] | None:
     return [round(q, 4) for q in statistics.quantiles(values, n=4)]
 
 
+def profile(model: str, lookup_path: str, n: int) -> None:
+    """One shareprefill prefill under torch.profiler: where the time of pivotal layers goes."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    loaded = load_model(model)
+    lookup = load_lookup(Path(lookup_path))
+    ids = passkey_prompt(loaded.tokenizer, n, depth=0.3, seed=7).input_ids
+    cfg = make_config("shareprefill", dense_below=0)
+    for _ in range(2):
+        run_prefill(loaded, ids, MethodName.SHAREPREFILL, cfg, lookup)
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        run_prefill(loaded, ids, MethodName.SHAREPREFILL, cfg, lookup)
+    events = prof.key_averages()
+    print(events.table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=60))
+    print(events.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60))
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "--profile":
+        profile(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        sys.exit(0)
     model_name, lookup_file, out_file, *lens = sys.argv[1:]
     result = diagnose(model_name, lookup_file, [int(n) for n in lens] or [8192, 16384, 32000])
     Path(out_file).write_text(json.dumps(result, indent=1) + "\n")
