@@ -21,6 +21,7 @@ import torch
 
 from . import reference as ref
 from .layout import BlockLayout
+from .limits import DEFAULT_BLOCK_SIZE
 
 ENV_VAR = "SHAREDATTN_KERNEL_BACKEND"
 
@@ -105,7 +106,7 @@ def _masked_sdpa(q, k, v, layout: BlockLayout, scale: float | None) -> torch.Ten
     return torch.nan_to_num(out, nan=0.0)
 
 
-def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int = 128, *,
+def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int = DEFAULT_BLOCK_SIZE, *,
                     scale: float | None = None, return_block_mass: bool = False):
     """Dense causal attention through the same kernel (a full layout); same returns as above."""
     layout = BlockLayout.dense_causal(q.shape[0], q.shape[1], q.shape[2], k.shape[2], block_size,

@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 
 from .layout import BlockLayout
+from .limits import DEFAULT_BLOCK_SIZE
 from .reference import causal_block_mask, num_blocks
 
 
@@ -24,7 +25,7 @@ class BenchShape:
     heads: int = 32
     kv_heads: int = 8
     head_dim: int = 128
-    block_size: int = 128
+    block_size: int = DEFAULT_BLOCK_SIZE
     batch: int = 1
 
 

@@ -17,6 +17,7 @@ import triton
 from .attn_fwd import AttnConfig, attn_fwd_kernel, default_config
 from .mass_pass import launch_block_mass, mass_from_tile_lse
 from .layout import BlockLayout
+from .limits import HEAD_DIMS, check_block_size, one_of
 
 __all__ = ["AttnConfig", "block_mass_map", "block_sparse_attention", "default_config"]
 
@@ -51,10 +52,9 @@ def _check_inputs(q, k, v, layout: BlockLayout) -> None:
         raise ValueError(f"query heads {heads} not a multiple of KV heads {hkv}")
     if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"q, k, v must share one dtype of fp16/bf16/fp32, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if dim not in (16, 32, 64, 128):
-        raise ValueError(f"head dim {dim} unsupported (16, 32, 64 or 128)")
-    if layout.block_size not in (16, 32, 64, 128):
-        raise ValueError(f"block size {layout.block_size} unsupported (16, 32, 64 or 128)")
+    if dim not in HEAD_DIMS:
+        raise ValueError(f"head dim {dim} unsupported ({one_of(HEAD_DIMS)})")
+    check_block_size(layout.block_size, "block size")
     if (layout.nq, layout.nk) != (nq, nk) or layout.counts.shape != (bsz, heads, layout.num_q_blocks):
         raise ValueError(f"layout {layout.shape} (nq={layout.nq}, nk={layout.nk}) does not match q/k")
     if q.device != k.device or q.device != layout.device:

@@ -12,6 +12,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from .common import cli_command
+
 SPARSE = "vertical-slash,flexprefill,shareprefill"
 
 
@@ -87,12 +89,8 @@ def _check_options(methods: str, gamma: float, exact_tail: int) -> list:
     if bad:
         typer.echo(f"--methods: {bad[0]} is not one of {', '.join(allowed)}")
         raise typer.Exit(2)
-    try:
-        for name in names:
-            config_for(MethodName(name), gamma, exact_tail)
-    except ValueError as exc:
-        typer.echo(str(exc))
-        raise typer.Exit(2) from None
+    for name in names:
+        config_for(MethodName(name), gamma, exact_tail)  # ConfigError: one line, exit 2 (cli_command)
     return [MethodName(m) for m in names]
 
 
@@ -127,4 +125,4 @@ def _summary(report: dict) -> dict:
 
 
 def register_into(bench_app: typer.Typer) -> None:
-    bench_app.command("prefill")(bench_prefill)
+    bench_app.command("prefill")(cli_command(bench_prefill))

@@ -55,10 +55,7 @@ def capture_records(req: CaptureRequest, out_dir: Optional[Path] = None):
     from sharedattn.analysis.hf.models import cache_root
     from sharedattn.analysis.files.records import load_record, save_record
 
-    try:
-        config = CaptureConfig(block_size=req.block_size, chunk_size=req.chunk_size)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    config = CaptureConfig(block_size=req.block_size, chunk_size=req.chunk_size)
     loaded = req.choice.load()
     prompts = load_prompts(loaded, list(req.prompts), req.tokens, req.truncate)
     cache = cache_root() / "records"

@@ -19,21 +19,15 @@ LookupOutOpt = Annotated[Path, typer.Option("--out", "-o", help="Lookup file to 
 def cluster_config(features, linkage, distance_threshold, n_clusters, min_cluster_size, min_similarity):
     from sharedattn.analysis.offline.clustering import ClusterConfig
 
-    try:
-        return ClusterConfig(features=features, linkage=linkage, distance_threshold=distance_threshold,
-                             n_clusters=n_clusters, min_cluster_size=min_cluster_size,
-                             min_similarity=min_similarity)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    return ClusterConfig(features=features, linkage=linkage, distance_threshold=distance_threshold,
+                         n_clusters=n_clusters, min_cluster_size=min_cluster_size,
+                         min_similarity=min_similarity)
 
 
 def autoencoder_config(epochs: int, latent_dim: int, grid: int, seed: int):
     from sharedattn.analysis.offline.autoencoder import AutoencoderConfig
 
-    try:
-        return AutoencoderConfig(grid=grid, latent_dim=latent_dim, epochs=epochs, seed=seed)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    return AutoencoderConfig(grid=grid, latent_dim=latent_dim, epochs=epochs, seed=seed)
 
 
 def _clusters_table(lookup, show: int = 25):
@@ -63,10 +57,7 @@ def _prune_config(prune: bool, tolerance: float, records, prune_on):
         raise UserError("--prune-on is empty")
     from sharedattn.analysis.hf.cluster_pruning import PruneConfig
 
-    try:
-        return PruneConfig(tolerance=tolerance)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    return PruneConfig(tolerance=tolerance)
 
 
 def _pruned(loaded, prompt_specs, tokens, truncate, lookup, config):

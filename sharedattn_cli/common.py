@@ -13,6 +13,9 @@ from typing import Annotated, Callable, Optional
 import typer
 from rich.console import Console
 
+from sharedattn.analysis.method import method_config as _mc
+from sharedattn.kernels.limits import ConfigError, one_of
+
 console = Console(highlight=False)  # results (stdout)
 err_console = Console(stderr=True, highlight=False)  # progress, notes and errors (stderr)
 
@@ -33,7 +36,7 @@ def set_debug(value: bool) -> None:
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [UserError]
+    errors: list[type[BaseException]] = [UserError, ConfigError]
     for module, name in (("sharedattn.analysis.files.prompts", "PromptError"),
                          ("sharedattn.analysis.files.fingerprint", "FormatError"),
                          ("sharedattn.analysis.hf.models", "ModelLoadError"),
@@ -56,7 +59,8 @@ def fail(message: str) -> None:
 
 
 def cli_command(fn: Callable) -> Callable:
-    """Map known errors to one clear line and exit code 2 (a traceback only with --debug)."""
+    """Map known errors (``UserError``, the library's ``ConfigError``, format, prompt and model
+    errors, out of memory) to one clear line and exit code 2 (a traceback only with --debug)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -88,8 +92,10 @@ TokensOpt = Annotated[int, typer.Option(
     "--tokens", "-n", help="Length of bundled prompts, in tokens.")]
 TruncateOpt = Annotated[bool, typer.Option(
     "--truncate", help="Cut prompt files longer than the model's context instead of failing.")]
-BlockSizeOpt = Annotated[Optional[int], typer.Option(
-    "--block-size", "-b", help="Block size in tokens (default: 64 for contexts <= 8K, else 128).")]
+BLOCK_SIZE_HELP = (f"Block size in tokens, {one_of(_mc.BLOCK_SIZES)} (default {_mc.DEFAULT_BLOCK_SIZE}; "
+                   f"{_mc.SHORT_CONTEXT_BLOCK_SIZE} for models with a context of at most "
+                   f"{_mc.SHORT_CONTEXT // 1024}K).")
+BlockSizeOpt = Annotated[Optional[int], typer.Option("--block-size", "-b", help=BLOCK_SIZE_HELP)]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bf16 on GPU, fp32 on CPU), float32, float16, bfloat16.")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu or cuda (default: cuda if present).")]
 OutDirOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]

@@ -38,11 +38,7 @@ def _compare_config(methods: str, eval_positions: int, max_new_tokens: int, no_r
                     timing_pass: bool):
     from sharedattn.analysis.evaluation.compare import CompareConfig, parse_methods
 
-    try:
-        return CompareConfig(parse_methods(methods), eval_positions, max_new_tokens, not no_recall,
-                             timing_pass)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    return CompareConfig(parse_methods(methods), eval_positions, max_new_tokens, not no_recall, timing_pass)
 
 
 @cli_command

@@ -40,10 +40,7 @@ class PromptPlan:
         full = grid_wanted and lengths is None and not quick
         lengths = lengths or (QUICK_LENGTHS if quick else ())
         depths = depths or ((QUICK_DEPTHS if quick else DEFAULT_DEPTHS) if grid_wanted else ())
-        try:  # validate now, before the model loads
-            PasskeyGrid(lengths or (1024,), depths or (0.5,), seed, needles)
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
+        PasskeyGrid(lengths or (1024,), depths or (0.5,), seed, needles)  # validate now, before the model loads
         if not text and not grid_wanted:
             raise UserError("nothing to run: no prompts and no passkey grid (drop --no-text or add --passkey)")
         return cls(text, tokens or (QUICK_TOKENS if quick else DEFAULT_TOKENS), tuple(lengths),
@@ -60,10 +57,7 @@ def method_configs(cfg, loaded, **fields) -> dict:
     from .method_options import default_block_size
 
     fields["block_size"] = default_block_size(loaded, fields.get("block_size"))
-    try:
-        return {m: make_config(m, **fields) for m in cfg.run_order}
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    return {m: make_config(m, **fields) for m in cfg.run_order}
 
 
 def _grid_lengths(plan: PromptPlan, context: int) -> tuple[list[int], list[int]]:

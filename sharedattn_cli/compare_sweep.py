@@ -8,7 +8,7 @@ from typing import Callable
 
 import typer
 
-from .common import UserError, console, err_console
+from .common import console, err_console
 from .matched import matched_table
 
 
@@ -35,11 +35,8 @@ def run_sweep(runs: list, cfg, *, out: Path, figures: bool, json_out: bool,
     if target is None:
         err_console.print("[yellow]note:[/] only dense ran, so there is nothing to compare at equal density")
         return
-    try:
-        curves = build_curves(docs)
-        rows = matched_rows(curves, target)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    curves = build_curves(docs)
+    rows = matched_rows(curves, target)
     doc = {"method": target, "gammas": [g for g, _ in runs], "runs": [name for name, _ in docs], "rows": rows}
     write_text_atomic(out / "matched.json", json.dumps(doc, indent=1) + "\n")
     doc["outputs"] = {"matched_json": str(out / "matched.json")}

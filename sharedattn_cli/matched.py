@@ -67,11 +67,8 @@ def matched(
     from sharedattn.analysis.evaluation.matched_density import build_curves, matched_rows
 
     docs = _load(results)
-    try:
-        curves = build_curves(docs, tokens)
-        rows = matched_rows(curves, method)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    curves = build_curves(docs, tokens)
+    rows = matched_rows(curves, method)
     if figure is not None:
         from sharedattn.analysis.plots.compare_plots import matched_curves_figure
         from sharedattn.analysis.plots.render import PlotError

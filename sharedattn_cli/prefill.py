@@ -26,10 +26,7 @@ Opt = typer.Option
 def method_config(method: MethodName, **fields):
     from sharedattn.analysis.method.method_config import make_config
 
-    try:
-        return make_config(method, **fields)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    return make_config(method, **fields)
 
 
 def _timed_runs(loaded, ids, method, config, lookup, *, repeats, warmup, chunk, max_new_tokens, use_graphs):

@@ -60,10 +60,7 @@ def _check_count(count: int, min_prompts: int, why: str) -> None:
 def similarity_config(metric: Metric, gamma: float, js_combine: JsCombine):
     from sharedattn.analysis.offline.similarity import SimilarityConfig
 
-    try:
-        return SimilarityConfig(metric=metric, gamma=gamma, js_combine=js_combine)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    return SimilarityConfig(metric=metric, gamma=gamma, js_combine=js_combine)
 
 
 def _summary_table(summary, num_prompts: int):

@@ -14,6 +14,7 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
+from ...kernels.limits import ConfigError
 from ..method.method_config import MethodConfig, MethodName
 from .tasks import TaskKind, TaskPrompt, answer_found, mean_loglik
 
@@ -30,13 +31,13 @@ class CompareConfig:
 
     def __post_init__(self):
         if not self.methods:
-            raise ValueError("the method list is empty")
+            raise ConfigError("the method list is empty")
         if len(set(self.methods)) != len(self.methods):
-            raise ValueError("a method is listed twice")
+            raise ConfigError("a method is listed twice")
         if self.eval_positions < 2:
-            raise ValueError(f"eval_positions must be at least 2, got {self.eval_positions}")
+            raise ConfigError(f"eval_positions must be at least 2, got {self.eval_positions}")
         if self.max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+            raise ConfigError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
 
     @property
     def run_order(self) -> tuple[MethodName, ...]:
@@ -281,18 +282,18 @@ def parse_methods(text: str) -> tuple[MethodName, ...]:
     """``"dense,flexprefill"`` -> methods; ``ValueError`` naming an unknown or empty entry."""
     names = [part.strip() for part in text.split(",")]
     if not any(names):
-        raise ValueError("--methods is empty: name at least one of " + ", ".join(m.value for m in MethodName))
+        raise ConfigError("--methods is empty: name at least one of " + ", ".join(m.value for m in MethodName))
     out = []
     for name in names:
         if not name:
-            raise ValueError(f"--methods {text!r} has an empty entry")
+            raise ConfigError(f"--methods {text!r} has an empty entry")
         try:
             method = MethodName(name)
         except ValueError:
             choices = ", ".join(m.value for m in MethodName)
-            raise ValueError(f"unknown method {name!r} in --methods (choose from {choices})") from None
+            raise ConfigError(f"unknown method {name!r} in --methods (choose from {choices})") from None
         if method in out:
-            raise ValueError(f"method {name!r} is listed twice in --methods")
+            raise ConfigError(f"method {name!r} is listed twice in --methods")
         out.append(method)
     return tuple(out)
 

@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from ..method.method_config import Decision, MethodName, make_config
+from ..method.method_config import DEFAULT_GAMMA, Decision, MethodName, make_config
 from .planted import PlantedSpec, planted_cluster_table, planted_layer
 from ..method.sharing import SharingState
 from ..method.sparse_prefill import SparsePrefill
@@ -132,7 +132,7 @@ def _bench_share(inputs: LayerInputs, cfg, timer: Timer, fidelity: bool, use_gra
     return [pivotal, shared]
 
 
-def bench_length(spec: PlantedSpec, n: int, device, timer: Timer, gamma: float = 0.95,
+def bench_length(spec: PlantedSpec, n: int, device, timer: Timer, gamma: float = DEFAULT_GAMMA,
                  methods=SPARSE_METHODS, fidelity: bool = True, log=print,
                  exact_tail: int = 0, use_graphs: bool = True) -> tuple[float, list[LayerResult]]:
     """Dense time and every method's results at length ``n``."""

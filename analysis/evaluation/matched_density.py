@@ -15,6 +15,9 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
+from ...kernels.limits import ConfigError
+from ..files.fingerprint import FormatError
+
 METRICS = ("density", "error_mean", "kl_mean", "kl_median")
 
 
@@ -53,26 +56,27 @@ def _prompt_set(doc: dict, tokens: int | None) -> set[tuple[str, int]]:
 
 
 def check_runs(docs: list[tuple[str, dict]], tokens: int | None = None) -> None:
-    """Raise ``ValueError`` naming the first run whose model or prompts differ from the first's."""
+    """Raise ``ConfigError`` naming the first run whose model or prompts differ from the first's
+    (``FormatError`` for a file that is not a results.json)."""
     if len(docs) < 1:
-        raise ValueError("no compare results given")
+        raise ConfigError("no compare results given")
     first_name, first = docs[0]
     for name, doc in docs:
         for key in ("rows", "method_configs", "model"):
             if key not in doc:
-                raise ValueError(f"{name} is not a `sharedattn compare` results.json (no {key!r})")
+                raise FormatError(f"{name} is not a `sharedattn compare` results.json (no {key!r})")
     prompts = _prompt_set(first, tokens)
     if not prompts:
-        raise ValueError(f"{first_name} has no prompt of {tokens} tokens")
+        raise ConfigError(f"{first_name} has no prompt of {tokens} tokens")
     for name, doc in docs[1:]:
         if doc["model"] != first["model"]:
             diff = sorted(k for k in set(doc["model"]) | set(first["model"])
                           if doc["model"].get(k) != first["model"].get(k))
-            raise ValueError(f"{name} is from another model than {first_name} (differs in {', '.join(diff)})")
+            raise ConfigError(f"{name} is from another model than {first_name} (differs in {', '.join(diff)})")
         other = _prompt_set(doc, tokens)
         if other != prompts:
             missing = sorted(prompts ^ other)[0]
-            raise ValueError(f"{name} and {first_name} ran different prompts "
+            raise ConfigError(f"{name} and {first_name} ran different prompts "
                              f"(e.g. {missing[0]} at {missing[1]} tokens)")
 
 
@@ -115,7 +119,7 @@ def matched_rows(curves: list[Curve], target: str) -> list[dict]:
     chosen = [c for c in curves if c.label == target] or [c for c in curves if c.method == target]
     if len(chosen) != 1:
         labels = ", ".join(c.label for c in curves)
-        raise ValueError(f"{target!r} names {'no' if not chosen else 'more than one'} curve (curves: {labels})")
+        raise ConfigError(f"{target!r} names {'no' if not chosen else 'more than one'} curve (curves: {labels})")
     own = chosen[0]
     rows = []
     for p in own.points:

@@ -43,8 +43,10 @@ from enum import Enum
 
 import torch
 
+from ...kernels.limits import ConfigError
 from ...kernels.reference import num_blocks
 from ..method.coverage import coverage_mask, density
+from ..method.method_config import DEFAULT_BLOCK_SIZE, DEFAULT_GAMMA
 
 REL_PAIRS = 40  # rotation pairs of the relative-position block (80 dims)
 SINK_DIM, STRIPE_DIM = 2 * REL_PAIRS, 2 * REL_PAIRS + 1
@@ -102,11 +104,11 @@ class PlantedSpec:
 
     def __post_init__(self):
         if self.heads % self.kv_heads:
-            raise ValueError(f"heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})")
+            raise ConfigError(f"heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})")
         if self.head_dim < CONTENT_START + 8:
-            raise ValueError(f"head_dim must be at least {CONTENT_START + 8}, got {self.head_dim}")
+            raise ConfigError(f"head_dim must be at least {CONTENT_START + 8}, got {self.head_dim}")
         if len(self.layout) != self.kv_heads or any(len(g) != self.heads // self.kv_heads for g in self.layout):
-            raise ValueError("layout must list one style per query head, grouped by KV head")
+            raise ConfigError("layout must list one style per query head, grouped by KV head")
 
     @property
     def styles(self) -> list[Style]:
@@ -253,7 +255,7 @@ def planted_cluster_table(spec: PlantedSpec, num_layers: int) -> torch.Tensor:
     return table
 
 
-def planted_densities(q: torch.Tensor, k: torch.Tensor, gamma: float = 0.95, block_size: int = 128,
+def planted_densities(q: torch.Tensor, k: torch.Tensor, gamma: float = DEFAULT_GAMMA, block_size: int = DEFAULT_BLOCK_SIZE,
                       scale: float | None = None) -> torch.Tensor:
     """Per-head share of causal blocks needed to cover ``gamma`` of each query-block row's exact
     attention mass ``[B, H]`` (the paper's pattern density; uses ``kernels.block_mass``)."""
@@ -274,6 +276,6 @@ def style_summary(spec: PlantedSpec, densities: torch.Tensor) -> dict[str, float
     return out
 
 
-def causal_blocks(n: int, block_size: int = 128) -> int:
+def causal_blocks(n: int, block_size: int = DEFAULT_BLOCK_SIZE) -> int:
     nb = num_blocks(n, block_size)
     return nb * (nb + 1) // 2

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ...kernels.limits import ConfigError
 from ..files.atomic import write_text_atomic
 from ..files.prompts import Prompt, PromptError, bundled_prompt, passkey_prompt, prose_text
 
@@ -62,11 +63,11 @@ class PasskeyGrid:
 
     def __post_init__(self):
         if any(n < 64 for n in self.lengths):
-            raise ValueError(f"passkey lengths must be at least 64 tokens, got {list(self.lengths)}")
+            raise ConfigError(f"passkey lengths must be at least 64 tokens, got {list(self.lengths)}")
         if any(not 0.0 <= d <= 1.0 for d in self.depths):
-            raise ValueError(f"passkey depths must be between 0 and 1, got {list(self.depths)}")
+            raise ConfigError(f"passkey depths must be between 0 and 1, got {list(self.depths)}")
         if self.needles == 1 or not 0 <= self.needles <= len(_LABELS):
-            raise ValueError(f"needles must be 0 (off) or 2..{len(_LABELS)}, got {self.needles}")
+            raise ConfigError(f"needles must be 0 (off) or 2..{len(_LABELS)}, got {self.needles}")
 
     def to_json(self) -> dict:
         return {"lengths": list(self.lengths), "depths": list(self.depths), "seed": self.seed,

@@ -17,6 +17,8 @@ import torch
 from ... import kernels
 from ..files.prompts import Prompt
 from ..files.records import AttentionRecord, PromptInfo, RecordMeta
+from ...kernels.limits import ConfigError, check_block_size
+from ..method.method_config import default_block_size
 from .models import LoadedModel
 
 CAPTURE_ATTENTION = "sharedattn_capture"
@@ -24,19 +26,17 @@ CAPTURE_ATTENTION = "sharedattn_capture"
 
 @dataclass(frozen=True)
 class CaptureConfig:
-    block_size: int | None = None  # None: 64 for models with a context <= 8192, else 128
+    block_size: int | None = None  # None: method_config.default_block_size of the model's context
     chunk_size: int = 1024  # query rows reduced at once; bounds the extra memory
 
     def __post_init__(self):
-        if self.block_size is not None and self.block_size not in (16, 32, 64, 128, 256):
-            raise ValueError(f"block size must be one of 16, 32, 64, 128, 256, got {self.block_size}")
+        if self.block_size is not None:
+            check_block_size(self.block_size, "block size")
         if self.chunk_size < 1:
-            raise ValueError(f"chunk size must be positive, got {self.chunk_size}")
+            raise ConfigError(f"chunk size must be positive, got {self.chunk_size}")
 
     def resolved_block_size(self, max_positions: int) -> int:
-        if self.block_size is not None:
-            return self.block_size
-        return 64 if max_positions <= 8192 else 128
+        return default_block_size(max_positions, self.block_size)
 
 
 class _CaptureState:

@@ -16,6 +16,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
+from ...kernels.limits import ConfigError
 from ..offline.lookup import Lookup
 from ..method.method_config import Decision, MethodName, SharePrefillConfig, make_config
 from .models import LoadedModel
@@ -29,9 +30,9 @@ class PruneConfig:
 
     def __post_init__(self):
         if not self.tolerance >= 0:
-            raise ValueError(f"prune tolerance must be >= 0, got {self.tolerance}")
+            raise ConfigError(f"prune tolerance must be >= 0, got {self.tolerance}")
         if self.positions < 1:
-            raise ValueError(f"prune positions must be >= 1, got {self.positions}")
+            raise ConfigError(f"prune positions must be >= 1, got {self.positions}")
 
 
 @dataclass(frozen=True)

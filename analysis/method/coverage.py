@@ -13,12 +13,7 @@ from __future__ import annotations
 
 import torch
 
-
-def check_gamma(gamma: float) -> float:
-    """Return ``gamma`` if it lies in (0, 1]; raise ``ValueError`` naming it otherwise."""
-    if not (0.0 < float(gamma) <= 1.0):
-        raise ValueError(f"gamma must be in (0, 1], got {gamma}")
-    return float(gamma)
+from .method_config import check_gamma
 
 
 def clean_mass(x: torch.Tensor) -> torch.Tensor:

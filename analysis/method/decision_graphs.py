@@ -6,7 +6,8 @@ hundred small tensor operations whose cost on the GPU is their launches, not the
 the same geometry, so the step is recorded once per geometry as a CUDA graph and replayed for the
 other layers: one launch instead of hundreds.
 
-``DecisionGraphs.run(key, fn, inputs)`` calls ``fn(**inputs)`` and returns its dict of tensors.
+``DecisionGraphs.run(key, fn, inputs)`` calls ``fn(**inputs)`` and returns its result: tensors in
+a dict or a tuple (sparse prefill's ``DecisionPlan``, a NamedTuple whose optional fields may be None).
 On CUDA, the first call for ``key`` runs ``fn`` eagerly (that warms every cache ``fn`` fills) and
 then records it into a graph that reads static copies of ``inputs``; later calls copy their
 inputs into those and replay. ``fn`` must depend only on ``inputs``, on tensors whose storage
@@ -21,18 +22,19 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 
-Outputs = dict[str, torch.Tensor]
+Inputs = dict[str, torch.Tensor]
+Result = TypeVar("Result")  # what the step returns: tensors in a dict or a (named) tuple
 
 
 @dataclass
 class _Graph:
     graph: torch.cuda.CUDAGraph
-    inputs: Outputs
-    outputs: Outputs
+    inputs: Inputs
+    outputs: object  # the step's result as recorded: its tensors are the graph's static outputs
 
 
 class DecisionGraphs:
@@ -46,7 +48,7 @@ class DecisionGraphs:
         self.captures = 0
         self.replays = 0
 
-    def run(self, key, fn: Callable[..., Outputs], inputs: Outputs, record: bool = True) -> Outputs:
+    def run(self, key, fn: Callable[..., Result], inputs: Inputs, record: bool = True) -> Result:
         """``fn(**inputs)``, replayed from a graph where one was recorded for ``key``;
         ``record=False`` runs it eagerly (and records nothing)."""
         on_cuda = all(t.is_cuda for t in inputs.values())
@@ -64,7 +66,7 @@ class DecisionGraphs:
         self.replays += 1
         return entry.outputs
 
-    def _record(self, key, fn, inputs: Outputs) -> None:
+    def _record(self, key, fn, inputs: Inputs) -> None:
         # CUDAGraph.capture_begin/end on a side stream, as torch.cuda.graph does, but without its
         # torch.cuda.empty_cache(): that would hand the forward pass's cached memory back to the
         # driver, and the rest of the pass would pay for fresh allocations.

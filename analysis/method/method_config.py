@@ -1,8 +1,35 @@
-"""Sparse prefill methods: their names, their frozen parameter sets (paper defaults), decisions."""
+"""Sparse prefill methods: their names, their frozen parameter sets (paper defaults), decisions.
+
+Every method default is written once, here (a field default or a named constant); the analyses
+and the CLI's help read them from here. The block sizes, the default block and ``ConfigError``
+come from what the kernels can run (``kernels/limits.py``).
+"""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from enum import Enum, IntEnum
+
+from ...kernels.limits import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, ConfigError, check_block_size
+
+__all__ = ["BLOCK_SIZES", "CONFIG_TYPES", "DEFAULT_BLOCK_SIZE", "DEFAULT_GAMMA", "SHORT_CONTEXT",
+           "SHORT_CONTEXT_BLOCK_SIZE", "AShapeConfig", "ConfigError", "Decision", "DenseConfig",
+           "FlexPrefillConfig", "MethodConfig", "MethodName", "SharePrefillConfig", "VerticalSlashConfig",
+           "check_fraction", "check_gamma", "default_block_size", "make_config"]
+
+# The paper's coverage target: the methods' budgets and the analyses' coverage masks alike.
+DEFAULT_GAMMA = 0.95
+# The default for models whose context is at most SHORT_CONTEXT tokens (SmolLM2 and the tiny
+# random shapes): the smaller block.
+SHORT_CONTEXT = 8192
+SHORT_CONTEXT_BLOCK_SIZE = 64
+
+
+def default_block_size(max_positions: int | None, block_size: int | None = None) -> int:
+    """``block_size`` if given, else the default for a model with a context of ``max_positions``
+    tokens (used by capture, prefill and compare alike)."""
+    if block_size is not None:
+        return block_size
+    return SHORT_CONTEXT_BLOCK_SIZE if (max_positions or 0) <= SHORT_CONTEXT else DEFAULT_BLOCK_SIZE
 
 
 class MethodName(str, Enum):
@@ -28,27 +55,33 @@ class Decision(IntEnum):
         return self.name.lower().replace("_", "-")
 
 
-def _check_fraction(name: str, value: float, low_open: bool = True) -> None:
-    ok = (0.0 < value <= 1.0) if low_open else (0.0 <= value <= 1.0)
+def check_fraction(name: str, value: float, low_open: bool = True) -> float:
+    """``value`` as a float if it lies in (0, 1] (``low_open``) or [0, 1]; else ``ConfigError``."""
+    ok = (0.0 < float(value) <= 1.0) if low_open else (0.0 <= float(value) <= 1.0)
     if not ok:
-        raise ValueError(f"{name} must be in {'(0, 1]' if low_open else '[0, 1]'}, got {value}")
+        raise ConfigError(f"{name} must be in {'(0, 1]' if low_open else '[0, 1]'}, got {value}")
+    return float(value)
+
+
+def check_gamma(gamma: float) -> float:
+    """A coverage target: in (0, 1] (the methods' budgets, the analyses' coverage masks)."""
+    return check_fraction("gamma", gamma)
 
 
 @dataclass(frozen=True)
 class MethodConfig:
     """Parameters every method shares."""
 
-    block_size: int = 128  # tokens per block, queries and keys alike
+    block_size: int = DEFAULT_BLOCK_SIZE  # tokens per block, queries and keys alike; one of BLOCK_SIZES
     # Prompts (keys) shorter than this run dense: the crossover measured on the H200 with
     # Llama-3.1-8B shapes (docs/benchmarks.md, "Crossover"): below 32K a whole sparse layer
     # (estimation, decisions, layout, kernel) is slower than cuDNN dense attention.
     dense_below: int = 32768
 
     def __post_init__(self):
-        if self.block_size not in (16, 32, 64, 128, 256):
-            raise ValueError(f"block_size must be one of 16, 32, 64, 128, 256, got {self.block_size}")
+        check_block_size(self.block_size)
         if self.dense_below < 0:
-            raise ValueError(f"dense_below must be >= 0, got {self.dense_below}")
+            raise ConfigError(f"dense_below must be >= 0, got {self.dense_below}")
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -71,12 +104,12 @@ class AShapeConfig(MethodConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.sink_tokens < 0 or self.local_tokens < 0:
-            raise ValueError("sink_tokens and local_tokens must be >= 0")
+            raise ConfigError("sink_tokens and local_tokens must be >= 0")
 
 
 @dataclass(frozen=True)
 class VerticalSlashConfig(MethodConfig):
-    gamma: float = 0.95  # budgets: fewest pooled entries whose mass reaches gamma
+    gamma: float = DEFAULT_GAMMA  # budgets: fewest pooled entries whose mass reaches gamma
     min_budget: int = 1024  # tokens; each budget is at least this
     vertical_tokens: int | None = None  # fixed vertical budget (tokens) instead of gamma
     slash_tokens: int | None = None  # fixed slash budget (tokens) instead of gamma
@@ -87,15 +120,15 @@ class VerticalSlashConfig(MethodConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_fraction("gamma", self.gamma)
+        check_gamma(self.gamma)
         if self.exact_tail < 0:
-            raise ValueError(f"exact_tail must be >= 0 tokens, got {self.exact_tail}")
+            raise ConfigError(f"exact_tail must be >= 0 tokens, got {self.exact_tail}")
         if self.min_budget < 0:
-            raise ValueError(f"min_budget must be >= 0, got {self.min_budget}")
+            raise ConfigError(f"min_budget must be >= 0, got {self.min_budget}")
         for name in ("vertical_tokens", "slash_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f"{name} must be positive, got {value}")
+                raise ConfigError(f"{name} must be positive, got {value}")
 
 
 @dataclass(frozen=True)
@@ -104,7 +137,7 @@ class FlexPrefillConfig(VerticalSlashConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_fraction("tau_qa", self.tau_qa, low_open=False)
+        check_fraction("tau_qa", self.tau_qa, low_open=False)
 
 
 @dataclass(frozen=True)
@@ -119,8 +152,8 @@ class SharePrefillConfig(FlexPrefillConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_fraction("tau_s", self.tau_s, low_open=False)
-        _check_fraction("tau_fb", self.tau_fb)
+        check_fraction("tau_s", self.tau_s, low_open=False)
+        check_fraction("tau_fb", self.tau_fb)
 
 
 CONFIG_TYPES: dict[MethodName, type[MethodConfig]] = {

@@ -8,6 +8,7 @@ host syncs once per layer, to size the layout.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -44,8 +45,28 @@ class LayerTrace:
 
 @dataclass
 class _Probe:
-    v: torch.Tensor  # [B, H, nkb] pooled vertical profile
-    s: torch.Tensor  # [B, H, nkb] pooled slash profile
+    vertical: torch.Tensor  # [B, H, nkb] pooled vertical profile
+    slash: torch.Tensor  # [B, H, nkb] pooled slash profile
+
+
+class DecisionPlan(NamedTuple):
+    """What the decision step hands to the kernel step: tensors only, so that on CUDA they can be
+    a recorded graph's own outputs (valid until that graph's next replay; the trace keeps copies).
+    ``[B, H]`` unless said otherwise."""
+
+    mask: torch.Tensor  # [B, H, nqb, nkb] bool: the blocks each head keeps
+    decision: torch.Tensor  # int8 Decision codes
+    counts: torch.Tensor  # [B, H, nqb] the layout draft: kept blocks per query-block row
+    ordered: torch.Tensor  # the draft's kept key-block indices, in kernel order
+    num_full: torch.Tensor  # [B, H, nqb] the draft's blocks that need no causal mask
+    density: torch.Tensor  # kept / causal blocks
+    coverage: torch.Tensor  # estimated covered mass of the probe rows (1.0 for pivotal heads)
+    source: torch.Tensor  # [B, H, 2] (layer, head) a shared head took its pattern from, else -1
+    host_flags: torch.Tensor  # [3] long, fetched in one transfer: widest row, keeps every block,
+    #                           has pivotal heads
+    pivotal: torch.Tensor | None = None  # shareprefill: bool, heads that run dense and are mapped
+    own_pattern: torch.Tensor | None = None  # shareprefill: [B, H, nqb, nkb] each head's own
+    #                                          vertical-slash mask (kept for its pivotal record)
 
 
 def _full(shape, value, device, dtype) -> torch.Tensor:
@@ -79,7 +100,7 @@ class SparsePrefill:
         if self.method is MethodName.DENSE or nk < max(self.config.dense_below, 1) or nk <= bs:
             return self._dense(layer, q, k, v, scale)
         probe = _Probe(*pooled_profiles(*kernels.last_block_profiles(q, k, bs, scale), bs))
-        inputs = {"v": probe.v, "s": probe.s}
+        inputs = {"vertical": probe.vertical, "slash": probe.slash}
         if self.method in (MethodName.FLEXPREFILL, MethodName.SHAREPREFILL):
             inputs["estimate"] = kernels.probe_column_estimate(q, k, bs, scale)  # [B, H, nkb]
             inputs["pooled"] = kernels.pooled_block_estimate(q, k, bs, scale)  # [B, H, nqb, nkb]
@@ -108,75 +129,80 @@ class SparsePrefill:
                 .expand(b, h, nqb, nkb).cpu()
         return out, trace
 
-    def _decide(self, nq: int, nk: int, v, s, estimate=None, pooled=None, cluster=None) -> dict:
-        """Block mask, decisions and layout draft of one layer from the probe and estimates
-        (method.md steps 2-5). Tensor operations only, no host sync: see DecisionGraphs."""
-        b, h = v.shape[:2]
+    def _decide(self, nq: int, nk: int, vertical, slash, estimate=None, pooled=None,
+                cluster=None) -> DecisionPlan:
+        """Block mask, decisions and layout draft of one layer from the probe's pooled
+        ``vertical``/``slash`` profiles ``[B, H, nkb]`` and the estimates (method.md steps 2-5).
+        Tensor operations only, no host sync: see DecisionGraphs."""
+        b, h = vertical.shape[:2]
         bs = self.config.block_size
-        plan = {}
+        dev = vertical.device
+        share = own = None
         if self.method is MethodName.A_SHAPE:
             cfg: AShapeConfig = self.config
-            mask = a_shape_mask(b, h, nq, nk, bs, cfg.sink_tokens, cfg.local_tokens, v.device)
-            decision = _full((b, h), int(Decision.A_SHAPE), v.device, torch.int8)
+            mask = a_shape_mask(b, h, nq, nk, bs, cfg.sink_tokens, cfg.local_tokens, dev)
+            decision = _full((b, h), int(Decision.A_SHAPE), dev, torch.int8)
         else:
             cfg: VerticalSlashConfig = self.config
-            own = self._vertical_slash(v, s, nq, nk, cfg.gamma, fixed=True)
-            mask, decision = own, _full((b, h), int(Decision.VERTICAL_SLASH), v.device, torch.int8)
+            own = self._vertical_slash(vertical, slash, nq, nk, cfg.gamma, fixed=True)
+            mask, decision = own, _full((b, h), int(Decision.VERTICAL_SLASH), dev, torch.int8)
             if self.method is not MethodName.VERTICAL_SLASH:
                 fcfg: FlexPrefillConfig = cfg
-                minimal = self._vertical_slash(v, s, nq, nk, 0.0, fixed=False)
-                qa = js_distance(estimate, v) < fcfg.tau_qa  # [B, H]
+                minimal = self._vertical_slash(vertical, slash, nq, nk, 0.0, fixed=False)
+                qa = js_distance(estimate, vertical) < fcfg.tau_qa  # [B, H]
                 qa_mask = coverage_mask(pooled, cfg.gamma) | minimal
                 mask = torch.where(qa[..., None, None], qa_mask, own)
                 decision = torch.where(qa, int(Decision.QUERY_AWARE), decision).to(torch.int8)
                 if self.method is MethodName.SHAREPREFILL:
-                    mask, decision = self._share(plan, nq, nk, mask, decision, v, s, own, minimal, qa, cluster)
+                    mask, decision, share = self._share(nq, nk, mask, decision, vertical, slash, minimal,
+                                                        qa, cluster)
             mask = with_exact_tail(mask, cfg.exact_tail, nq, nk, bs)
         draft = kernels.BlockLayout.draft(mask, bs, nq, nk)
-        wanted = plan["pivotal"].any() if "pivotal" in plan else torch.zeros((), dtype=torch.bool, device=v.device)
-        # what the host needs, fetched in one transfer: the layout's width, "keeps every block",
-        # "has pivotal heads"
-        plan["flags"] = torch.stack([draft.counts.max().long(), draft.keeps_all().long(), wanted.long()])
-        coverage = torch.where(decision == int(Decision.PIVOTAL), 1.0, probe_coverage(mask, v))
-        plan.setdefault("source", _full((b, h, 2), -1, v.device, torch.long))  # no head shared
-        plan.update(mask=mask, decision=decision, counts=draft.counts, ordered=draft.ordered,
-                    num_full=draft.num_full, density=draft.density(), coverage=coverage)
-        return plan
+        wanted = share.pivotal.any() if share is not None else torch.zeros((), dtype=torch.bool, device=dev)
+        flags = torch.stack([draft.counts.max().long(), draft.keeps_all().long(), wanted.long()])
+        coverage = torch.where(decision == int(Decision.PIVOTAL), 1.0, probe_coverage(mask, vertical))
+        source = _full((b, h, 2), -1, dev, torch.long) if share is None else share.source  # -1: not shared
+        return DecisionPlan(
+            mask=mask, decision=decision, counts=draft.counts, ordered=draft.ordered,
+            num_full=draft.num_full, density=draft.density(), coverage=coverage, source=source,
+            host_flags=flags, pivotal=None if share is None else share.pivotal,
+            own_pattern=None if share is None else own)
 
-    def _share(self, plan, nq, nk, mask, decision, v, s, own, minimal, qa, cluster):
+    def _share(self, nq, nk, mask, decision, vertical, slash, minimal, qa, cluster):
+        """SharePrefill's step on top of FlexPrefill's: shared heads borrow their cluster's pivotal
+        pattern, new pivotal heads run dense. Returns the mask, the decisions and the sharing test."""
         cfg: SharePrefillConfig = self.config
-        share = self.sharing.decide(cluster, ~qa, v, s, cfg.tau_s)
-        full = causal_block_mask(nq, nk, cfg.block_size, v.device)
+        share = self.sharing.decide(cluster, ~qa, vertical, slash, cfg.tau_s)
+        full = causal_block_mask(nq, nk, cfg.block_size, vertical.device)
         borrowed = share.pattern | minimal  # a new tensor: the pivotal's pattern stays untouched
         if cfg.own_last_row:
-            borrowed[:, :, -1, :] |= coverage_mask(v, cfg.gamma)
+            borrowed[:, :, -1, :] |= coverage_mask(vertical, cfg.gamma)
         mask = torch.where(share.shared[..., None, None], borrowed, mask)
         mask = torch.where(share.pivotal[..., None, None], full, mask)
         decision = torch.where(share.shared, int(Decision.SHARED), decision)
         decision = torch.where(share.pivotal, int(Decision.PIVOTAL), decision).to(torch.int8)
-        plan.update(pivotal=share.pivotal, own=own, source=share.source)
-        return mask, decision
+        return mask, decision, share
 
-    def _vertical_slash(self, v, s, nq: int, nk: int, gamma: float, fixed: bool):
+    def _vertical_slash(self, vertical, slash, nq: int, nk: int, gamma: float, fixed: bool):
         cfg: VerticalSlashConfig = self.config
         bs = cfg.block_size
         min_blocks = num_blocks(cfg.min_budget, bs)
-        v_count = gamma_budget(v, gamma, min_blocks) if gamma > 0 else \
-            _full(v.shape[:2], min(min_blocks, v.shape[-1]), v.device, torch.long)
-        s_count = gamma_budget(s, gamma, min_blocks) if gamma > 0 else v_count.clone()
+        v_count = gamma_budget(vertical, gamma, min_blocks) if gamma > 0 else \
+            _full(vertical.shape[:2], min(min_blocks, vertical.shape[-1]), vertical.device, torch.long)
+        s_count = gamma_budget(slash, gamma, min_blocks) if gamma > 0 else v_count.clone()
         if fixed and cfg.vertical_tokens is not None:
             v_count = torch.full_like(v_count, num_blocks(cfg.vertical_tokens, bs))
         if fixed and cfg.slash_tokens is not None:
             s_count = torch.full_like(s_count, num_blocks(cfg.slash_tokens, bs))
-        return vertical_slash_mask(v, s, v_count, s_count, nq, nk, bs)
+        return vertical_slash_mask(vertical, slash, v_count, s_count, nq, nk, bs)
 
     # ---- kernel and trace --------------------------------------------------------------------
-    def _run(self, layer, q, k, v, scale, plan: dict, probe: _Probe):
+    def _run(self, layer, q, k, v, scale, plan: DecisionPlan, probe: _Probe):
         bs = self.config.block_size
-        max_kept, keeps_all, want_mass = plan["flags"].tolist()  # the layer's one host sync
-        draft = LayoutDraft(plan["counts"], plan["ordered"], plan["num_full"], bs, q.shape[2], k.shape[2])
+        max_kept, keeps_all, want_mass = plan.host_flags.tolist()  # the layer's one host sync
+        draft = LayoutDraft(plan.counts, plan.ordered, plan.num_full, bs, q.shape[2], k.shape[2])
         layout, want_mass = draft.finish(max_kept), bool(want_mass)
-        pivotal = plan.get("pivotal")
+        pivotal = plan.pivotal
         if keeps_all:  # nothing skipped: dense SDPA, bit-equal to dense
             out = _sdpa(q, k, v, scale)
             mass = kernels.block_mass(q, k, bs, scale) if want_mass else None
@@ -184,18 +210,17 @@ class SparsePrefill:
             result = kernels.sparse_attention(q, k, v, layout, scale=scale, return_block_mass=want_mass,
                                               mass_heads=pivotal if want_mass else None)
             out, mass = result if want_mass else (result, None)
-        mask, decision = plan["mask"], plan["decision"]
         if want_mass:
             cfg: SharePrefillConfig = self.config
-            self.sharing.record_pivotals(layer, pivotal, mass, plan["own"], probe.v, probe.s,
+            self.sharing.record_pivotals(layer, pivotal, mass, plan.own_pattern, probe.vertical, probe.slash,
                                          cfg.gamma, cfg.tau_fb)
         recall = None
         if self.measure_recall:
-            recall = mass_covered(mask, kernels.block_mass(q, k, bs, scale))
-        kept = mask.cpu() if self.keep_masks else None
+            recall = mass_covered(plan.mask, kernels.block_mass(q, k, bs, scale))
+        kept = plan.mask.cpu() if self.keep_masks else None
         # the plan's tensors belong to the recorded graph: the trace keeps copies
-        return out, LayerTrace(layer, decision.clone(), plan["density"].clone(), plan["coverage"].clone(),
-                               plan["source"].clone(), recall, kept)
+        return out, LayerTrace(layer, plan.decision.clone(), plan.density.clone(), plan.coverage.clone(),
+                               plan.source.clone(), recall, kept)
 
 
 def _sdpa(q, k, v, scale):

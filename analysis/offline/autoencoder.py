@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ...kernels.limits import ConfigError
 from ..method.coverage import clean_mass
 from ..files.records import AttentionRecord, check_compatible
 
@@ -31,12 +32,12 @@ class AutoencoderConfig:
 
     def __post_init__(self):
         if self.grid < 8 or self.grid % 8:
-            raise ValueError(f"grid must be a multiple of 8 and at least 8, got {self.grid}")
+            raise ConfigError(f"grid must be a multiple of 8 and at least 8, got {self.grid}")
         for name in ("latent_dim", "epochs", "batch_size", "threads"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if not (0.0 < self.learning_rate < 1.0):
-            raise ValueError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
+            raise ConfigError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
 
     def to_json(self) -> dict:
         return vars(self).copy()

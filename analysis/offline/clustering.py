@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ...kernels.limits import ConfigError
+from ..method.method_config import check_fraction
 from .choices import Features, Linkage
 
 DEFAULT_DISTANCE_THRESHOLD = 0.5  # i.e. clusters whose heads are on average more than 0.5 alike
@@ -37,19 +39,18 @@ class ClusterConfig:
         object.__setattr__(self, "features", Features(self.features))
         object.__setattr__(self, "linkage", Linkage(self.linkage))
         if self.distance_threshold is not None and self.n_clusters is not None:
-            raise ValueError("give exactly one of distance_threshold and n_clusters")
+            raise ConfigError("give exactly one of distance_threshold and n_clusters")
         if self.distance_threshold is None and self.n_clusters is None:
             object.__setattr__(self, "distance_threshold", DEFAULT_DISTANCE_THRESHOLD)
-        if self.distance_threshold is not None and not (0.0 < self.distance_threshold <= 1.0):
-            raise ValueError(f"distance_threshold must be in (0, 1], got {self.distance_threshold}")
+        if self.distance_threshold is not None:
+            check_fraction("distance_threshold", self.distance_threshold)
         if self.n_clusters is not None and self.n_clusters < 1:
-            raise ValueError(f"n_clusters must be at least 1, got {self.n_clusters}")
+            raise ConfigError(f"n_clusters must be at least 1, got {self.n_clusters}")
         if self.min_cluster_size < 2:
-            raise ValueError(f"min_cluster_size must be at least 2, got {self.min_cluster_size}")
-        if not (0.0 <= self.min_similarity <= 1.0):
-            raise ValueError(f"min_similarity must be in [0, 1], got {self.min_similarity}")
+            raise ConfigError(f"min_cluster_size must be at least 2, got {self.min_cluster_size}")
+        check_fraction("min_similarity", self.min_similarity, low_open=False)
         if self.linkage is Linkage.WARD and self.features is not Features.AUTOENCODER:
-            raise ValueError("ward linkage needs Euclidean features: use it with features=autoencoder")
+            raise ConfigError("ward linkage needs Euclidean features: use it with features=autoencoder")
 
     def to_json(self) -> dict:
         return {

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from ..method.coverage import common_grid, coverage_mask
+from ..method.method_config import DEFAULT_GAMMA
 from ..files.records import AttentionRecord, check_compatible
 
 
@@ -125,7 +126,7 @@ def head_coverage_masks(record: AttentionRecord, gamma: float) -> torch.Tensor:
 
 
 def consistency(records: list[AttentionRecord], matrices: list[torch.Tensor], *,
-                top_k: int = 5, gamma: float = 0.95) -> ConsistencyReport:
+                top_k: int = 5, gamma: float = DEFAULT_GAMMA) -> ConsistencyReport:
     """Compare every pair of prompts; ``matrices[i]`` is the similarity matrix of ``records[i]``."""
     if len(records) < 2:
         raise ValueError(f"cross-input consistency needs at least 2 prompts, got {len(records)}")

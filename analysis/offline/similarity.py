@@ -22,15 +22,17 @@ from dataclasses import dataclass
 
 import torch
 
+from ...kernels.limits import ConfigError
 from .choices import JsCombine, Metric
-from ..method.coverage import check_gamma, clean_mass, coverage_mask, flatten_causal
+from ..method.coverage import clean_mass, coverage_mask, flatten_causal
+from ..method.method_config import DEFAULT_GAMMA, check_gamma
 from ..files.records import AttentionRecord, check_compatible
 
 
 @dataclass(frozen=True)
 class SimilarityConfig:
     metric: Metric = Metric.JACCARD
-    gamma: float = 0.95  # coverage of each query-block row for the jaccard metric
+    gamma: float = DEFAULT_GAMMA  # coverage of each query-block row for the jaccard metric
     js_combine: JsCombine = JsCombine.WORST
     eps: float = 1e-10  # added to every profile entry before normalising (no 0 log 0)
     head_chunk: int = 64  # heads per chunk while building masks (bounds peak memory)
@@ -41,9 +43,9 @@ class SimilarityConfig:
         object.__setattr__(self, "js_combine", JsCombine(self.js_combine))
         check_gamma(self.gamma)
         if not (0.0 < self.eps < 1e-3):
-            raise ValueError(f"eps must be in (0, 1e-3), got {self.eps}")
+            raise ConfigError(f"eps must be in (0, 1e-3), got {self.eps}")
         if self.head_chunk < 1 or self.cell_chunk < 1:
-            raise ValueError("head_chunk and cell_chunk must be positive")
+            raise ConfigError("head_chunk and cell_chunk must be positive")
 
     def to_json(self) -> dict:
         return {"metric": self.metric.value, "gamma": self.gamma, "js_combine": self.js_combine.value}

@@ -15,13 +15,12 @@ from pathlib import Path
 import torch
 
 from ..files.atomic import write_text_atomic, write_with
+from ..method.method_config import check_fraction
 from .similarity import head_label, head_labels
 
 
 def check_threshold(threshold: float, name: str = "threshold") -> float:
-    if not (0.0 <= float(threshold) <= 1.0):
-        raise ValueError(f"{name} must be in [0, 1], got {threshold}")
-    return float(threshold)
+    return check_fraction(name, threshold, low_open=False)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..files.records import AttentionRecord
+from ..method.method_config import DEFAULT_GAMMA
 from . import heatmaps, render, similarity_plots, summary
 from .report import ReportFigure, ReportSection, ReportTable, write_report
 
@@ -22,7 +23,7 @@ MAX_HEADS_LISTED = 12  # heads named per cluster row
 @dataclass(frozen=True)
 class ReportOptions:
     metric: str = "jaccard"
-    gamma: float = 0.95
+    gamma: float = DEFAULT_GAMMA
     threshold: float = 0.5  # a pair is "alike" above this
 
 
