@@ -12,7 +12,7 @@ from enum import Enum, IntEnum
 from ...kernels.limits import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, ConfigError, check_block_size
 
 __all__ = ["BLOCK_SIZES", "CONFIG_TYPES", "DEFAULT_BLOCK_SIZE", "DEFAULT_GAMMA", "SHORT_CONTEXT",
-           "SHORT_CONTEXT_BLOCK_SIZE", "AShapeConfig", "ConfigError", "Decision", "DenseConfig",
+           "SHORT_CONTEXT_BLOCK_SIZE", "AShapeConfig", "ConfigError", "Decision", "DenseConfig", "FallbackRule",
            "FlexPrefillConfig", "MethodConfig", "MethodName", "SharePrefillConfig", "VerticalSlashConfig",
            "check_fraction", "check_gamma", "default_block_size", "make_config"]
 
@@ -140,6 +140,15 @@ class FlexPrefillConfig(VerticalSlashConfig):
         check_fraction("tau_qa", self.tau_qa, low_open=False)
 
 
+class FallbackRule(str, Enum):
+    """When a cluster falls back to vertical-slash instead of sharing its pivotal's pattern."""
+
+    COVERS = "covers"  # the paper: the pivotal's own vertical-slash mask covers tau_fb of its mass
+    # Ours: ... and that mask keeps no more blocks than the pivotal's pattern, so falling back is
+    # never the costlier choice (docs/method.md, step 4)
+    COVERS_AND_SPARSER = "covers-and-sparser"
+
+
 @dataclass(frozen=True)
 class SharePrefillConfig(FlexPrefillConfig):
     tau_s: float = 0.5  # sqrt-JS distance (vertical and slash) under which a head shares
@@ -149,11 +158,17 @@ class SharePrefillConfig(FlexPrefillConfig):
     # probe (exact attention of that row) needs to reach gamma; the pivotal's pattern was made from
     # another head's map, and the last row feeds the next-token logits (docs/fidelity.md).
     own_last_row: bool = True
+    fallback: FallbackRule = FallbackRule.COVERS
 
     def __post_init__(self):
         super().__post_init__()
         check_fraction("tau_s", self.tau_s, low_open=False)
         check_fraction("tau_fb", self.tau_fb)
+        try:
+            object.__setattr__(self, "fallback", FallbackRule(self.fallback))
+        except ValueError:
+            choices = ", ".join(r.value for r in FallbackRule)
+            raise ConfigError(f"fallback must be one of {choices}, got {self.fallback!r}") from None
 
 
 CONFIG_TYPES: dict[MethodName, type[MethodConfig]] = {

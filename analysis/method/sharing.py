@@ -107,8 +107,12 @@ class SharingState:
 
     def record_pivotals(self, layer: int, pivotal: torch.Tensor, block_mass: torch.Tensor,
                         own_vs_mask: torch.Tensor, v_blocks: torch.Tensor, s_blocks: torch.Tensor,
-                        gamma: float, tau_fb: float) -> None:
-        """Store the pivotal heads' exact patterns (coverage at gamma of their block-mass maps)."""
+                        gamma: float, tau_fb: float, fallback_needs_sparser: bool = False) -> None:
+        """Store the pivotal heads' exact patterns (coverage at gamma of their block-mass maps).
+
+        A cluster falls back to vertical-slash when the pivotal's own vertical-slash mask covers
+        ``tau_fb`` of its mass (the paper) and, with ``fallback_needs_sparser``, also keeps no more
+        blocks than the pivotal's pattern (ours)."""
         b, h = pivotal.shape
         cid = self._tables(pivotal.device)[0][layer].clamp(min=0)[None, :].expand(b, h)
         slot = torch.where(pivotal, cid, torch.full_like(cid, self.pattern.shape[1]))  # dump slot
@@ -120,8 +124,11 @@ class SharingState:
             idx = slot.reshape(b, h, *([1] * (store.dim() - 2))).expand(b, h, *store.shape[2:])
             store.copy_(padded.scatter(1, idx, values.to(store.dtype))[:, :c])
 
+        pattern = coverage_mask(block_mass, gamma)
         covered = mass_covered(own_vs_mask, block_mass) >= tau_fb  # [B, H]
-        put(self.pattern, coverage_mask(block_mass, gamma))
+        if fallback_needs_sparser:
+            covered &= own_vs_mask.sum(dim=(-2, -1)) <= pattern.sum(dim=(-2, -1))
+        put(self.pattern, pattern)
         put(self.v, v_blocks)
         put(self.s, s_blocks)
         put(self.vs_enough, covered)

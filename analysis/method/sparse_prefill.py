@@ -17,7 +17,7 @@ from ...kernels.layout import LayoutDraft
 from ...kernels.reference import causal_block_mask, num_blocks
 from .coverage import coverage_mask
 from .decision_graphs import DecisionGraphs
-from .method_config import (AShapeConfig, Decision, FlexPrefillConfig, MethodConfig, MethodName,
+from .method_config import (AShapeConfig, Decision, FallbackRule, FlexPrefillConfig, MethodConfig, MethodName,
                             SharePrefillConfig, VerticalSlashConfig)
 from .patterns import (a_shape_mask, gamma_budget, js_distance, mass_covered, pooled_profiles,
                        probe_coverage, vertical_slash_mask, with_exact_tail)
@@ -213,7 +213,8 @@ class SparsePrefill:
         if want_mass:
             cfg: SharePrefillConfig = self.config
             self.sharing.record_pivotals(layer, pivotal, mass, plan.own_pattern, probe.vertical, probe.slash,
-                                         cfg.gamma, cfg.tau_fb)
+                                         cfg.gamma, cfg.tau_fb,
+                                         cfg.fallback is FallbackRule.COVERS_AND_SPARSER)
         recall = None
         if self.measure_recall:
             recall = mass_covered(plan.mask, kernels.block_mass(q, k, bs, scale))

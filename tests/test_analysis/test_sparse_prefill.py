@@ -175,3 +175,29 @@ def test_shared_head_keeps_what_its_own_last_row_needs():
     last_paper, last_ours = paper.mask[0, 0, -1], ours.mask[0, 0, -1]
     assert (last_ours >= last_paper).all() and last_ours.sum() > last_paper.sum()
     assert float(ours.coverage[0, 0]) >= 0.7 and float(ours.coverage[0, 0]) > float(paper.coverage[0, 0])
+
+
+@pytest.mark.parametrize("own_blocks,needs_sparser,falls_back", [
+    ("causal", False, True),  # the paper: vertical-slash covers tau_fb, so the cluster falls back
+    ("causal", True, False),  # ours: but it keeps more blocks than the pivotal's pattern: share
+    ("diagonal", True, True),  # ours: it covers and is no denser: fall back
+])
+def test_fallback_rule(own_blocks, needs_sparser, falls_back):
+    state = SharingState(torch.zeros(1, 2, dtype=torch.long))  # one cluster: both heads of layer 0
+    state.reset(1, 4, 4, "cpu")
+    mass = torch.eye(4).expand(1, 2, 4, 4).contiguous()  # each row's mass sits on the diagonal block
+    causal = torch.ones(4, 4, dtype=torch.bool).tril()
+    own = (causal if own_blocks == "causal" else torch.eye(4, dtype=torch.bool)).expand(1, 2, 4, 4)
+    prof = torch.full((1, 2, 4), 0.25)
+    pivotal = torch.tensor([[True, False]])
+    state.record_pivotals(0, pivotal, mass, own, prof, prof, 0.9, 0.95, fallback_needs_sparser=needs_sparser)
+    assert bool(state.vs_enough[0, 0]) is falls_back
+    assert int(state.pattern[0, 0].sum()) == 4  # the pivotal's pattern: the diagonal
+
+
+def test_fallback_rule_is_a_checked_choice():
+    from sharedattn.analysis.method.method_config import ConfigError, FallbackRule
+
+    assert make_config("shareprefill", fallback="covers-and-sparser").fallback is FallbackRule.COVERS_AND_SPARSER
+    with pytest.raises(ConfigError, match="fallback must be one of covers, covers-and-sparser"):
+        make_config("shareprefill", fallback="never")
