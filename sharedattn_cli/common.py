@@ -1,4 +1,4 @@
-"""What every command shares: option aliases, consoles, error mapping, model/prompt resolution.
+"""What every command shares: consoles, error mapping, model/prompt resolution (option aliases: options.py).
 
 Heavy modules (torch, transformers) are imported inside functions so `sharedattn --help` is fast.
 """
@@ -8,7 +8,7 @@ import functools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Callable, Optional
 
 import typer
 from rich.console import Console
@@ -77,28 +77,6 @@ def cli_command(fn: Callable) -> Callable:
     return wrapper
 
 
-# ---- shared option aliases -------------------------------------------------------------------
-
-ModelOpt = Annotated[Optional[str], typer.Option(
-    "--model", "-m", help="Model: 'smollm2-135m' (bundled, default), a local Hugging Face folder, or a hub id.")]
-RandomInitOpt = Annotated[Optional[str], typer.Option(
-    "--random-init", help="Randomly initialised model of a named shape (llama-tiny, smollm2-shape, "
-    "llama-3.1-8b-shape[:LAYERS]); its attention is not realistic.")]
-TokensOpt = Annotated[int, typer.Option(
-    "--tokens", "-n", help="Length of bundled prompts, in tokens.")]
-TruncateOpt = Annotated[bool, typer.Option(
-    "--truncate", help="Cut prompt files longer than the model's context instead of failing.")]
-BlockSizeOpt = Annotated[Optional[int], typer.Option(
-    "--block-size", "-b", help="Block size in tokens (default: 64 for contexts <= 8K, else 128).")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bf16 on GPU, fp32 on CPU), float32, float16, bfloat16.")]
-DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu or cuda (default: cuda if present).")]
-OutDirOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
-InputsArg = Annotated[Optional[list[str]], typer.Argument(
-    help="[MODEL] PROMPT...: an optional model, then prompt files or bundled prompt names "
-         "(see `sharedattn prompts list`). Default: the bundled model and prompt.", show_default=False)]
-
-
 @dataclass(frozen=True)
 class ModelChoice:
     model: Optional[str]
@@ -165,3 +143,21 @@ def check_out_dir(path: Path) -> Path:
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UserError(f"output folder {str(path)!r} is not writable")
     return path
+
+
+def similarity_config(metric, gamma: float, js_combine):
+    from sharedattn.analysis.offline.similarity import SimilarityConfig
+
+    try:
+        return SimilarityConfig(metric=metric, gamma=gamma, js_combine=js_combine)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def gpu_or_cpu_note(loaded) -> bool:
+    """True when the model is on a GPU; on the CPU, notes that times there say nothing about GPU speed."""
+    on_gpu = next(loaded.model.parameters()).device.type == "cuda"
+    if not on_gpu:
+        err_console.print("[yellow]note:[/] on the CPU the kernels run as their torch reference twins "
+                          "(exact, slow): times here say nothing about GPU speed")
+    return on_gpu
