@@ -123,7 +123,8 @@ def compare(
                                own_last_row=own_last_row, exact_tail=exact_tail, sink_tokens=sink_tokens, local_tokens=local_tokens))
             for g in (gamma_list or (gamma,))]
     lookup_obj, lookup_note = lookup_for(MethodName.SHAREPREFILL in cfg.methods, lookup, loaded, choice)
-    tasks, skipped = build_tasks(plan, loaded, warn=lambda msg: err_console.print(f"[yellow]warning:[/] {msg}"))
+    tasks, skipped = build_tasks(plan, loaded,
+                                 warn=lambda msg: err_console.print(f"[yellow]warning:[/] {msg}"))
     if gamma_list is None:
         _run_and_report(loaded, tasks, skipped, runs[0][1], lookup_obj, lookup_note, cfg, plan,
                         out=out, csv_path=csv_path, figures=not no_figures, json_out=json_out)

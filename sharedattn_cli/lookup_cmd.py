@@ -7,12 +7,9 @@ from typing import Annotated, Optional
 import typer
 
 from .common import UserError, cli_command, console
-from .options import JsonOpt, ModelOpt, RandomInitOpt
+from .options import JsonOpt, LookupArg, ModelOpt, RandomInitOpt
 
 lookup_app = typer.Typer(no_args_is_help=True, help="Show and validate lookup files (from `sharedattn cluster`).")
-
-LookupArg = Annotated[Path, typer.Argument(help="Lookup file (JSON) written by `sharedattn cluster`.",
-                                           show_default=False)]
 
 
 def model_fingerprint(model: Optional[str], random_init: Optional[str]):

@@ -50,6 +50,12 @@ FigureOutOpt = Annotated[Optional[Path], Opt(
 FigureDirOpt = Annotated[Path, Opt("--out-dir", help="Folder for the figure when --out is not given.")]
 JsonOpt = Annotated[bool, Opt("--json", help="Print one JSON document instead of tables.")]
 
+# ---- runs ------------------------------------------------------------------------------------
+
+GraphsOpt = Annotated[bool, Opt("--graphs/--no-graphs", help="On CUDA, record the decision step as a CUDA graph "
+                                "once per prompt length and replay it in the other layers (default), or run it "
+                                "eagerly.")]
+
 # ---- records, similarity, lookups ------------------------------------------------------------
 
 RecordsOpt = Annotated[Optional[list[Path]], Opt(
@@ -61,11 +67,14 @@ MetricOpt = Annotated[Metric, Opt("--metric", help="jaccard (coverage masks, the
 MaskGammaOpt = Annotated[float, Opt("--gamma", help="Mass each coverage-mask row must reach (0-1].")]
 JsCombineOpt = Annotated[JsCombine, Opt(
     "--js-combine", help="How js joins the vertical and slash distances: worst (the online test) or mean.")]
+ThresholdOpt = Annotated[float, Opt("--threshold", help="A pair is 'alike' above this (0-1).")]
 LayerOpt = Annotated[Optional[int], Opt("--layer", "-l", help="Layer to draw (default: the middle layer).",
                                         show_default=False)]
 LookupOpt = Annotated[Optional[Path], Opt("--lookup", help="Lookup from `sharedattn cluster` for "
                                           "shareprefill (default: shipped for the bundled model, else built "
                                           "from the bundled prompts and cached).")]
+LookupArg = Annotated[Path, typer.Argument(help="Lookup file (JSON) written by `sharedattn cluster`.",
+                                           show_default=False)]
 ClusterLookupOpt = Annotated[Optional[Path], Opt(
     "--lookup", help="Lookup file (`sharedattn lookup`): its clusters drive `--mask shared` and "
     "`--summary` (default: cluster this record's heads with the `cluster` defaults).", show_default=False)]

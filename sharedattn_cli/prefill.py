@@ -16,7 +16,7 @@ from .common import (DEFAULT_OUT, DEFAULT_TOKENS, ModelChoice, UserError, check_
 from .lookup_source import lookup_for
 from .method_options import (GammaOpt, LocalOpt, MethodBlockOpt, MinBudgetOpt, SinkOpt,
                              OwnLastRowOpt, ExactTailOpt, TauFbOpt, TauQaOpt, TauSOpt, default_block_size)
-from .options import (DeviceOpt, DtypeOpt, InputsArg, JsonOpt, LookupOpt, ModelOpt, OutDirOpt, RandomInitOpt,
+from .options import (DeviceOpt, DtypeOpt, GraphsOpt, InputsArg, JsonOpt, LookupOpt, ModelOpt, OutDirOpt, RandomInitOpt,
                       TokensOpt, TruncateOpt)
 from .prefill_report import print_report
 
@@ -57,8 +57,7 @@ def prefill(
     vertical_tokens: Annotated[Optional[int], Opt("--vertical-tokens", help="Fixed vertical budget (vertical-slash).")] = None,
     slash_tokens: Annotated[Optional[int], Opt("--slash-tokens", help="Fixed slash budget (vertical-slash).")] = None,
     no_layer_errors: Annotated[bool, Opt("--no-layer-errors", help="Skip the extra pass that measures each layer's error.")] = False,
-    graphs: Annotated[bool, Opt("--graphs/--no-graphs", help="On CUDA, record each prompt length's decision step "
-                                "as a CUDA graph and replay it in the other layers (default), or run it eagerly.")] = True,
+    graphs: GraphsOpt = True,
     out: OutDirOpt = DEFAULT_OUT / "prefill",
     tokens: TokensOpt = DEFAULT_TOKENS,
     truncate: TruncateOpt = False,

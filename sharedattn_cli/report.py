@@ -6,7 +6,7 @@ the cluster table and the figures, all embedded: it opens offline, with no netwo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Optional
 
 import typer
 
@@ -16,7 +16,8 @@ from .capturing import gather_records
 from .common import (DEFAULT_OUT, DEFAULT_TOKENS, UserError, check_out_dir, cli_command, console, err_console,
                      similarity_config)
 from .options import (BlockSizeOpt, ClusterLookupOpt, DeviceOpt, DtypeOpt, InputsArg, MaskGammaOpt, MetricOpt,
-                      ModelOpt, OutDirOpt, RandomInitOpt, RecordsOpt, TokensOpt, TruncateOpt)
+                      ModelOpt, OutDirOpt, RandomInitOpt, RecordsOpt, ThresholdOpt, TokensOpt,
+                      TruncateOpt)
 
 REPORT_NAME = "report.html"
 
@@ -38,7 +39,7 @@ def report(
     out: OutDirOpt = DEFAULT_OUT / "report",
     metric: MetricOpt = Metric.JACCARD,
     gamma: MaskGammaOpt = 0.95,
-    threshold: Annotated[float, typer.Option("--threshold", help="A pair is 'alike' above this (0-1).")] = 0.5,
+    threshold: ThresholdOpt = 0.5,
     lookup: ClusterLookupOpt = None,
     model: ModelOpt = None,
     random_init: RandomInitOpt = None,

@@ -12,7 +12,8 @@ from .capturing import gather_records
 from .common import (DEFAULT_OUT, DEFAULT_TOKENS, UserError, check_out_dir, cli_command, console, err_console,
                      similarity_config)
 from .options import (BlockSizeOpt, DeviceOpt, DtypeOpt, InputsArg, JsCombineOpt, JsonOpt, MaskGammaOpt,
-                      MetricOpt, ModelOpt, OutDirOpt, RandomInitOpt, RecordsOpt, TokensOpt, TruncateOpt)
+                      MetricOpt, ModelOpt, OutDirOpt, RandomInitOpt, RecordsOpt, ThresholdOpt, TokensOpt,
+                      TruncateOpt)
 
 
 def _summary_table(summary, num_prompts: int):
@@ -92,7 +93,7 @@ def similarity(
     records: RecordsOpt = None,
     metric: MetricOpt = Metric.JACCARD,
     gamma: MaskGammaOpt = 0.95,
-    threshold: Annotated[float, typer.Option("--threshold", help="A pair is 'alike' above this (0-1).")] = 0.5,
+    threshold: ThresholdOpt = 0.5,
     js_combine: JsCombineOpt = JsCombine.WORST,
     across: Annotated[bool, typer.Option("--across", help="Cross-input consistency over 2+ prompts.")] = False,
     top_k: Annotated[int, typer.Option("--top-k", help="Neighbours compared by --across.")] = 5,

@@ -73,5 +73,19 @@ def test_no_command_module_imports_another():
             if isinstance(node, ast.ImportFrom) and node.level == 1:
                 targets = {f"sharedattn_cli.{node.module}"} if node.module else {
                     f"sharedattn_cli.{a.name}" for a in node.names}
-                offenders += [f"{name} -> {t}" for t in targets & commands if t != name and name != "sharedattn_cli.app"]
+                if name != "sharedattn_cli.app":  # the app registers them all
+                    offenders += [f"{name} -> {t}" for t in targets & commands if t != name]
     assert offenders == []
+
+
+def test_option_aliases_live_in_the_options_modules():
+    """A command module that defines its own ``X = Annotated[...]`` alias would start a second copy."""
+    homes = {"options.py", "method_options.py"}
+    stray = []
+    for path in sorted(CLI.glob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            value = getattr(node, "value", None)
+            if (isinstance(node, ast.Assign) and isinstance(value, ast.Subscript)
+                    and getattr(value.value, "id", None) == "Annotated" and path.name not in homes):
+                stray.append(f"{path.name}: {node.targets[0].id}")
+    assert stray == []
