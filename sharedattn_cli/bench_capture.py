@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import DeviceOpt, DtypeOpt, JsonOpt, cli_command, console
+from .common import cli_command, console
+from .options import DeviceOpt, DtypeOpt, JsonOpt, TokenListOpt
 
 
 def _machine(device: str) -> str:
@@ -23,7 +24,7 @@ def _machine(device: str) -> str:
 
 @cli_command
 def bench_capture(
-    tokens: Annotated[list[int], typer.Option("--tokens", "-n", help="Prompt lengths (repeat the option).")] = [2048],
+    tokens: TokenListOpt = [2048],
     repeats: Annotated[int, typer.Option("--repeats", help="Timed runs per variant (median reported).")] = 1,
     skip_eager_above: Annotated[int, typer.Option(help="Skip the eager baseline above this length.")] = 8192,
     timeout: Annotated[Optional[float], typer.Option(help="Seconds allowed per variant.")] = None,

@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from .common import cli_command
+from .options import GraphsOpt
 
 SPARSE = "vertical-slash,flexprefill,shareprefill"
 
@@ -28,8 +29,7 @@ def bench_prefill(
     gamma: Annotated[float, typer.Option(help="Coverage target of every method.")] = 0.95,
     exact_tail: Annotated[int, typer.Option(help="Last tokens whose query blocks run every causal block "
                                             "(vertical-slash, flexprefill, shareprefill; 0: the papers').")] = 0,
-    graphs: Annotated[bool, typer.Option("--graphs/--no-graphs", help="Record each method's decision step "
-                                         "as a CUDA graph per length (the default) or run it eagerly.")] = True,
+    graphs: GraphsOpt = True,
     seed: Annotated[int, typer.Option(help="Seed of the planted workload.")] = 0,
     out: Annotated[Optional[Path], typer.Option(help="Write the JSON results here.")] = None,
 ) -> None:

@@ -6,9 +6,9 @@ from typing import Annotated
 import typer
 
 from .capturing import CaptureRequest, capture_records
-from .common import (DEFAULT_OUT, DEFAULT_TOKENS, BlockSizeOpt, DeviceOpt, DtypeOpt, InputsArg,
-                     ModelChoice, ModelOpt, OutDirOpt, RandomInitOpt, TokensOpt, TruncateOpt,
-                     cli_command, console, check_out_dir, split_inputs)
+from .common import DEFAULT_OUT, DEFAULT_TOKENS, ModelChoice, cli_command, console, check_out_dir, split_inputs
+from .options import (BlockSizeOpt, DeviceOpt, DtypeOpt, InputsArg, ModelOpt, OutDirOpt, RandomInitOpt, TokensOpt,
+                      TruncateOpt)
 
 
 @cli_command

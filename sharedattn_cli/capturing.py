@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .common import ModelChoice, UserError, err_console, load_prompts
+from .common import ModelChoice, UserError, err_console, load_prompts, split_inputs
 
 
 @dataclass(frozen=True)
@@ -101,3 +101,33 @@ def load_records(paths: list[Path]):
     records = [load_record(p) for p in paths]
     check_compatible(records)
     return records
+
+
+def gather_records(inputs, records, model, random_init, tokens, truncate, block_size, dtype, device,
+                   *, min_prompts: int = 1, why: str = "", with_model: bool = False):
+    """Load ``--records`` or capture ``[MODEL] PROMPT...`` first; returns validated records
+    (with ``with_model``: and the loaded model, None for ``--records``).
+
+    Fewer than ``min_prompts`` prompts fail before anything is loaded (``why`` names the option).
+    """
+    from sharedattn.analysis.files.records import check_compatible
+
+    if records:
+        if inputs or model or random_init:
+            raise UserError("give either --records or [MODEL] PROMPT..., not both")
+        _check_count(len(records), min_prompts, why)
+        recs = load_records(list(records))
+        return (recs, None) if with_model else recs
+    model_spec, prompts = split_inputs(inputs, model)
+    _check_count(max(len(prompts), 1), min_prompts, why)
+    req = CaptureRequest(ModelChoice(model_spec, random_init, dtype, device), tuple(prompts), tokens,
+                         truncate, block_size)
+    results, loaded = capture_records(req)
+    recs = [r for r, _ in results]
+    check_compatible(recs)
+    return (recs, loaded) if with_model else recs
+
+
+def _check_count(count: int, min_prompts: int, why: str) -> None:
+    if count < min_prompts:
+        raise UserError(f"{why} needs at least {min_prompts} prompts (got {count})")

@@ -1,19 +1,18 @@
 """`sharedattn cluster [MODEL] PROMPT... -o lookup.json` (or `--records`): the offline lookup."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from sharedattn.analysis.offline.choices import Features, JsCombine, Linkage, Metric
 
-from .common import (DEFAULT_OUT, DEFAULT_TOKENS, BlockSizeOpt, DeviceOpt, DtypeOpt, InputsArg, JsonOpt,
-                     ModelChoice, ModelOpt, RandomInitOpt, TokensOpt, TruncateOpt, UserError, cli_command,
-                     console, err_console, load_prompts, split_inputs)
-from .similarity import GammaOpt, JsCombineOpt, MetricOpt, RecordsOpt, gather_records, similarity_config
-
-LookupOutOpt = Annotated[Path, typer.Option("--out", "-o", help="Lookup file to write (JSON).")]
+from .capturing import gather_records
+from .common import (DEFAULT_OUT, DEFAULT_TOKENS, ModelChoice, UserError, cli_command, console, err_console,
+                     load_prompts, similarity_config, split_inputs)
+from .options import (BlockSizeOpt, DeviceOpt, DtypeOpt, InputsArg, JsCombineOpt, JsonOpt, LookupOutOpt,
+                      MaskGammaOpt, MetricOpt, ModelOpt, RandomInitOpt, RecordsOpt, TokensOpt, TruncateOpt)
+from .tables import clusters_table
 
 
 def cluster_config(features, linkage, distance_threshold, n_clusters, min_cluster_size, min_similarity):
@@ -28,24 +27,6 @@ def autoencoder_config(epochs: int, latent_dim: int, grid: int, seed: int):
     from sharedattn.analysis.offline.autoencoder import AutoencoderConfig
 
     return AutoencoderConfig(grid=grid, latent_dim=latent_dim, epochs=epochs, seed=seed)
-
-
-def _clusters_table(lookup, show: int = 25):
-    from rich.table import Table
-
-    shared = lookup.shared_clusters
-    t = Table(title=f"{len(lookup.clusters)} clusters, {len(shared)} shared "
-                    f"({sum(c.size for c in shared)} heads)")
-    for col in ("id", "size", "shared", "mean sim.", "layers", "heads"):
-        t.add_column(col)
-    for c in lookup.clusters[:show]:
-        heads = " ".join(f"L{l}H{h}" for l, h in c.heads[:8]) + (" ..." if c.size > 8 else "")
-        layers = f"{c.layers[0]}-{c.layers[-1]} ({len(c.layers)})"
-        mean = "-" if c.mean_similarity is None else f"{c.mean_similarity:.3f}"
-        t.add_row(str(c.id), str(c.size), "yes" if c.shared else "no", mean, layers, heads)
-    if len(lookup.clusters) > show:
-        t.caption = f"{len(lookup.clusters) - show} smaller clusters not shown (see the file)"
-    return t
 
 
 def _prune_config(prune: bool, tolerance: float, records, prune_on):
@@ -95,7 +76,7 @@ def cluster(
     records: RecordsOpt = None,
     out: LookupOutOpt = DEFAULT_OUT / "lookup.json",
     metric: MetricOpt = Metric.JACCARD,
-    gamma: GammaOpt = 0.95,
+    gamma: MaskGammaOpt = 0.95,
     js_combine: JsCombineOpt = JsCombine.WORST,
     features: Annotated[Features, typer.Option(
         "--features", help="Cluster on 1 - mean similarity, or on autoencoder latent codes (the paper's).")
@@ -177,7 +158,7 @@ def cluster(
 
         typer.echo(json.dumps({"lookup": str(path), **lookup.to_json()}))
         return
-    console.print(_clusters_table(lookup))
+    console.print(clusters_table(lookup))
     console.print(f"lookup: {path}", soft_wrap=True)
 
 

@@ -1,4 +1,4 @@
-"""What every command shares: option aliases, consoles, error mapping, model/prompt resolution.
+"""What every command shares: consoles, error mapping, model/prompt resolution (option aliases: options.py).
 
 Heavy modules (torch, transformers) are imported inside functions so `sharedattn --help` is fast.
 """
@@ -8,13 +8,12 @@ import functools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Callable, Optional
 
 import typer
 from rich.console import Console
 
-from sharedattn.analysis.method import method_config as _mc
-from sharedattn.kernels.limits import ConfigError, one_of
+from sharedattn.kernels.limits import ConfigError
 
 console = Console(highlight=False)  # results (stdout)
 err_console = Console(stderr=True, highlight=False)  # progress, notes and errors (stderr)
@@ -79,30 +78,6 @@ def cli_command(fn: Callable) -> Callable:
             raise
 
     return wrapper
-
-
-# ---- shared option aliases -------------------------------------------------------------------
-
-ModelOpt = Annotated[Optional[str], typer.Option(
-    "--model", "-m", help="Model: 'smollm2-135m' (bundled, default), a local Hugging Face folder, or a hub id.")]
-RandomInitOpt = Annotated[Optional[str], typer.Option(
-    "--random-init", help="Randomly initialised model of a named shape (llama-tiny, smollm2-shape, "
-    "llama-3.1-8b-shape[:LAYERS]); its attention is not realistic.")]
-TokensOpt = Annotated[int, typer.Option(
-    "--tokens", "-n", help="Length of bundled prompts, in tokens.")]
-TruncateOpt = Annotated[bool, typer.Option(
-    "--truncate", help="Cut prompt files longer than the model's context instead of failing.")]
-BLOCK_SIZE_HELP = (f"Block size in tokens, {one_of(_mc.BLOCK_SIZES)} (default {_mc.DEFAULT_BLOCK_SIZE}; "
-                   f"{_mc.SHORT_CONTEXT_BLOCK_SIZE} for models with a context of at most "
-                   f"{_mc.SHORT_CONTEXT // 1024}K).")
-BlockSizeOpt = Annotated[Optional[int], typer.Option("--block-size", "-b", help=BLOCK_SIZE_HELP)]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bf16 on GPU, fp32 on CPU), float32, float16, bfloat16.")]
-DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu or cuda (default: cuda if present).")]
-OutDirOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
-InputsArg = Annotated[Optional[list[str]], typer.Argument(
-    help="[MODEL] PROMPT...: an optional model, then prompt files or bundled prompt names "
-         "(see `sharedattn prompts list`). Default: the bundled model and prompt.", show_default=False)]
 
 
 @dataclass(frozen=True)
@@ -171,3 +146,18 @@ def check_out_dir(path: Path) -> Path:
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UserError(f"output folder {str(path)!r} is not writable")
     return path
+
+
+def similarity_config(metric, gamma: float, js_combine):
+    from sharedattn.analysis.offline.similarity import SimilarityConfig
+
+    return SimilarityConfig(metric=metric, gamma=gamma, js_combine=js_combine)
+
+
+def gpu_or_cpu_note(loaded) -> bool:
+    """True when the model is on a GPU; on the CPU, notes that times there say nothing about GPU speed."""
+    on_gpu = next(loaded.model.parameters()).device.type == "cuda"
+    if not on_gpu:
+        err_console.print("[yellow]note:[/] on the CPU the kernels run as their torch reference twins "
+                          "(exact, slow): times here say nothing about GPU speed")
+    return on_gpu

@@ -9,17 +9,20 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import (DEFAULT_OUT, DeviceOpt, DtypeOpt, InputsArg, JsonOpt, ModelChoice, ModelOpt,
-                     OutDirOpt, RandomInitOpt, TruncateOpt, UserError, check_out_dir, cli_command,
-                     console, err_console, split_inputs)
-from .compare_inputs import PromptPlan, build_tasks, method_configs
-from .method_options import (GammaOpt, LocalOpt, LookupOpt, MethodBlockOpt, MinBudgetOpt, SinkOpt,
+from sharedattn.analysis.method.method_config import MethodName
+
+from .common import (DEFAULT_OUT, DEFAULT_TOKENS, ModelChoice, UserError, check_out_dir, cli_command, console,
+                     err_console, gpu_or_cpu_note, split_inputs)
+from .compare_inputs import method_configs
+from .lookup_source import lookup_for
+from .method_options import (GammaOpt, LocalOpt, MethodBlockOpt, MinBudgetOpt, SinkOpt,
                              OwnLastRowOpt, ExactTailOpt, TauFbOpt, TauQaOpt, TauSOpt)
 from .compare_report import print_tables, write_outputs
+from .options import (DeviceOpt, DtypeOpt, InputsArg, JsonOpt, LookupOpt, ModelOpt, OutDirOpt, RandomInitOpt,
+                      SuiteTokensOpt, TruncateOpt)
 
 Opt = typer.Option
 ALL_METHODS = "dense,a-shape,vertical-slash,flexprefill,shareprefill"
-QUICK_MIN_BUDGET = 256  # tokens: at 1K the paper's 1024 keeps every block, and every method equals dense
 
 
 def _parse_list(text: Optional[str], kind, option: str) -> Optional[tuple]:
@@ -54,7 +57,7 @@ def compare(
     needles: Annotated[int, Opt("--needles", help="Add a multi-key variant per length with this many keys (0: off).")] = 0,
     seed: Annotated[int, Opt("--seed", help="Base seed of the generated prompts.")] = 0,
     no_text: Annotated[bool, Opt("--no-text", help="Skip the default bundled real-text prompts.")] = False,
-    tokens: Annotated[Optional[int], Opt("--tokens", "-n", help="Length of bundled prompts (default 2048; 1024 with --quick).")] = None,
+    tokens: SuiteTokensOpt = None,
     eval_positions: Annotated[int, Opt("--eval-positions", help="Last positions scored for KL, top-1, log-likelihood.")] = 256,
     max_new_tokens: Annotated[int, Opt("--max-new-tokens", help="Greedy tokens generated for prompts with an answer.")] = 10,
     no_recall: Annotated[bool, Opt("--no-recall", help="Skip measuring attention recall (saves one pass a layer).")] = False,
@@ -92,8 +95,10 @@ def compare(
 
     Examples: `sharedattn compare --quick`,
     `sharedattn compare stdlib-prose licenses --tokens 4096 --passkey --needles 4`,
-    `sharedattn compare ./my-model notes.txt --methods dense,flexprefill,shareprefill -l lookup.json`.
+    `sharedattn compare ./my-model notes.txt --methods dense,flexprefill,shareprefill --lookup lookup.json`.
     """
+    from sharedattn.analysis.evaluation.prompt_suite import QUICK_MIN_BUDGET, PromptPlan, build_tasks
+
     cfg = _compare_config(methods, eval_positions, max_new_tokens, no_recall, timing_pass)
     gamma_list = _gamma_list(gammas, gamma, csv_path)
     if quick and min_budget is None:
@@ -102,7 +107,8 @@ def compare(
     plan = PromptPlan.from_options(specs, quick=quick, passkey=passkey,
                                    lengths=_parse_list(passkey_lengths, int, "--passkey-lengths"),
                                    depths=_parse_list(passkey_depths, float, "--passkey-depths"),
-                                   needles=needles, seed=seed, no_text=no_text, tokens=tokens, truncate=truncate)
+                                   needles=needles, seed=seed, no_text=no_text, tokens=tokens, truncate=truncate,
+                                   default_tokens=DEFAULT_TOKENS)
     check_out_dir(out)
     if csv_path is not None:
         check_out_dir(csv_path.parent)
@@ -112,8 +118,9 @@ def compare(
                                min_budget=min_budget, tau_qa=tau_qa, tau_s=tau_s, tau_fb=tau_fb,
                                own_last_row=own_last_row, exact_tail=exact_tail, sink_tokens=sink_tokens, local_tokens=local_tokens))
             for g in (gamma_list or (gamma,))]
-    lookup_obj, lookup_note = _lookup(cfg, lookup, loaded, choice)
-    tasks, skipped = build_tasks(plan, loaded)
+    lookup_obj, lookup_note = lookup_for(MethodName.SHAREPREFILL in cfg.methods, lookup, loaded, choice)
+    tasks, skipped = build_tasks(plan, loaded,
+                                 warn=lambda msg: err_console.print(f"[yellow]warning:[/] {msg}"))
     if gamma_list is None:
         _run_and_report(loaded, tasks, skipped, runs[0][1], lookup_obj, lookup_note, cfg, plan,
                         out=out, csv_path=csv_path, figures=not no_figures, json_out=json_out)
@@ -141,18 +148,6 @@ def _gamma_list(gammas: Optional[str], gamma: Optional[float], csv_path: Optiona
     return values
 
 
-def _lookup(cfg, path: Optional[Path], loaded, choice):
-    from sharedattn.analysis.method.method_config import MethodName
-
-    if MethodName.SHAREPREFILL not in cfg.methods:
-        return None, None
-    from .lookup_source import resolve_lookup
-
-    lookup_obj, note = resolve_lookup(path, loaded, choice)
-    err_console.print(f"[dim]shareprefill uses {note}[/]")
-    return lookup_obj, note
-
-
 def _run_and_report(loaded, tasks, skipped, configs, lookup_obj, lookup_note, cfg, plan, *, out: Path,
                     csv_path: Optional[Path], figures: bool, json_out: bool, show: bool = True,
                     reuse: Optional[dict] = None) -> dict:
@@ -163,10 +158,7 @@ def _run_and_report(loaded, tasks, skipped, configs, lookup_obj, lookup_note, cf
     out.mkdir(parents=True, exist_ok=True)
     prompts_path = save_task_prompts(out / "prompts.json", tasks,
                                      {"model": loaded.fingerprint.to_json(), "plan": plan.to_json()})
-    on_gpu = next(loaded.model.parameters()).device.type == "cuda"
-    if not on_gpu:
-        err_console.print("[yellow]note:[/] on the CPU the kernels run as their torch reference twins "
-                          "(exact, slow): times here say nothing about GPU speed")
+    on_gpu = gpu_or_cpu_note(loaded)
     runs = len(tasks) * len(cfg.run_order)  # at most: runs taken from ``reuse`` are not repeated
     if err_console.is_terminal:
         with err_console.status(f"{runs} prefills...") as status:

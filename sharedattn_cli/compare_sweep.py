@@ -9,7 +9,7 @@ from typing import Callable
 import typer
 
 from .common import console, err_console
-from .matched import matched_table
+from .tables import matched_table
 
 
 def sweep_target(methods) -> str | None:

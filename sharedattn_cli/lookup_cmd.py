@@ -6,12 +6,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import JsonOpt, ModelOpt, RandomInitOpt, UserError, cli_command, console
+from .common import UserError, cli_command, console
+from .options import JsonOpt, LookupArg, ModelOpt, RandomInitOpt
 
 lookup_app = typer.Typer(no_args_is_help=True, help="Show and validate lookup files (from `sharedattn cluster`).")
-
-LookupArg = Annotated[Path, typer.Argument(help="Lookup file (JSON) written by `sharedattn cluster`.",
-                                           show_default=False)]
 
 
 def model_fingerprint(model: Optional[str], random_init: Optional[str]):
@@ -45,7 +43,7 @@ def model_fingerprint(model: Optional[str], random_init: Optional[str]):
 def _describe(lookup, path: Path) -> None:
     from rich.table import Table
 
-    from .cluster import _clusters_table
+    from .tables import clusters_table
 
     m, cal = lookup.model, lookup.calibration
     info = Table(show_header=False, title=str(path))
@@ -60,7 +58,7 @@ def _describe(lookup, path: Path) -> None:
     options = ", ".join(f"{k}={v}" for k, v in cal.options.items() if not isinstance(v, dict))
     info.add_row("options", options or "-")
     console.print(info)
-    console.print(_clusters_table(lookup))
+    console.print(clusters_table(lookup))
 
 
 @cli_command

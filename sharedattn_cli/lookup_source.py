@@ -74,3 +74,12 @@ def resolve_lookup(path: Optional[Path], loaded, choice):
     except OSError as exc:
         raise UserError(f"cannot write the lookup cache {str(cached)!r} ({exc.strerror})") from None
     return lookup, f"a lookup built now from the bundled prompts and cached ({cached})"
+
+
+def lookup_for(needed: bool, path: Optional[Path], loaded, choice):
+    """``resolve_lookup`` when shareprefill runs (saying which lookup it uses), else ``(None, None)``."""
+    if not needed:
+        return None, None
+    lookup, note = resolve_lookup(path, loaded, choice)
+    err_console.print(f"[dim]shareprefill uses {note}[/]")
+    return lookup, note

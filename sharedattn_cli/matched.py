@@ -6,9 +6,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import JsonOpt, UserError, cli_command, console
-
-METRIC_NAMES = {"error_mean": "err", "kl_mean": "KL mean", "kl_median": "KL median"}
+from .common import UserError, cli_command, console
+from .options import JsonOpt
+from .tables import matched_table
 
 
 def _load(paths: list[Path]) -> list[tuple[str, dict]]:
@@ -23,29 +23,6 @@ def _load(paths: list[Path]) -> list[tuple[str, dict]]:
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise UserError(f"{str(path)!r} is not a JSON file ({exc})") from None
     return docs
-
-
-def _fmt(value, metric: str) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.4f}" if metric == "error_mean" else f"{value:.2e}"
-
-
-def matched_table(rows, target: str, tokens):
-    from rich.table import Table
-
-    scope = f"prompts of {tokens} tokens" if tokens else "all prompts"
-    t = Table(title=f"{target} and each other curve read at its density ({scope}; '-': outside that "
-                    "curve's measured densities)")
-    for col in ("gamma", "density", "curve", *METRIC_NAMES.values()):
-        t.add_column(col, justify="left" if col == "curve" else "right")
-    for r in rows:
-        gamma = "-" if r["gamma"] is None else f"{r['gamma']:g}"
-        t.add_row(gamma, f"{r['density']:.3f}", f"[bold]{target}[/]", *(_fmt(r[m], m) for m in METRIC_NAMES))
-        for label, values in r["baselines"].items():
-            t.add_row("", "", label, *(_fmt(values[m], m) for m in METRIC_NAMES))
-        t.add_section()
-    return t
 
 
 @cli_command

@@ -14,7 +14,7 @@ import typer
 from sharedattn.analysis.method.method_config import (AShapeConfig, SharePrefillConfig,
                                                       default_block_size as _default_for_context)
 
-from .common import BLOCK_SIZE_HELP
+from .options import BLOCK_SIZE_HELP
 
 Opt = typer.Option
 _S = SharePrefillConfig  # holds every vertical-slash, flexprefill and shareprefill field

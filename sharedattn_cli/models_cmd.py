@@ -5,7 +5,8 @@ from typing import Annotated
 
 import typer
 
-from .common import JsonOpt, UserError, cli_command, console
+from .common import UserError, cli_command, console
+from .options import JsonOpt
 
 models_app = typer.Typer(help="List and install the named real models.", no_args_is_help=True)
 

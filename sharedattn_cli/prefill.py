@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import json
-import platform
 import shlex
-import statistics
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -13,12 +11,14 @@ import typer
 
 from sharedattn.analysis.method.method_config import MethodName
 
-from .common import (DEFAULT_OUT, DEFAULT_TOKENS, DeviceOpt, DtypeOpt, InputsArg, JsonOpt, ModelChoice,
-                     ModelOpt, OutDirOpt, RandomInitOpt, TokensOpt, TruncateOpt, UserError, check_out_dir,
-                     cli_command, console, err_console, load_prompts, split_inputs)
-from .method_options import (GammaOpt, LocalOpt, LookupOpt, MethodBlockOpt, MinBudgetOpt, SinkOpt,
+from .common import (DEFAULT_OUT, DEFAULT_TOKENS, ModelChoice, UserError, check_out_dir, cli_command, console,
+                     err_console, gpu_or_cpu_note, load_prompts, split_inputs)
+from .lookup_source import lookup_for
+from .method_options import (GammaOpt, LocalOpt, MethodBlockOpt, MinBudgetOpt, SinkOpt,
                              OwnLastRowOpt, ExactTailOpt, TauFbOpt, TauQaOpt, TauSOpt, default_block_size)
-from .prefill_report import print_report, report_document
+from .options import (DeviceOpt, DtypeOpt, GraphsOpt, InputsArg, JsonOpt, LookupOpt, ModelOpt, OutDirOpt, RandomInitOpt,
+                      TokensOpt, TruncateOpt)
+from .prefill_report import print_report
 
 Opt = typer.Option
 
@@ -27,46 +27,6 @@ def method_config(method: MethodName, **fields):
     from sharedattn.analysis.method.method_config import make_config
 
     return make_config(method, **fields)
-
-
-def _timed_runs(loaded, ids, method, config, lookup, *, repeats, warmup, chunk, max_new_tokens, use_graphs):
-    from sharedattn.analysis.hf.prefill_run import run_prefill
-
-    runs = []
-    for i in range(warmup + repeats):
-        run = run_prefill(loaded, ids, method, config, lookup, chunk=chunk, max_new_tokens=max_new_tokens,
-                          use_graphs=use_graphs)
-        if i >= warmup:
-            runs.append(run)
-    return runs
-
-
-def _all_runs(loaded, prompt, method, config, dense_cfg, lookup, chunk, no_layer_errors, kw):
-    """Dense and method runs side by side, then (unless skipped) one pass measuring layer errors."""
-    from sharedattn.analysis.hf.prefill_run import run_prefill
-
-    dense_runs = _timed_runs(loaded, prompt.input_ids, MethodName.DENSE, dense_cfg, None, **kw)
-    method_runs = _timed_runs(loaded, prompt.input_ids, method, config, lookup, **kw)
-    errors = None
-    if not no_layer_errors:
-        errors = run_prefill(loaded, prompt.input_ids, method, config, lookup, compare_dense=True,
-                             chunk=chunk, use_graphs=kw["use_graphs"]).layer_errors
-    return dense_runs, method_runs, errors
-
-
-def _spread(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
-
-
-def _machine(loaded) -> str:
-    import os
-
-    import torch
-
-    device = next(loaded.model.parameters()).device
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}"
-    return f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
 
 
 @cli_command
@@ -94,8 +54,7 @@ def prefill(
     vertical_tokens: Annotated[Optional[int], Opt("--vertical-tokens", help="Fixed vertical budget (vertical-slash).")] = None,
     slash_tokens: Annotated[Optional[int], Opt("--slash-tokens", help="Fixed slash budget (vertical-slash).")] = None,
     no_layer_errors: Annotated[bool, Opt("--no-layer-errors", help="Skip the extra pass that measures each layer's error.")] = False,
-    graphs: Annotated[bool, Opt("--graphs/--no-graphs", help="On CUDA, record each prompt length's decision step "
-                                "as a CUDA graph and replay it in the other layers (default), or run it eagerly.")] = True,
+    graphs: GraphsOpt = True,
     out: OutDirOpt = DEFAULT_OUT / "prefill",
     tokens: TokensOpt = DEFAULT_TOKENS,
     truncate: TruncateOpt = False,
@@ -111,8 +70,7 @@ def prefill(
     `sharedattn prefill passkey:depth=0.3 --tokens 8192 --method flexprefill`,
     `sharedattn prefill ./my-model notes.txt --lookup lookup.json --chunk 8192`.
     """
-    from sharedattn.analysis.hf.prefill_run import logit_fidelity
-    from sharedattn.analysis.method.method_config import DenseConfig
+    from sharedattn.analysis.evaluation.prefill_bench import machine_name, prefill_against_dense, report_document
 
     model_spec, prompts = split_inputs(inputs, model)
     if len(prompts) > 1:
@@ -128,43 +86,28 @@ def prefill(
                            local_tokens=local_tokens,
                            vertical_tokens=vertical_tokens, slash_tokens=slash_tokens)
     prompt = load_prompts(loaded, prompts, tokens, truncate)[0]
-    lookup_obj, lookup_note = None, None
-    if method is MethodName.SHAREPREFILL:
-        from .lookup_source import resolve_lookup
-
-        lookup_obj, lookup_note = resolve_lookup(lookup, loaded, choice)
-        err_console.print(f"[dim]shareprefill uses {lookup_note}[/]")
+    lookup_obj, lookup_note = lookup_for(method is MethodName.SHAREPREFILL, lookup, loaded, choice)
     if method is not MethodName.DENSE and prompt.num_tokens < config.dense_below:
         err_console.print(f"[yellow]note:[/] the prompt ({prompt.num_tokens} tokens) is shorter than "
                           f"--dense-below {config.dense_below} (the measured crossover), so every head "
                           "runs dense; pass --dense-below 0 to run the sparse path anyway")
-    on_gpu = next(loaded.model.parameters()).device.type == "cuda"
-    if not on_gpu:
-        err_console.print("[yellow]note:[/] on the CPU the kernels run as their torch reference twins "
-                          "(exact, slow): times here say nothing about GPU speed")
+    on_gpu = gpu_or_cpu_note(loaded)
     n_rep = (repeats or (5 if on_gpu else 3)) if bench else 1
     n_warm = warmup if bench else 0
-    dense_cfg = DenseConfig(block_size=config.block_size)
-    kw = dict(repeats=n_rep, warmup=n_warm, chunk=chunk, max_new_tokens=max_new_tokens, use_graphs=graphs)
     import torch
 
     try:
         with err_console.status(f"prefill {prompt.num_tokens} tokens: dense and {method.value}..."):
-            dense_runs, method_runs, errors = _all_runs(loaded, prompt, method, config, dense_cfg, lookup_obj,
-                                                        chunk, no_layer_errors, kw)
+            result = prefill_against_dense(loaded, prompt.input_ids, method, config, lookup_obj, repeats=n_rep,
+                                           warmup=n_warm, chunk=chunk, max_new_tokens=max_new_tokens,
+                                           use_graphs=graphs, layer_errors=not no_layer_errors)
     except torch.OutOfMemoryError:
         raise UserError(f"out of GPU memory prefilling {prompt.num_tokens} tokens with {method.value}: "
                         "try --chunk 8192, fewer --tokens, or --device cpu") from None
-    fidelity = logit_fidelity(dense_runs[-1].logits, method_runs[-1].logits)
-    timing = {name: {"ttft_s": _spread([r.seconds for r in runs]),
-                     "attention_s": _spread([r.attention_seconds for r in runs])}
-              for name, runs in (("dense", dense_runs), (method.value, method_runs))}
-    doc = report_document(
-        command="sharedattn " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-        machine=_machine(loaded), loaded=loaded, prompt=prompt, method=method, config=config,
-        lookup_note=lookup_note, timing=timing, fidelity=fidelity, layer_errors=errors,
-        dense_run=dense_runs[-1], method_run=method_runs[-1], tokenizer=loaded.tokenizer, bench=bench)
-    _write_outputs(out, doc, method_runs[-1].trace, method, loaded, prompt)
+    doc = report_document(result, command="sharedattn " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+                          machine=machine_name(loaded), loaded=loaded, prompt=prompt, config=config,
+                          lookup_note=lookup_note, bench=bench)
+    _write_outputs(out, doc, result.ours.trace, method, loaded, prompt)
     if json_out:
         typer.echo(json.dumps(doc))
         return

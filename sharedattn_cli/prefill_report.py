@@ -1,47 +1,5 @@
-"""The prefill report: one JSON-ready document, and its rich rendering."""
+"""The prefill report's rich rendering (the document: analysis/evaluation/prefill_bench.py)."""
 from __future__ import annotations
-
-
-def _answer(tokenizer, ids: list[int]) -> str:
-    return tokenizer.decode(ids, skip_special_tokens=True) if ids else ""
-
-
-def report_document(*, command, machine, loaded, prompt, method, config, lookup_note, timing, fidelity,
-                    layer_errors, dense_run, method_run, tokenizer, bench) -> dict:
-    dense_t, ours_t = timing["dense"], timing[method.value]
-    trace = method_run.trace
-    dense_answer, ours_answer = _answer(tokenizer, dense_run.generated), _answer(tokenizer, method_run.generated)
-    summary = {
-        "method": method.value, "tokens": prompt.num_tokens, "machine": machine,
-        "ttft_dense_s": dense_t["ttft_s"]["median"], "ttft_s": ours_t["ttft_s"]["median"],
-        "attention_dense_s": dense_t["attention_s"]["median"], "attention_s": ours_t["attention_s"]["median"],
-        "speedup_ttft": dense_t["ttft_s"]["median"] / max(ours_t["ttft_s"]["median"], 1e-12),
-        "speedup_attention": dense_t["attention_s"]["median"] / max(ours_t["attention_s"]["median"], 1e-12),
-        "density": trace.overall_density(), "kl_last": fidelity.kl_last, "kl_mean": fidelity.kl_mean,
-        "top1_last": fidelity.top1_last, "top1_agreement": fidelity.top1_agreement,
-        "answer_matches_dense": ours_answer == dense_answer if method_run.generated else None,
-        "mean_layer_error": None if layer_errors is None else sum(layer_errors) / len(layer_errors),
-        "worst_layer_error": None if layer_errors is None else max(layer_errors),
-    }
-    return {
-        "command": command, "machine": machine, "bench": bench,
-        "model": loaded.fingerprint.to_json(), "model_realistic": loaded.realistic,
-        "prompt": {"name": prompt.name, "tokens": prompt.num_tokens, "sha256": prompt.sha256,
-                   "expected_answer": prompt.answer},
-        "method": method.value, "config": config.to_json(), "lookup": lookup_note,
-        "timing": timing, "decision_shares": trace.decision_shares(),
-        "decision_graphs": method_run.decision_graphs,
-        "per_layer_density": trace.per_layer_density(), "layer_errors": layer_errors,
-        "fidelity": vars(fidelity),
-        "generation": {"dense": dense_answer, method.value: ours_answer,
-                       "correct_dense": _correct(prompt.answer, dense_answer),
-                       f"correct_{method.value}": _correct(prompt.answer, ours_answer)},
-        "summary": summary,
-    }
-
-
-def _correct(expected, answer: str):
-    return None if expected is None else expected in answer
 
 
 def _fmt_time(spread: dict) -> str:

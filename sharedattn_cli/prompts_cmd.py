@@ -5,7 +5,8 @@ from typing import Annotated
 
 import typer
 
-from .common import DEFAULT_TOKENS, JsonOpt, ModelChoice, ModelOpt, TokensOpt, cli_command, console
+from .common import DEFAULT_TOKENS, ModelChoice, cli_command, console
+from .options import JsonOpt, ModelOpt, TokensOpt
 
 prompts_app = typer.Typer(help="List and show the bundled prompts.", no_args_is_help=True)
 

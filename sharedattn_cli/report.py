@@ -6,17 +6,18 @@ the cluster table and the figures, all embedded: it opens offline, with no netwo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Optional
 
 import typer
 
 from sharedattn.analysis.offline.choices import Metric
 
-from .common import (DEFAULT_OUT, DEFAULT_TOKENS, BlockSizeOpt, DeviceOpt, DtypeOpt, InputsArg, ModelOpt,
-                     OutDirOpt, RandomInitOpt, TokensOpt, TruncateOpt, UserError, check_out_dir, cli_command,
-                     console, err_console)
-from .heatmap import LookupOpt, RecordOpt
-from .similarity import GammaOpt, MetricOpt, gather_records, similarity_config
+from .capturing import gather_records
+from .common import (DEFAULT_OUT, DEFAULT_TOKENS, UserError, check_out_dir, cli_command, console, err_console,
+                     similarity_config)
+from .options import (BlockSizeOpt, ClusterLookupOpt, DeviceOpt, DtypeOpt, InputsArg, MaskGammaOpt, MetricOpt,
+                      ModelOpt, OutDirOpt, RandomInitOpt, RecordsOpt, ThresholdOpt, TokensOpt,
+                      TruncateOpt)
 
 REPORT_NAME = "report.html"
 
@@ -34,12 +35,12 @@ def load_lookup_for(path: Optional[Path], records):
 @cli_command
 def report(
     inputs: InputsArg = None,
-    records: RecordOpt = None,
+    records: RecordsOpt = None,
     out: OutDirOpt = DEFAULT_OUT / "report",
     metric: MetricOpt = Metric.JACCARD,
-    gamma: GammaOpt = 0.95,
-    threshold: Annotated[float, typer.Option("--threshold", help="A pair is 'alike' above this (0-1).")] = 0.5,
-    lookup: LookupOpt = None,
+    gamma: MaskGammaOpt = 0.95,
+    threshold: ThresholdOpt = 0.5,
+    lookup: ClusterLookupOpt = None,
     model: ModelOpt = None,
     random_init: RandomInitOpt = None,
     tokens: TokensOpt = DEFAULT_TOKENS,

@@ -1,66 +1,19 @@
-"""`sharedattn similarity [MODEL] PROMPT...` or `--records FILE...`: how alike are the heads?
-
-Also hosts what `cluster` shares with it: the `--records` option and the capture-or-load step.
-"""
+"""`sharedattn similarity [MODEL] PROMPT...` or `--records FILE...`: how alike are the heads?"""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from sharedattn.analysis.offline.choices import JsCombine, Metric
 
-from .common import (DEFAULT_OUT, DEFAULT_TOKENS, BlockSizeOpt, DeviceOpt, DtypeOpt, InputsArg, JsonOpt,
-                     ModelChoice, ModelOpt, OutDirOpt, RandomInitOpt, TokensOpt, TruncateOpt, UserError,
-                     cli_command, console, check_out_dir, err_console, split_inputs)
-
-RecordsOpt = Annotated[Optional[list[Path]], typer.Option(
-    "--records", "-r", help="Attention records (.json or .safetensors of `sharedattn capture`) "
-    "instead of capturing; repeat for several prompts. Needs no model.", show_default=False)]
-MetricOpt = Annotated[Metric, typer.Option("--metric", help="jaccard (coverage masks, the paper's), "
-                                           "js (probe profiles, the online test) or cosine (block maps).")]
-GammaOpt = Annotated[float, typer.Option("--gamma", help="Mass each coverage-mask row must reach (0-1].")]
-JsCombineOpt = Annotated[JsCombine, typer.Option(
-    "--js-combine", help="How js joins the vertical and slash distances: worst (the online test) or mean.")]
-
-
-def gather_records(inputs, records, model, random_init, tokens, truncate, block_size, dtype, device,
-                   *, min_prompts: int = 1, why: str = "", with_model: bool = False):
-    """Load ``--records`` or capture ``[MODEL] PROMPT...`` first; returns validated records
-    (with ``with_model``: and the loaded model, None for ``--records``).
-
-    Fewer than ``min_prompts`` prompts fail before anything is loaded (``why`` names the option).
-    """
-    from sharedattn.analysis.files.records import check_compatible
-
-    from .capturing import CaptureRequest, capture_records, load_records
-
-    if records:
-        if inputs or model or random_init:
-            raise UserError("give either --records or [MODEL] PROMPT..., not both")
-        _check_count(len(records), min_prompts, why)
-        recs = load_records(list(records))
-        return (recs, None) if with_model else recs
-    model_spec, prompts = split_inputs(inputs, model)
-    _check_count(max(len(prompts), 1), min_prompts, why)
-    req = CaptureRequest(ModelChoice(model_spec, random_init, dtype, device), tuple(prompts), tokens,
-                         truncate, block_size)
-    results, loaded = capture_records(req)
-    recs = [r for r, _ in results]
-    check_compatible(recs)
-    return (recs, loaded) if with_model else recs
-
-
-def _check_count(count: int, min_prompts: int, why: str) -> None:
-    if count < min_prompts:
-        raise UserError(f"{why} needs at least {min_prompts} prompts (got {count})")
-
-
-def similarity_config(metric: Metric, gamma: float, js_combine: JsCombine):
-    from sharedattn.analysis.offline.similarity import SimilarityConfig
-
-    return SimilarityConfig(metric=metric, gamma=gamma, js_combine=js_combine)
+from .capturing import gather_records
+from .common import (DEFAULT_OUT, DEFAULT_TOKENS, UserError, check_out_dir, cli_command, console, err_console,
+                     similarity_config)
+from .options import (BlockSizeOpt, DeviceOpt, DtypeOpt, InputsArg, JsCombineOpt, JsonOpt, MaskGammaOpt,
+                      MetricOpt, ModelOpt, OutDirOpt, RandomInitOpt, RecordsOpt, ThresholdOpt, TokensOpt,
+                      TruncateOpt)
 
 
 def _summary_table(summary, num_prompts: int):
@@ -139,8 +92,8 @@ def similarity(
     inputs: InputsArg = None,
     records: RecordsOpt = None,
     metric: MetricOpt = Metric.JACCARD,
-    gamma: GammaOpt = 0.95,
-    threshold: Annotated[float, typer.Option("--threshold", help="A pair is 'alike' above this (0-1).")] = 0.5,
+    gamma: MaskGammaOpt = 0.95,
+    threshold: ThresholdOpt = 0.5,
     js_combine: JsCombineOpt = JsCombine.WORST,
     across: Annotated[bool, typer.Option("--across", help="Cross-input consistency over 2+ prompts.")] = False,
     top_k: Annotated[int, typer.Option("--top-k", help="Neighbours compared by --across.")] = 5,

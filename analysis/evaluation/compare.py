@@ -176,8 +176,8 @@ def summarise(method: str, rows: list[CompareRow], dense: dict[str, CompareRow] 
 Progress = Callable[[str], None]
 
 
-def _layer_errors(run) -> tuple[float | None, float | None, int | None]:
-    errs = run.layer_errors
+def layer_error_stats(errs: list[float] | None) -> tuple[float | None, float | None, int | None]:
+    """Mean, worst and worst layer of a run's per-layer attention-output errors (None: not measured)."""
     if not errs:
         return None, None, None
     worst = max(range(len(errs)), key=lambda i: errs[i])
@@ -204,7 +204,7 @@ def _row(task: TaskPrompt, run, seconds, attn, dense_logits, dense_loglik, token
     from ..hf.prefill_run import logit_fidelity
 
     fid = logit_fidelity(dense_logits, run.logits)
-    err_mean, err_worst, worst_layer = _layer_errors(run)
+    err_mean, err_worst, worst_layer = layer_error_stats(run.layer_errors)
     if run.method is MethodName.DENSE:
         err_mean, err_worst, worst_layer = 0.0, 0.0, None
     continuation = tokenizer.decode(run.generated) if run.generated else ""

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from sharedattn.analysis.hf.capture import CaptureConfig
 from sharedattn.analysis.method import method_config as mc
 from sharedattn.kernels import limits
-from sharedattn_cli import common, method_options
+from sharedattn_cli import method_options, options
 from sharedattn_cli.app import app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,9 +51,9 @@ def test_method_option_help_quotes_the_configs():
     assert f"({cfg.gamma})" in helps["GammaOpt"] and f"({cfg.min_budget})" in helps["MinBudgetOpt"]
     assert f"({cfg.tau_qa})" in helps["TauQaOpt"] and f"({cfg.tau_s})" in helps["TauSOpt"]
     assert f"({mc.AShapeConfig.local_tokens})" in helps["LocalOpt"]
-    assert method_options.MethodBlockOpt.__metadata__[0].help == common.BLOCK_SIZE_HELP
-    assert common.BlockSizeOpt.__metadata__[0].help == common.BLOCK_SIZE_HELP
-    assert limits.one_of(limits.BLOCK_SIZES) in common.BLOCK_SIZE_HELP
+    assert method_options.MethodBlockOpt.__metadata__[0].help == options.BLOCK_SIZE_HELP
+    assert options.BlockSizeOpt.__metadata__[0].help == options.BLOCK_SIZE_HELP
+    assert limits.one_of(limits.BLOCK_SIZES) in options.BLOCK_SIZE_HELP
 
 
 @pytest.mark.parametrize("context,given,want", [(8192, None, 64), (8193, None, 128), (None, None, 64),

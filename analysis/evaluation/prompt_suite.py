@@ -1,0 +1,105 @@
+"""The prompt suite of a comparison: bundled real text, a passkey grid, saved prompt sets.
+
+A ``PromptPlan`` says what to run before the model (and its tokenizer) is loaded, so bad options fail
+first; ``build_tasks`` turns it into the prompts of the run for a loaded model, skipping (and naming)
+what does not fit its context. Problems are ``PromptError``s: one line naming the option.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from ..files.prompts import PromptError, resolve_prompt
+from .tasks import (DEFAULT_DEPTHS, DEFAULT_LENGTHS, PasskeyGrid, TaskKind, TaskPrompt, is_task_prompt_file,
+                    load_task_prompts, passkey_grid)
+
+ALL_TEXT = ("stdlib-prose", "stdlib-code", "stdlib-mixed", "licenses")
+QUICK_TEXT = ("stdlib-prose", "stdlib-code")
+QUICK_TOKENS = 1024
+QUICK_LENGTHS = (1024,)
+QUICK_DEPTHS = (0.0, 0.5, 1.0)
+QUICK_MIN_BUDGET = 256  # tokens: at 1K the paper's 1024 keeps every block, and every method equals dense
+
+Warn = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class PromptPlan:
+    """What to run, before the model (and its tokenizer) is loaded."""
+
+    specs: tuple[str, ...]  # prompt files, bundled names, or prompt sets saved by compare
+    tokens: int  # length of bundled prompts
+    lengths: tuple[int, ...]  # passkey grid rows (empty: no grid)
+    depths: tuple[float, ...]
+    needles: int
+    seed: int
+    truncate: bool
+    full_grid: bool  # --passkey without lengths: 1K, 2K, 4K, ... up to the model's context
+
+    @classmethod
+    def from_options(cls, specs: list[str], *, quick: bool, passkey: bool, lengths, depths, needles: int,
+                     seed: int, no_text: bool, tokens: Optional[int], truncate: bool,
+                     default_tokens: int) -> "PromptPlan":
+        """The plan of `sharedattn compare`'s options; ``default_tokens``: the length of bundled
+        prompts when ``tokens`` is None and the run is not quick."""
+        if tokens is not None and tokens < 1:
+            raise PromptError(f"--tokens must be positive, got {tokens}")
+        text = tuple(specs) or (() if no_text else (QUICK_TEXT if quick else ALL_TEXT))
+        grid_wanted = passkey or quick or lengths is not None or depths is not None or needles > 0
+        full = grid_wanted and lengths is None and not quick
+        lengths = lengths or (QUICK_LENGTHS if quick else ())
+        depths = depths or ((QUICK_DEPTHS if quick else DEFAULT_DEPTHS) if grid_wanted else ())
+        PasskeyGrid(lengths or (1024,), depths or (0.5,), seed, needles)  # validate now, before the model loads
+        if not text and not grid_wanted:
+            raise PromptError("nothing to run: no prompts and no passkey grid (drop --no-text or add --passkey)")
+        return cls(text, tokens or (QUICK_TOKENS if quick else default_tokens), tuple(lengths),
+                   tuple(depths), needles, seed, truncate, full)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _grid_lengths(plan: PromptPlan, context: int) -> tuple[list[int], list[int]]:
+    lengths = list(plan.lengths)
+    if plan.full_grid:
+        lengths = [n for n in DEFAULT_LENGTHS if n <= context] or [min(DEFAULT_LENGTHS[0], context)]
+    return [n for n in lengths if n <= context], [n for n in lengths if n > context]
+
+
+def _text_task(spec: str, plan: PromptPlan, loaded, context: int, skipped: list[str], warn: Warn) -> list:
+    if is_task_prompt_file(Path(spec)):
+        return load_task_prompts(Path(spec))
+    prompt = resolve_prompt(spec, loaded.tokenizer, tokens=plan.tokens, max_tokens=sys.maxsize)
+    if prompt.num_tokens > context:
+        if not plan.truncate:
+            note = f"{spec} ({prompt.num_tokens} tokens > context {context}; use --truncate)"
+            warn(f"skipping prompt {note}")
+            skipped.append(note)
+            return []
+        prompt = resolve_prompt(spec, loaded.tokenizer, tokens=plan.tokens, max_tokens=context, truncate=True)
+    return [TaskPrompt(prompt, TaskKind.TEXT, prompt.num_tokens)]
+
+
+def build_tasks(plan: PromptPlan, loaded, warn: Optional[Warn] = None) -> tuple[list, list[str]]:
+    """The prompts of the run (text first, then the passkey grid) and the ones skipped, named;
+    ``warn`` hears of each skip as it happens."""
+    say = warn or (lambda _msg: None)
+    context = loaded.fingerprint.max_positions or sys.maxsize
+    if plan.tokens > context and plan.specs:
+        raise PromptError(f"--tokens {plan.tokens} is longer than the model's context of {context} tokens")
+    skipped: list[str] = []
+    tasks = [t for spec in plan.specs for t in _text_task(spec, plan, loaded, context, skipped, say)]
+    if plan.depths:
+        lengths, too_long = _grid_lengths(plan, context)
+        for n in too_long:
+            note = f"passkey length {n} (longer than the model's context of {context})"
+            say(f"skipping {note}")
+            skipped.append(note)
+        if lengths:
+            tasks += passkey_grid(loaded.tokenizer, PasskeyGrid(tuple(lengths), plan.depths, plan.seed,
+                                                                plan.needles))
+    if not tasks:
+        raise PromptError("no prompt left to run: " + "; ".join(skipped))
+    return tasks, skipped

@@ -1,0 +1,84 @@
+"""The option aliases more than one command takes, each defined once.
+
+One meaning per short flag across every command (a test walks the app and checks it):
+`-m` --model, `-n` --tokens, `-b` --block-size, `-o` --out (the output path: a folder, or a file where
+the command writes one file), `-r` --records, `-l` --layer. `--lookup` has no short flag (it was `-l`
+in `prefill` and `compare` while `-l` was `--layer` in `heatmap`). The sparse methods' parameters
+(`--gamma`, `--tau-s`, ...) live in method_options.py, one alias per method-config field.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from sharedattn.analysis.method import method_config as _mc
+from sharedattn.analysis.offline.choices import JsCombine, Metric
+from sharedattn.kernels.limits import one_of
+
+Opt = typer.Option
+
+# ---- model and prompts -----------------------------------------------------------------------
+
+ModelOpt = Annotated[Optional[str], Opt(
+    "--model", "-m", help="Model: 'smollm2-135m' (bundled, default), a local Hugging Face folder, or a hub id.")]
+RandomInitOpt = Annotated[Optional[str], Opt(
+    "--random-init", help="Randomly initialised model of a named shape (llama-tiny, smollm2-shape, "
+    "llama-3.1-8b-shape[:LAYERS]); its attention is not realistic.")]
+TokensOpt = Annotated[int, Opt(
+    "--tokens", "-n", help="Length of bundled prompts, in tokens.")]
+SuiteTokensOpt = Annotated[Optional[int], Opt(
+    "--tokens", "-n", help="Length of bundled prompts (default 2048; 1024 with --quick).")]
+TokenListOpt = Annotated[list[int], Opt("--tokens", "-n", help="Prompt lengths (repeat the option).")]
+TruncateOpt = Annotated[bool, Opt(
+    "--truncate", help="Cut prompt files longer than the model's context instead of failing.")]
+BLOCK_SIZE_HELP = (f"Block size in tokens, {one_of(_mc.BLOCK_SIZES)} (default {_mc.DEFAULT_BLOCK_SIZE}; "
+                   f"{_mc.SHORT_CONTEXT_BLOCK_SIZE} for models with a context of at most "
+                   f"{_mc.SHORT_CONTEXT // 1024}K).")
+BlockSizeOpt = Annotated[Optional[int], Opt("--block-size", "-b", help=BLOCK_SIZE_HELP)]
+DtypeOpt = Annotated[str, Opt("--dtype", help="auto (bf16 on GPU, fp32 on CPU), float32, float16, bfloat16.")]
+DeviceOpt = Annotated[Optional[str], Opt("--device", help="cpu or cuda (default: cuda if present).")]
+InputsArg = Annotated[Optional[list[str]], typer.Argument(
+    help="[MODEL] PROMPT...: an optional model, then prompt files or bundled prompt names "
+         "(see `sharedattn prompts list`). Default: the bundled model and prompt.", show_default=False)]
+
+# ---- outputs ---------------------------------------------------------------------------------
+
+OutDirOpt = Annotated[Path, Opt("--out", "-o", help="Output folder.")]
+LookupOutOpt = Annotated[Path, Opt("--out", "-o", help="Lookup file to write (JSON).")]
+FigureOutOpt = Annotated[Optional[Path], Opt(
+    "--out", "-o", help="Figure file (the suffix picks the format: .png, .svg or .pdf), or a folder "
+    "(an existing one, or a path without a suffix) for the figure under its default name.",
+    show_default=False)]
+FigureDirOpt = Annotated[Path, Opt("--out-dir", help="Folder for the figure when --out is not given.")]
+JsonOpt = Annotated[bool, Opt("--json", help="Print one JSON document instead of tables.")]
+
+# ---- runs ------------------------------------------------------------------------------------
+
+GraphsOpt = Annotated[bool, Opt("--graphs/--no-graphs", help="On CUDA, record the decision step as a CUDA graph "
+                                "once per prompt length and replay it in the other layers (default), or run it "
+                                "eagerly.")]
+
+# ---- records, similarity, lookups ------------------------------------------------------------
+
+RecordsOpt = Annotated[Optional[list[Path]], Opt(
+    "--records", "--record", "-r", help="Attention records (.json or .safetensors of `sharedattn capture`) "
+    "instead of capturing; repeat for several prompts (`heatmap --across` takes two). Needs no model.",
+    show_default=False)]
+MetricOpt = Annotated[Metric, Opt("--metric", help="jaccard (coverage masks, the paper's), "
+                                  "js (probe profiles, the online test) or cosine (block maps).")]
+MaskGammaOpt = Annotated[float, Opt("--gamma", help="Mass each coverage-mask row must reach (0-1].")]
+JsCombineOpt = Annotated[JsCombine, Opt(
+    "--js-combine", help="How js joins the vertical and slash distances: worst (the online test) or mean.")]
+ThresholdOpt = Annotated[float, Opt("--threshold", help="A pair is 'alike' above this (0-1).")]
+LayerOpt = Annotated[Optional[int], Opt("--layer", "-l", help="Layer to draw (default: the middle layer).",
+                                        show_default=False)]
+LookupOpt = Annotated[Optional[Path], Opt("--lookup", help="Lookup from `sharedattn cluster` for "
+                                          "shareprefill (default: shipped for the bundled model, else built "
+                                          "from the bundled prompts and cached).")]
+LookupArg = Annotated[Path, typer.Argument(help="Lookup file (JSON) written by `sharedattn cluster`.",
+                                           show_default=False)]
+ClusterLookupOpt = Annotated[Optional[Path], Opt(
+    "--lookup", help="Lookup file (`sharedattn lookup`): its clusters drive `--mask shared` and "
+    "`--summary` (default: cluster this record's heads with the `cluster` defaults).", show_default=False)]
