@@ -1,4 +1,5 @@
 """The methods inside a transformers model: registration, generate(), chunks, padding, trace."""
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -87,6 +88,16 @@ def test_trace_and_fidelity_against_dense(tiny_model):
     assert fid.positions == 64 and 0 <= fid.top1_agreement <= 1 and fid.kl_mean >= 0
     same = logit_fidelity(dense.logits, dense.logits)
     assert same.kl_mean < 1e-6 and same.top1_agreement == 1.0
+
+
+def test_prefill_emits_no_past_key_values_warning(tiny_model):
+    """transformers 5.24 deprecates ``past_key_values=`` for ``cache=``: prefill passes whichever
+    name the model takes, so neither the chunks nor the decoding warn."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_prefill(tiny_model, IDS[:300], MethodName.VERTICAL_SLASH, cfg("vertical-slash"), chunk=128,
+                    max_new_tokens=2)
+    assert [str(w.message) for w in caught if "past_key_values" in str(w.message)] == []
 
 
 def test_chunked_prefill_matches_one_pass_dense(tiny_model):
