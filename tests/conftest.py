@@ -42,7 +42,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def smollm2():
-    """The bundled SmolLM2-135M (fp32, CPU), converted once per machine into the user cache."""
+    """The bundled SmolLM2-135M (fp32, CPU), converted once per session into the temporary cache."""
     from sharedattn.analysis.hf.models import load_model
 
     return load_model("smollm2-135m", device="cpu")
@@ -50,7 +50,8 @@ def smollm2():
 
 @pytest.fixture(scope="session")
 def tiny_model():
-    """A 2-layer random-init Llama (4 query heads, 2 KV heads) with the bundled tokenizer."""
+    """A 2-layer random-init Llama (4 query heads, 2 KV heads) with its locally built tokenizer
+    (analysis/hf/local_tokenizer.py; no bundled model needed)."""
     from sharedattn.analysis.hf.models import load_model
 
     return load_model(random_init="llama-tiny", device="cpu")

@@ -2,8 +2,14 @@
 import pytest
 import torch
 
-from sharedattn.analysis.hf.models import (RANDOM_SHAPES, ModelLoadError, bundled_model_dir, load_model,
-                                           looks_like_model, parse_random_shape)
+from sharedattn.analysis.hf.models import (
+    RANDOM_SHAPES,
+    ModelLoadError,
+    bundled_model_dir,
+    load_model,
+    looks_like_model,
+    parse_random_shape,
+)
 
 
 def test_local_folder_loads(smollm2):

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from sharedattn import kernels
-from sharedattn.analysis.method.method_config import Decision, MethodName, make_config
 from sharedattn.analysis.evaluation.planted import PlantedSpec, Style, planted_cluster_table, planted_layer
+from sharedattn.analysis.method.method_config import Decision, MethodName, make_config
 from sharedattn.analysis.method.sharing import SharingState
 from sharedattn.analysis.method.sparse_prefill import SparsePrefill
 
