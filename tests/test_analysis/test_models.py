@@ -19,6 +19,19 @@ def test_local_folder_loads(smollm2):
     assert loaded.fingerprint.num_layers == 30 and loaded.fingerprint.num_kv_heads == 3
 
 
+def test_suite_cache_is_a_temporary_folder():
+    """tests/conftest.py points SHAREDATTN_CACHE at a folder made for this session."""
+    import tempfile
+    from pathlib import Path
+
+    from sharedattn.analysis.hf.models import cache_root
+
+    root = cache_root()
+    assert root.is_dir() and root.name.startswith("sharedattn-test-cache-")
+    assert Path(tempfile.gettempdir()).resolve() in root.resolve().parents
+    assert Path.home() / ".cache" not in root.resolve().parents
+
+
 def test_hub_id_without_network_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError, match="hub cannot be reached"):
