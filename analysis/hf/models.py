@@ -20,7 +20,7 @@ BUNDLED_MODEL = "smollm2-135m"
 
 @dataclass(frozen=True)
 class RandomShape:
-    """Attention-relevant shape of a random-init model (vocab is the bundled tokenizer's)."""
+    """Attention-relevant shape of a random-init model (vocab: ``RANDOM_VOCAB_SIZE``)."""
 
     num_layers: int
     hidden_size: int
@@ -31,6 +31,7 @@ class RandomShape:
     rope_theta: float
 
 
+RANDOM_VOCAB_SIZE = 49152  # the bundled SmolLM2's, so embeddings and logits keep its size
 RANDOM_SHAPES = {
     "llama-tiny": RandomShape(2, 128, 4, 2, 256, 8192, 10000.0),
     "smollm2-shape": RandomShape(30, 576, 9, 3, 1536, 8192, 100000.0),
@@ -101,13 +102,16 @@ def parse_random_shape(spec: str) -> tuple[str, RandomShape]:
 
 
 def random_model(spec: str, dtype, device, seed: int = 0) -> LoadedModel:
-    """A randomly initialised Llama of a named shape, using the bundled tokenizer."""
+    """A randomly initialised Llama of a named shape, with a tokenizer built locally (no model
+    package, no download: analysis/hf/local_tokenizer.py)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from .local_tokenizer import local_tokenizer
+
     name, shape = parse_random_shape(spec)
-    tokenizer = bundled_tokenizer()
+    tokenizer = local_tokenizer(RANDOM_VOCAB_SIZE)
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=RANDOM_VOCAB_SIZE,
         hidden_size=shape.hidden_size,
         intermediate_size=shape.intermediate_size,
         num_hidden_layers=shape.num_layers,

@@ -32,6 +32,14 @@ class PrefillRun:
     decision_graphs: dict = field(default_factory=lambda: {"recorded": 0, "replayed": 0})
 
 
+def cache_kwarg(model) -> str:
+    """The name ``model.forward`` takes its KV cache under: ``cache`` from transformers 5.24 (where
+    ``past_key_values`` still works but warns on every call), ``past_key_values`` before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -57,6 +65,7 @@ def run_prefill(loaded: LoadedModel, input_ids: list[int] | tuple[int, ...], met
                              measure_recall, keep_masks, use_graphs=use_graphs)
     step = chunk or n
     cache = DynamicCache() if (chunk or max_new_tokens) else None
+    kv = {cache_kwarg(model): cache}
     chunk_traces, errors = [], []
     with attention_implementation(model, MethodName(method).value), prefill_session(session), torch.no_grad():
         _sync(device)
@@ -64,7 +73,7 @@ def run_prefill(loaded: LoadedModel, input_ids: list[int] | tuple[int, ...], met
         for lo in range(0, n, step):
             part = ids[:, lo:lo + step]
             keep = min(eval_positions, part.shape[1]) if lo + step >= n else 1
-            out = model(input_ids=part, past_key_values=cache, use_cache=cache is not None, logits_to_keep=keep)
+            out = model(input_ids=part, **kv, use_cache=cache is not None, logits_to_keep=keep)
             chunk_traces.append(dict(session.traces))
             errors.append(dict(session.layer_errors))
         _sync(device)
@@ -92,7 +101,7 @@ def _greedy(model, cache, last_logits, steps: int, device, tokenizer) -> list[in
         tokens.append(nxt)
         if nxt == eos:
             break
-        out = model(input_ids=torch.tensor([[nxt]], device=device), past_key_values=cache, use_cache=True)
+        out = model(input_ids=torch.tensor([[nxt]], device=device), **{cache_kwarg(model): cache}, use_cache=True)
         nxt = int(out.logits[0, -1].argmax())
     return tokens
 

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from sharedattn.analysis.hf.capture import CaptureConfig, attention_implementation, capture_prompt
 from sharedattn.analysis.files.prompts import Prompt, resolve_prompt
+from sharedattn.analysis.hf.capture import CaptureConfig, attention_implementation, capture_prompt
 from sharedattn.kernels.reference import block_mass_from_probs
 
 

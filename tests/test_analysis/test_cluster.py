@@ -2,10 +2,10 @@
 import pytest
 import torch
 
+from sharedattn.analysis.evaluation.synthetic import SHAPES, synthetic_record
 from sharedattn.analysis.offline.autoencoder import AutoencoderConfig, latent_codes, prepare_maps, resize_mass
 from sharedattn.analysis.offline.clustering import ClusterConfig, Features, adjusted_rand_index, cluster_heads
 from sharedattn.analysis.offline.similarity import SimilarityConfig, mean_similarity, similarity_matrices
-from sharedattn.analysis.evaluation.synthetic import SHAPES, synthetic_record
 
 
 def planted(num_layers=3, num_heads=4, seeds=(1, 2)):

@@ -6,12 +6,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from sharedattn.analysis.offline.clustering import HeadCluster
+from sharedattn.analysis.evaluation.synthetic import synthetic_record
 from sharedattn.analysis.hf import cluster_pruning
 from sharedattn.analysis.hf.cluster_pruning import PruneConfig, prune_lookup, with_shared
-from sharedattn.analysis.offline.lookup import Calibration, Lookup
 from sharedattn.analysis.method.method_config import Decision, make_config
-from sharedattn.analysis.evaluation.synthetic import synthetic_record
+from sharedattn.analysis.offline.clustering import HeadCluster
+from sharedattn.analysis.offline.lookup import Calibration, Lookup
 from sharedattn_cli.app import app
 
 LAYERS, HEADS = 3, 4

@@ -4,12 +4,27 @@ import math
 import pytest
 import torch
 
-from sharedattn.analysis.evaluation.compare import (CompareConfig, CompareRow, pareto_front, parse_methods,
-                                         passkey_cells, run_compare)
-from sharedattn.analysis.method.method_config import MethodName, make_config
+from sharedattn.analysis.evaluation.compare import (
+    CompareConfig,
+    CompareRow,
+    pareto_front,
+    parse_methods,
+    passkey_cells,
+    run_compare,
+)
+from sharedattn.analysis.evaluation.tasks import (
+    PasskeyGrid,
+    TaskKind,
+    answer_found,
+    load_task_prompts,
+    mean_loglik,
+    multikey_prompt,
+    passkey_grid,
+    save_task_prompts,
+    text_prompts,
+)
 from sharedattn.analysis.files.prompts import PromptError
-from sharedattn.analysis.evaluation.tasks import (PasskeyGrid, TaskKind, answer_found, load_task_prompts, mean_loglik,
-                                       multikey_prompt, passkey_grid, save_task_prompts, text_prompts)
+from sharedattn.analysis.method.method_config import MethodName, make_config
 
 
 def test_parse_methods_accepts_names_and_rejects_bad_lists():

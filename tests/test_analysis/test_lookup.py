@@ -3,11 +3,11 @@ import json
 
 import pytest
 
-from sharedattn.analysis.offline.clustering import ClusterConfig, cluster_heads
+from sharedattn.analysis.evaluation.synthetic import synthetic_record
 from sharedattn.analysis.files.fingerprint import FormatError
+from sharedattn.analysis.offline.clustering import ClusterConfig, cluster_heads
 from sharedattn.analysis.offline.lookup import build_lookup, check_lookup_model, load_lookup, save_lookup
 from sharedattn.analysis.offline.similarity import SimilarityConfig, mean_similarity, similarity_matrices
-from sharedattn.analysis.evaluation.synthetic import synthetic_record
 
 
 @pytest.fixture()

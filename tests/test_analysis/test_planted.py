@@ -4,9 +4,16 @@ import torch
 from typer.testing import CliRunner
 
 from sharedattn.analysis.evaluation import layer_bench as lb
-from sharedattn.analysis.evaluation.planted import (PlantedSpec, Style, make_template, planted_cluster_table,
-                                         planted_densities, planted_groups, planted_layer,
-                                         style_summary)
+from sharedattn.analysis.evaluation.planted import (
+    PlantedSpec,
+    Style,
+    make_template,
+    planted_cluster_table,
+    planted_densities,
+    planted_groups,
+    planted_layer,
+    style_summary,
+)
 
 SPEC = PlantedSpec(heads=8, kv_heads=2, layout=((Style.LOCAL, Style.LOCAL, Style.VERTICAL, Style.DIFFUSE),
                                                   (Style.SLASH, Style.SLASH, Style.RETRIEVAL, Style.RETRIEVAL)))

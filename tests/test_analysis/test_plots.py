@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from sharedattn.analysis.method.coverage import coverage_mask
-from sharedattn.analysis.plots import downsample, heatmaps, render, similarity_plots, summary
-from sharedattn.analysis.offline.similarity import similarity_matrix
 from sharedattn.analysis.evaluation.synthetic import synthetic_record
+from sharedattn.analysis.method.coverage import coverage_mask
+from sharedattn.analysis.offline.similarity import similarity_matrix
+from sharedattn.analysis.plots import downsample, heatmaps, render, similarity_plots, summary
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -1,7 +1,6 @@
 import pytest
 
-from sharedattn.analysis.files.prompts import (BUNDLED, PromptError, bundled_prompt, passkey_prompt,
-                                         resolve_prompt)
+from sharedattn.analysis.files.prompts import BUNDLED, PromptError, bundled_prompt, passkey_prompt, resolve_prompt
 
 
 @pytest.fixture(scope="module")

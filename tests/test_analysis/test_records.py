@@ -4,8 +4,14 @@ import pytest
 import torch
 
 from sharedattn.analysis.files.fingerprint import FormatError, ModelFingerprint
-from sharedattn.analysis.files.records import (AttentionRecord, PromptInfo, RecordMeta, check_compatible,
-                                         load_record, save_record)
+from sharedattn.analysis.files.records import (
+    AttentionRecord,
+    PromptInfo,
+    RecordMeta,
+    check_compatible,
+    load_record,
+    save_record,
+)
 
 
 def make_record(num_tokens=100, block=32, layers=2, heads=3, model_id="m") -> AttentionRecord:

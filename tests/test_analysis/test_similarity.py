@@ -4,14 +4,20 @@ import math
 import pytest
 import torch
 
-from sharedattn.analysis.method.coverage import (causal_block_count, common_grid, coverage_mask, density,
-                                          flatten_causal)
+from sharedattn.analysis.evaluation.synthetic import Shape, synthetic_record
 from sharedattn.analysis.files.fingerprint import FormatError
 from sharedattn.analysis.files.records import AttentionRecord
-from sharedattn.analysis.offline.similarity import (Metric, SimilarityConfig, cosine_from_maps, jaccard_from_masks,
-                                            js_distance_matrix, similarity_matrices, similarity_matrix)
+from sharedattn.analysis.method.coverage import causal_block_count, common_grid, coverage_mask, density, flatten_causal
+from sharedattn.analysis.offline.similarity import (
+    Metric,
+    SimilarityConfig,
+    cosine_from_maps,
+    jaccard_from_masks,
+    js_distance_matrix,
+    similarity_matrices,
+    similarity_matrix,
+)
 from sharedattn.analysis.offline.similarity_report import save_matrix, summarize
-from sharedattn.analysis.evaluation.synthetic import Shape, synthetic_record
 
 
 def test_coverage_mask_picks_fewest_blocks():

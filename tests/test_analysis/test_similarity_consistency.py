@@ -2,9 +2,9 @@
 import pytest
 import torch
 
+from sharedattn.analysis.evaluation.synthetic import synthetic_record
 from sharedattn.analysis.offline.consistency import consistency, own_pattern_jaccard, spearman_upper, top_k_overlap
 from sharedattn.analysis.offline.similarity import SimilarityConfig, similarity_matrices
-from sharedattn.analysis.evaluation.synthetic import synthetic_record
 
 
 def test_spearman_upper_and_constant_inputs():

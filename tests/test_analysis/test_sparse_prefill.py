@@ -4,10 +4,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from sharedattn.analysis.method.coverage import coverage_mask
 from sharedattn.analysis.method.method_config import Decision, MethodName, make_config
 from sharedattn.analysis.method.sharing import SharingState, cluster_table
 from sharedattn.analysis.method.sparse_prefill import SparsePrefill
-from sharedattn.analysis.method.coverage import coverage_mask
 from sharedattn.kernels.reference import attention_ref, block_mass_ref
 
 

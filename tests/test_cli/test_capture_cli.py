@@ -1,7 +1,6 @@
 """`sharedattn capture` and `prompts` end to end, including every bad input (exit 2, one line)."""
 import os
 
-import pytest
 from typer.testing import CliRunner
 
 from sharedattn.analysis.files.records import load_record

@@ -16,8 +16,8 @@ def invoke(*args):
 
 
 def _tiny_lookup(tmp_path, model_id="random:llama-tiny", layers=2):
-    from sharedattn.analysis.offline.clustering import HeadCluster
     from sharedattn.analysis.files.fingerprint import ModelFingerprint
+    from sharedattn.analysis.offline.clustering import HeadCluster
     from sharedattn.analysis.offline.lookup import Calibration, Lookup, save_lookup
 
     fp = ModelFingerprint(model_id, layers, 4, 2, 32, 8192)
@@ -46,11 +46,12 @@ def test_compare_writes_rows_csv_prompts_and_figures(tmp_path):
 
 
 def test_too_long_prompt_is_skipped_with_a_warning_or_truncated(tmp_path):
-    from sharedattn.analysis.hf.models import bundled_tokenizer
+    from sharedattn.analysis.hf.local_tokenizer import local_tokenizer
+    from sharedattn.analysis.hf.models import RANDOM_VOCAB_SIZE
 
     long_file = tmp_path / "long.txt"
     long_file.write_text("word " * 9000)
-    assert len(bundled_tokenizer().encode(long_file.read_text())) > 8192
+    assert len(local_tokenizer(RANDOM_VOCAB_SIZE).encode(long_file.read_text())) > 8192  # llama-tiny's tokenizer
     res = invoke(*TINY, long_file, "stdlib-code", "--methods", "dense", "-o", tmp_path / "o", "--no-figures")
     assert res.exit_code == 0, res.output
     assert "skipping prompt" in res.output and "long.txt" in res.output

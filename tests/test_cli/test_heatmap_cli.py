@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from sharedattn.analysis.files.records import save_record
 from sharedattn.analysis.evaluation.synthetic import synthetic_record
+from sharedattn.analysis.files.records import save_record
 from sharedattn_cli.app import app
 
 runner = CliRunner()

@@ -37,10 +37,27 @@ def test_bench_prints_json_line_last(tmp_path):
     assert "median" in res.output
 
 
-def test_shareprefill_builds_and_caches_a_lookup_for_a_new_model(tmp_path):
-    res = invoke(*TINY, "-o", tmp_path, "--chunk", "256")
-    assert res.exit_code == 0, res.output
-    assert "lookup" in res.output
+def test_shareprefill_builds_and_caches_a_lookup_for_a_new_model(tmp_path, monkeypatch, tiny_model):
+    from sharedattn.analysis.offline.lookup import check_lookup_model, load_lookup
+
+    cache = tmp_path / "cache"  # a cache of its own: no other test has built this model's lookup
+    monkeypatch.setenv("SHAREDATTN_CACHE", str(cache))
+    first = invoke(*TINY, "-o", tmp_path / "first", "--chunk", "256", "--json")
+    assert first.exit_code == 0, first.output
+    files = list((cache / "lookups").glob("*.json"))
+    assert len(files) == 1, files
+    lookup = load_lookup(files[0])  # a valid lookup file, made for this model
+    assert lookup.model.model_id == "random:llama-tiny"
+    check_lookup_model(lookup, tiny_model.fingerprint)
+    assert str(files[0]) in json.loads(first.stdout.strip().splitlines()[-1])["lookup"]
+    stamp = files[0].stat().st_mtime_ns, files[0].read_bytes()
+
+    second = invoke(*TINY, "-o", tmp_path / "second", "--json")
+    assert second.exit_code == 0, second.output
+    assert list((cache / "lookups").glob("*.json")) == files
+    assert (files[0].stat().st_mtime_ns, files[0].read_bytes()) == stamp  # read, not rebuilt
+    note = json.loads(second.stdout.strip().splitlines()[-1])["lookup"]
+    assert "cached lookup" in note and str(files[0]) in note and "no lookup for this model yet" not in second.output
 
 
 def _other_model_lookup(tmp_path):

@@ -3,15 +3,14 @@ from __future__ import annotations
 
 import base64
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from sharedattn.analysis.files.records import save_record
 from sharedattn.analysis.evaluation.synthetic import synthetic_record
+from sharedattn.analysis.files.records import save_record
 from sharedattn_cli.app import app
 
 CHROMIUM = Path("/usr/bin/chromium")

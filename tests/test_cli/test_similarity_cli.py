@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from sharedattn.analysis.files.records import save_record
 from sharedattn.analysis.evaluation.synthetic import synthetic_record
+from sharedattn.analysis.files.records import save_record
 from sharedattn_cli.app import app
 
 runner = CliRunner()

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from sharedattn import kernels
-from sharedattn.analysis.method.method_config import MethodName, make_config
 from sharedattn.analysis.evaluation.planted import PlantedSpec, Style, planted_cluster_table, planted_layer
+from sharedattn.analysis.method.method_config import Decision, MethodName, make_config
 from sharedattn.analysis.method.sharing import SharingState
 from sharedattn.analysis.method.sparse_prefill import SparsePrefill
 
@@ -57,8 +57,6 @@ def test_triton_matches_reference_backend(layers, method):
 def test_shareprefill_shares_planted_groups(layers):
     runner = _runner(MethodName.SHAREPREFILL)
     (_, t0), (_, t1) = _two_layers(runner, layers)
-    from sharedattn.analysis.method.method_config import Decision
-
     assert bool((t0.decision == int(Decision.PIVOTAL)).any())
     assert not bool((t1.decision == int(Decision.PIVOTAL)).any())
     assert float(t1.recall.mean()) > 0.9
@@ -116,13 +114,32 @@ def test_run_prefill_every_method_on_cuda(tiny_cuda, method, chunk):
     chunks, layers = (1 if chunk is None else 3), tiny_cuda.fingerprint.num_layers
     if method is not MethodName.DENSE:  # one recording per chunk's geometry, replayed by the other layers
         assert run.decision_graphs == {"recorded": chunks, "replayed": chunks * (layers - 1)}
+        assert not bool((run.trace.decision == int(Decision.DENSE)).any())  # the sparse path, every chunk
 
 
-def test_generate_on_cuda(tiny_cuda):
+def test_generate_on_cuda(tiny_cuda, monkeypatch):
+    """generate() with SharePrefill in a session (dense_below=0, a lookup of two clusters): the
+    prompt runs the sparse kernel in both layers, layer 0 has pivotal heads and layer 1 shares."""
+    from types import SimpleNamespace
+
     import sharedattn.analysis.hf  # noqa: F401  (registers the attention functions)
     from sharedattn.analysis.hf.capture import attention_implementation
+    from sharedattn.analysis.hf.sparse_attention import PrefillSession, prefill_session
+    from sharedattn.analysis.method.method_config import Decision
 
-    ids = torch.tensor([list(range(300, 900))], device="cuda")
-    with attention_implementation(tiny_cuda.model, "shareprefill"), torch.no_grad():
+    calls = []
+    real = kernels.sparse_attention
+    monkeypatch.setattr(kernels, "sparse_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    lookup = SimpleNamespace(shared_clusters=[SimpleNamespace(heads=((0, 0), (0, 1), (1, 0), (1, 1))),
+                                              SimpleNamespace(heads=((0, 2), (1, 2), (1, 3)))])
+    cfg = make_config("shareprefill", block_size=64, dense_below=0, min_budget=64, gamma=0.6,
+                      tau_qa=0.0, tau_fb=1.0)
+    session = PrefillSession(MethodName.SHAREPREFILL, cfg, 2, 4, lookup)
+    ids = torch.tensor([list(range(300, 1500))], device="cuda")  # 1200 tokens: layer 1 shares (bf16, CPU twin)
+    with attention_implementation(tiny_cuda.model, "shareprefill"), prefill_session(session), torch.no_grad():
         out = tiny_cuda.model.generate(ids, max_new_tokens=5, do_sample=False)
-    assert out.shape == (1, 605)
+    assert out.shape == (1, 1205)
+    first, second = ([Decision(int(d)) for d in session.traces[layer].decision.flatten()] for layer in (0, 1))
+    assert Decision.DENSE not in first + second
+    assert first.count(Decision.PIVOTAL) == 2 and second.count(Decision.SHARED) >= 1
+    assert 1 <= len(calls) <= 2  # the block-sparse kernel ran (at most once per layer; decoding is dense)
