@@ -140,7 +140,7 @@ def _variable_names(rng: random.Random, count: int) -> list[str]:
     names: list[str] = []
     while len(names) < count:
         name = "".join(rng.choice(string.ascii_uppercase) for _ in range(5))
-        if name not in names and name != "VALUE":
+        if name not in names and name != "OTHER":  # OTHER: the intro's example
             names.append(name)
     return names
 
