@@ -47,11 +47,16 @@ def _encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=False))
 
 
+_TITLES = {"mv": "multi-value", "mq": "multi-query", "vt": "variable-tracking", "fwe": "frequent-word",
+           "qa": "record-question"}  # short task name -> the words its errors use
+
+
 def _room(tokens: int, fixed: int, what: str) -> int:
     """Tokens left for the haystack after the fixed parts; one clear line when there are none."""
     room = tokens - fixed
     if room < 0:
-        raise PromptError(f"a {what} prompt needs at least {fixed} tokens, asked for {tokens}")
+        raise PromptError(f"a {_TITLES[what]} prompt (ruler-{what}) needs at least {fixed} tokens, "
+                          f"asked for {tokens}")
     return room
 
 
@@ -227,13 +232,15 @@ def freqwords_prompt(tokenizer, tokens: int, seed: int = 0) -> Prompt:
     top, fillers = vocab[:_TOP_WORDS], vocab[_TOP_WORDS:]
     intro, question = _encode(tokenizer, intro_text), _encode(tokenizer, question_text)
     room = _room(tokens, len(intro) + len(question), "fwe")
-    hay = _encode(tokenizer, " ".join(_word_list(rng, top, fillers, room)))[:room]  # a word is >= 1 token
+    hay = _encode(tokenizer, " ".join(_word_list(rng, top, fillers, room)))[:room]
+    if len(hay) < room:  # a word with its space is at least one token in any subword tokenizer
+        raise PromptError(f"a frequent-word prompt of {tokens} tokens: {room} words gave only {len(hay)} tokens")
     counts = Counter(tokenizer.decode(hay).split())
     ranked = sorted(top, key=lambda w: -counts[w])
     others = max((n for w, n in counts.items() if w not in top), default=0)
     if counts[ranked[-1]] < max(_STAND_OUT * others, 3):
-        raise PromptError(f"a fwe prompt of {tokens} tokens is too short for its {_TOP_WORDS} frequent words "
-                          f"to stand out ({counts[ranked[-1]]} against {others}); ask for more tokens")
+        raise PromptError(f"a frequent-word prompt (ruler-fwe) of {tokens} tokens is too short for its "
+                          f"{_TOP_WORDS} frequent words to stand out ({counts[ranked[-1]]} against {others})")
     ids = intro + hay + question
     return _prompt(tokenizer, f"ruler-fwe:seed={seed}", ids, ranked)
 
@@ -290,7 +297,8 @@ def _record_text(number: int, r: dict[str, str]) -> str:
 def _next_record(others, tokens: int, towns: int) -> dict[str, str]:
     record = next(others, None)
     if record is None:
-        raise PromptError(f"a qa prompt of {tokens} tokens needs more than the {towns} generated towns")
+        raise PromptError(f"a record-question prompt (ruler-qa) of {tokens} tokens needs more than the "
+                          f"{towns} generated towns")
     return record
 
 
@@ -332,11 +340,13 @@ GENERATORS: dict[TaskKind, Callable[..., Prompt]] = {
 RULER_KINDS = tuple(GENERATORS)
 
 
-def ruler_prompt(kind: TaskKind, tokenizer, tokens: int, seed: int = 0) -> Prompt:
+def ruler_prompt(kind: TaskKind | str, tokenizer, tokens: int, seed: int = 0) -> Prompt:
     """The prompt of one RULER-style task kind (``ValueError`` for a kind that is not one)."""
-    if kind not in GENERATORS:
-        raise ValueError(f"{kind!r} is not a RULER-style task (choose from {', '.join(k.value for k in RULER_KINDS)})")
-    return GENERATORS[kind](tokenizer, tokens, seed)
+    make = GENERATORS.get(kind)
+    if make is None:
+        choices = ", ".join(k.value for k in RULER_KINDS)
+        raise ValueError(f"{getattr(kind, 'value', kind)!r} is not a RULER-style task (choose from {choices})")
+    return make(tokenizer, tokens, seed)
 
 
 def ruler_suite(tokenizer, lengths, seeds: int = 1, seed: int = 0,
@@ -350,7 +360,7 @@ def ruler_suite(tokenizer, lengths, seeds: int = 1, seed: int = 0,
     for length in lengths:
         for _ in range(seeds):
             cell = seed + index
-            out += [TaskPrompt(ruler_prompt(kind, tokenizer, length, cell), kind, length, None, cell)
+            out += [TaskPrompt(ruler_prompt(kind, tokenizer, length, cell), TaskKind(kind), length, None, cell)
                     for kind in kinds]
             index += 1
     return out

@@ -38,7 +38,7 @@ def test_generators_fit_exactly_and_are_seeded(tok, kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_too_few_tokens_is_one_clear_error(tok, kind):
-    with pytest.raises(PromptError, match=r"^a \w+ prompt needs at least \d+ tokens, asked for 40$"):
+    with pytest.raises(PromptError, match=rf"^a [a-z-]+ prompt \({kind}\) needs at least \d+ tokens, asked for 40$"):
         GENERATORS[TaskKind(kind)](tok, 40, 0)
 
 
