@@ -28,6 +28,24 @@ class TaskKind(str, Enum):
     TEXT = "text"  # real text: scored by mean token log-likelihood against dense
     PASSKEY = "passkey"  # one 5-digit key in a haystack: exact match of the greedy answer
     MULTIKEY = "multikey"  # several labelled keys; the question asks for one of them
+    # long-context tasks in the style of RULER (analysis/evaluation/ruler.py); exact-match scored
+    MULTIVALUE = "ruler-mv"  # one code word with several numbers; the question asks for all of them
+    MULTIQUERY = "ruler-mq"  # several labelled numbers; the question asks for two of them
+    VARTRACK = "ruler-vt"  # chained variable assignments; the question asks which variables hold a number
+    FREQWORDS = "ruler-fwe"  # a long word list; the question asks for its three most frequent words
+    DOCQA = "ruler-qa"  # many generated records; one question about one of them
+
+
+# Greedy tokens each kind needs to state its answer, with room for a restated question or list
+# punctuation (5-digit numbers are 5-6 tokens on SmolLM2 and Qwen2: one a digit).
+_ANSWER_TOKENS = {TaskKind.TEXT: 0, TaskKind.PASSKEY: 10, TaskKind.MULTIKEY: 10, TaskKind.MULTIVALUE: 40,
+                  TaskKind.MULTIQUERY: 32, TaskKind.VARTRACK: 48, TaskKind.FREQWORDS: 24, TaskKind.DOCQA: 16}
+ANSWER_SEPARATOR = "|"  # joins the answers of a multi-answer task; never part of an answer
+
+
+def answer_tokens(kind: TaskKind) -> int:
+    """How many greedy tokens after the prompt a task of ``kind`` needs (0: nothing to generate)."""
+    return _ANSWER_TOKENS[TaskKind(kind)]
 
 
 @dataclass(frozen=True)
@@ -129,11 +147,18 @@ def multikey_prompt(tokenizer, tokens: int, needles: int = 4, seed: int = 0) -> 
     return Prompt(name, tokenizer.decode(ids), tuple(ids), answer=str(keys[target]))
 
 
+def answer_parts(answer: str) -> list[str]:
+    """The answers a prompt expects: ``"a|b|c"`` -> ``["a", "b", "c"]``; a single answer -> ``[answer]``."""
+    return answer.split(ANSWER_SEPARATOR)
+
+
 def answer_found(answer: str | None, continuation: str) -> bool | None:
-    """Exact match: the answer's digits appear in the greedy continuation (None: nothing to score)."""
+    """Exact match: every answer of ``answer`` (see ``answer_parts``) appears in the greedy
+    continuation, in any order, ignoring whitespace and case (None: nothing to score)."""
     if answer is None:
         return None
-    return answer in "".join(continuation.split())
+    flat = "".join(continuation.split()).casefold()
+    return all("".join(part.split()).casefold() in flat for part in answer_parts(answer))
 
 
 def mean_loglik(logits: torch.Tensor, input_ids) -> float:
