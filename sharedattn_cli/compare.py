@@ -16,7 +16,7 @@ from .common import (DEFAULT_OUT, DEFAULT_TOKENS, ModelChoice, UserError, check_
 from .compare_inputs import method_configs
 from .lookup_source import lookup_for
 from .method_options import (GammaOpt, LocalOpt, MethodBlockOpt, MinBudgetOpt, SinkOpt,
-                             OwnLastRowOpt, ExactTailOpt, TauFbOpt, TauQaOpt, TauSOpt)
+                             OwnLastRowOpt, ExactTailOpt, FallbackOpt, TauFbOpt, TauQaOpt, TauSOpt)
 from .compare_report import print_tables, write_outputs
 from .options import (DeviceOpt, DtypeOpt, InputsArg, JsonOpt, LookupOpt, ModelOpt, OutDirOpt, RandomInitOpt,
                       SuiteTokensOpt, TruncateOpt)
@@ -55,6 +55,9 @@ def compare(
     passkey_lengths: Annotated[Optional[str], Opt("--passkey-lengths", help="Passkey grid lengths, e.g. 1024,2048.")] = None,
     passkey_depths: Annotated[Optional[str], Opt("--passkey-depths", help="Passkey grid depths, e.g. 0,0.5,1.")] = None,
     needles: Annotated[int, Opt("--needles", help="Add a multi-key variant per length with this many keys (0: off).")] = 0,
+    ruler: Annotated[int, Opt("--ruler", help="Add the RULER-style tasks (multi-value and multi-query needles, "
+                              "variable tracking, frequent words, document QA) at each grid length, this many "
+                              "seeds each (0: off).")] = 0,
     seed: Annotated[int, Opt("--seed", help="Base seed of the generated prompts.")] = 0,
     no_text: Annotated[bool, Opt("--no-text", help="Skip the default bundled real-text prompts.")] = False,
     tokens: SuiteTokensOpt = None,
@@ -74,6 +77,7 @@ def compare(
     tau_s: TauSOpt = None,
     tau_fb: TauFbOpt = None,
     own_last_row: OwnLastRowOpt = None,
+    fallback: FallbackOpt = None,
     exact_tail: ExactTailOpt = None,
     sink_tokens: SinkOpt = None,
     local_tokens: LocalOpt = None,
@@ -108,7 +112,7 @@ def compare(
                                    lengths=_parse_list(passkey_lengths, int, "--passkey-lengths"),
                                    depths=_parse_list(passkey_depths, float, "--passkey-depths"),
                                    needles=needles, seed=seed, no_text=no_text, tokens=tokens, truncate=truncate,
-                                   default_tokens=DEFAULT_TOKENS)
+                                   default_tokens=DEFAULT_TOKENS, ruler=ruler)
     check_out_dir(out)
     if csv_path is not None:
         check_out_dir(csv_path.parent)
@@ -116,7 +120,7 @@ def compare(
     loaded = choice.load()
     runs = [(g, method_configs(cfg, loaded, block_size=block_size, dense_below=dense_below, gamma=g,
                                min_budget=min_budget, tau_qa=tau_qa, tau_s=tau_s, tau_fb=tau_fb,
-                               own_last_row=own_last_row, exact_tail=exact_tail, sink_tokens=sink_tokens, local_tokens=local_tokens))
+                               own_last_row=own_last_row, fallback=fallback, exact_tail=exact_tail, sink_tokens=sink_tokens, local_tokens=local_tokens))
             for g in (gamma_list or (gamma,))]
     lookup_obj, lookup_note = lookup_for(MethodName.SHAREPREFILL in cfg.methods, lookup, loaded, choice)
     tasks, skipped = build_tasks(plan, loaded,

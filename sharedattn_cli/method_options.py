@@ -6,22 +6,18 @@ every default and rule is written once, in the library.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from sharedattn.analysis.method.method_config import (AShapeConfig, SharePrefillConfig,
-                                                      default_block_size as _default_for_context)
+from sharedattn.analysis.method.method_config import AShapeConfig, FallbackRule, SharePrefillConfig
+from sharedattn.analysis.method.method_config import default_block_size as _default_for_context
 
 from .options import BLOCK_SIZE_HELP
 
 Opt = typer.Option
 _S = SharePrefillConfig  # holds every vertical-slash, flexprefill and shareprefill field
 
-LookupOpt = Annotated[Optional[Path], Opt("--lookup", "-l", help="Lookup from `sharedattn cluster` for "
-                                          "shareprefill (default: shipped for the bundled model, else built "
-                                          "from the bundled prompts and cached).")]
 MethodBlockOpt = Annotated[Optional[int], Opt("--block-size", "-b", help=BLOCK_SIZE_HELP)]
 GammaOpt = Annotated[Optional[float], Opt("--gamma", help=f"Coverage target for budgets and patterns ({_S.gamma}).")]
 MinBudgetOpt = Annotated[Optional[int], Opt("--min-budget", help="Minimum vertical/slash budget in tokens "
@@ -34,6 +30,11 @@ OwnLastRowOpt = Annotated[Optional[bool], Opt("--own-last-row/--paper-last-row",
                                               "row (ours; default "
                                               f"{'on' if _S.own_last_row else 'off'}), or only the pivotal's "
                                               "pattern (the paper).")]
+FallbackOpt = Annotated[Optional[FallbackRule], Opt("--fallback", help="shareprefill: a cluster falls back to "
+                                                  "vertical-slash when the pivotal's own mask covers --tau-fb of its "
+                                                  "mass (covers: the paper) and, with covers-and-sparser (ours), "
+                                                  "keeps no more blocks than the pivotal's pattern (default "
+                                                  f"{_S.fallback.value}).")]
 ExactTailOpt = Annotated[Optional[int], Opt("--exact-tail", help="vertical-slash, flexprefill, shareprefill: the "
                                             "last N query tokens (whole blocks) attend to every key block (ours; "
                                             f"default {_S.exact_tail}: the papers' methods).")]

@@ -15,7 +15,7 @@ from .common import (DEFAULT_OUT, DEFAULT_TOKENS, ModelChoice, UserError, check_
                      err_console, gpu_or_cpu_note, load_prompts, split_inputs)
 from .lookup_source import lookup_for
 from .method_options import (GammaOpt, LocalOpt, MethodBlockOpt, MinBudgetOpt, SinkOpt,
-                             OwnLastRowOpt, ExactTailOpt, TauFbOpt, TauQaOpt, TauSOpt, default_block_size)
+                             OwnLastRowOpt, ExactTailOpt, FallbackOpt, TauFbOpt, TauQaOpt, TauSOpt, default_block_size)
 from .options import (DeviceOpt, DtypeOpt, GraphsOpt, InputsArg, JsonOpt, LookupOpt, ModelOpt, OutDirOpt, RandomInitOpt,
                       TokensOpt, TruncateOpt)
 from .prefill_report import print_report
@@ -48,6 +48,7 @@ def prefill(
     tau_s: TauSOpt = None,
     tau_fb: TauFbOpt = None,
     own_last_row: OwnLastRowOpt = None,
+    fallback: FallbackOpt = None,
     exact_tail: ExactTailOpt = None,
     sink_tokens: SinkOpt = None,
     local_tokens: LocalOpt = None,
@@ -82,7 +83,7 @@ def prefill(
     loaded = choice.load()
     config = method_config(method, block_size=default_block_size(loaded, block_size),
                            dense_below=dense_below, gamma=gamma, min_budget=min_budget, tau_qa=tau_qa,
-                           tau_s=tau_s, tau_fb=tau_fb, own_last_row=own_last_row, exact_tail=exact_tail, sink_tokens=sink_tokens,
+                           tau_s=tau_s, tau_fb=tau_fb, own_last_row=own_last_row, fallback=fallback, exact_tail=exact_tail, sink_tokens=sink_tokens,
                            local_tokens=local_tokens,
                            vertical_tokens=vertical_tokens, slash_tokens=slash_tokens)
     prompt = load_prompts(loaded, prompts, tokens, truncate)[0]

