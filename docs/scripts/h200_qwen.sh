@@ -31,8 +31,14 @@ PY
     ;;
   lookup)  # calibration captures (not the evaluation prompts), clusters, pruning on calibration prompts
     for n in 8192 16384 32000; do sa capture qwen2.5-coder-0.5b stdlib-code licenses --tokens $n -o /tmp/rec; done
-    sa cluster --records /tmp/rec/*.json --model qwen2.5-coder-0.5b --prune-on stdlib-code,licenses \
-      --tokens 16384 -o "$2" ;;
+    recs=(); for f in /tmp/rec/*.json; do recs+=(--records "$f"); done
+    sa cluster "${recs[@]}" --model qwen2.5-coder-0.5b --metric js --distance-threshold 0.3 \
+      --prune-on stdlib-code,licenses --tokens 16384 -o "$2" ;;
+  compare)  # $2 lookup, $3 out folder, then extra compare options: passkeys, 4-key needles, RULER-style tasks
+    lookup=$2 out=$3; shift 3
+    sa compare qwen2.5-coder-0.5b --no-text --passkey-lengths 8192,16384,32000 --passkey-depths 0.1,0.5,0.9 \
+      --needles 4 --ruler 1 --lookup "$lookup" --methods dense,vertical-slash,flexprefill,shareprefill \
+      --no-figures --json -o "$out" "$@" > "$out.json" && tail -c 3000 "$out.json" ;;
   diagnose) python3 "$root/docs/scripts/sharing_diagnosis.py" qwen2.5-coder-0.5b "$2" "$3" 8192 16384 32000 ;;
   *) shift 0; "$@" ;;  # anything else runs with the environment above (e.g. `sa capture ...`)
 esac

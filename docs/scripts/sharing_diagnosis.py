@@ -123,8 +123,18 @@ def _timed(loaded, ids, method, config, lookup, repeats=3):
     return runs, statistics.median(r.seconds for r in runs), statistics.median(r.attention_seconds for r in runs)
 
 
+# name, method, config fields: the paper's fallback and ours (docs/method.md, step 4)
+VARIANTS = (("vertical-slash", "vertical-slash", {}), ("flexprefill", "flexprefill", {}),
+            ("shareprefill", "shareprefill", {}),
+            ("shareprefill-sparser", "shareprefill", {"fallback": "covers-and-sparser"}))
+
+
 def diagnose(model: str, lookup_path: str, lengths: list[int]) -> list[dict]:
-    loaded = load_model(random_init=model[len("random:"):]) if model.startswith("random:") else load_model(model)
+    random_init = model[len("random:"):] if model.startswith("random:") else None
+    loaded = load_model(model if random_init is None else None, random_init=random_init)
+    reference = None
+    if next(loaded.model.parameters()).is_cuda and random_init is None:
+        reference = load_model(model, dtype="float32")
     lookup = load_lookup(Path(lookup_path))
     rows = []
     for n in lengths:
@@ -133,34 +143,36 @@ def diagnose(model: str, lookup_path: str, lengths: list[int]) -> list[dict]:
         dense_cfg = make_config("dense")
         dense_runs, dense_ttft, dense_attn = _timed(loaded, ids, MethodName.DENSE, dense_cfg, None)
         row = {"tokens": len(ids), "dense": {"ttft_ms": dense_ttft * 1e3, "attention_ms": dense_attn * 1e3}}
-        for method in ("vertical-slash", "flexprefill", "shareprefill"):
-            cfg = make_config(method, dense_below=0)
+        for name, method, extra in VARIANTS:
+            cfg = make_config(method, dense_below=0, **extra)
             lk = lookup if method == "shareprefill" else None
             with Watch(watch_sharing=False) as timing:
                 runs, ttft, attn = _timed(loaded, ids, MethodName(method), cfg, lk)
             fid = logit_fidelity(dense_runs[-1].logits, runs[-1].logits)
-            row[method] = {"ttft_ms": ttft * 1e3, "attention_ms": attn * 1e3,
+            row[name] = {"ttft_ms": ttft * 1e3, "attention_ms": attn * 1e3,
                            "density": runs[-1].trace.overall_density(),
                            "decisions": runs[-1].trace.decision_shares(),
                            "fidelity": {k: v for k, v in vars(fid).items() if isinstance(v, (int, float))},
                            "per_layer_density": runs[-1].trace.per_layer_density(),
                            "layer_ms": timing.layer_ms()}
-        with Watch() as watch:  # eager decision step, so the sharing test runs in Python
-            run_prefill(loaded, ids, MethodName.SHAREPREFILL, make_config("shareprefill", dense_below=0),
-                        lookup, use_graphs=False)
-        total = sum(watch.reasons.values())
-        row["reasons"] = {r: watch.reasons[r] / total for r in REASONS}
-        row["reasons_per_layer"] = {layer: dict(c) for layer, c in sorted(watch.per_layer.items())}
-        row["distance_quartiles"] = _quartiles(watch.distances)
-        row["pivotal_vs_cover_quartiles"] = _quartiles(watch.pivotal_vs_cover)
+        for name, _, extra in VARIANTS[2:]:  # eager decision step, so the sharing test runs in Python
+            with Watch() as watch:
+                run_prefill(loaded, ids, MethodName.SHAREPREFILL, make_config("shareprefill", dense_below=0, **extra),
+                            lookup, use_graphs=False)
+            total = sum(watch.reasons.values())
+            row[name]["reasons"] = {r: watch.reasons[r] / total for r in REASONS}
+            row[name]["reasons_per_layer"] = {layer: dict(c) for layer, c in sorted(watch.per_layer.items())}
+            row[name]["distance_quartiles"] = _quartiles(watch.distances)
+            row[name]["pivotal_vs_cover_quartiles"] = _quartiles(watch.pivotal_vs_cover)
+        if reference is not None:  # the noise floor: dense bf16 against dense fp32, same prompt
+            fp32 = run_prefill(reference, ids, MethodName.DENSE, dense_cfg, None)
+            row["noise_floor"] = {k: v for k, v in vars(logit_fidelity(fp32.logits, dense_runs[-1].logits)).items()
+                                  if isinstance(v, (int, float))}
         rows.append(row)
-        print(json.dumps({"tokens": row["tokens"], "reasons": row["reasons"],
-                          "distance_quartiles": row["distance_quartiles"],
-                          "pivotal_vs_cover": row["pivotal_vs_cover_quartiles"],
-                          **{m: {k: row[m][k] for k in ("ttft_ms", "attention_ms") if k in row[m]}
-                             for m in ("dense", "vertical-slash", "flexprefill", "shareprefill")},
-                          "density": {m: round(row[m]["density"], 3)
-                                      for m in ("vertical-slash", "flexprefill", "shareprefill")}}), flush=True)
+        print(json.dumps({"tokens": row["tokens"], "noise_floor": row.get("noise_floor"),
+                          **{name: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row[name].items()
+                                    if k in ("ttft_ms", "attention_ms", "density", "reasons", "fidelity")}
+                             for name in ["dense", *(v[0] for v in VARIANTS)]}}), flush=True)
     return rows
 
 
