@@ -164,7 +164,7 @@ def diagnose(model: str, lookup_path: str, lengths: list[int]) -> list[dict]:
             row[name]["reasons_per_layer"] = {layer: dict(c) for layer, c in sorted(watch.per_layer.items())}
             row[name]["distance_quartiles"] = _quartiles(watch.distances)
             row[name]["pivotal_vs_cover_quartiles"] = _quartiles(watch.pivotal_vs_cover)
-        if reference is not None:  # the noise floor: dense bf16 against dense fp32, same prompt
+        if reference is not None and len(ids) <= 16384:  # noise floor: dense bf16 vs fp32 (fp32 SDPA is N^2 memory)
             fp32 = run_prefill(reference, ids, MethodName.DENSE, dense_cfg, None)
             row["noise_floor"] = {k: v for k, v in vars(logit_fidelity(fp32.logits, dense_runs[-1].logits)).items()
                                   if isinstance(v, (int, float))}
