@@ -1,4 +1,4 @@
-"""One layer of sparse prefill: probe, per-head decisions, block layout, kernel (method.md 1-6).
+"""One layer of sparse prefill: probe, per-head decisions, block layout, kernel (docs/method.md, steps 1-6).
 
 ``SparsePrefill.attend`` takes q ``[B, H, Nq, D]`` and k/v ``[B, H_kv, Nk, D]`` (GQA is read
 through the group index by the kernels) and returns the output ``[B, H, Nq, D]`` plus a
@@ -110,7 +110,7 @@ class SparsePrefill:
 
     def _decide(self, nq: int, nk: int, v, s, estimate=None, pooled=None, cluster=None) -> dict:
         """Block mask, decisions and layout draft of one layer from the probe and estimates
-        (method.md steps 2-5). Tensor operations only, no host sync: see DecisionGraphs."""
+        (docs/method.md, steps 2-5). Tensor operations only, no host sync: see DecisionGraphs."""
         b, h = v.shape[:2]
         bs = self.config.block_size
         plan = {}
