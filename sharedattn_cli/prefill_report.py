@@ -30,6 +30,7 @@ def report_document(*, command, machine, loaded, prompt, method, config, lookup_
                    "expected_answer": prompt.answer},
         "method": method.value, "config": config.to_json(), "lookup": lookup_note,
         "timing": timing, "decision_shares": trace.decision_shares(),
+        "decision_counts": decision_counts(trace),
         "decision_graphs": method_run.decision_graphs,
         "per_layer_density": trace.per_layer_density(), "layer_errors": layer_errors,
         "fidelity": vars(fidelity),
@@ -38,6 +39,29 @@ def report_document(*, command, machine, loaded, prompt, method, config, lookup_
                        f"correct_{method.value}": _correct(prompt.answer, ours_answer)},
         "summary": summary,
     }
+
+
+def decision_counts(trace) -> dict[str, int]:
+    """How many (chunk, layer, batch element, head) entries of the trace took each decision."""
+    from sharedattn.analysis.method.method_config import Decision
+
+    return {d.label: int((trace.decision == int(d)).sum()) for d in Decision}
+
+
+def sharing_line(doc: dict) -> str | None:
+    """SharePrefill's core in one sentence: pivotal heads and the heads that used their patterns."""
+    counts = doc.get("decision_counts")
+    if doc["method"] != "shareprefill" or not counts or counts["dense"] == sum(counts.values()):
+        return None  # not shareprefill, or every head took the dense shortcut (--dense-below)
+    total, pivotal, shared = sum(counts.values()), counts["pivotal"], counts["shared"]
+    if shared:
+        return (f"sharing: {pivotal} pivotal head(s) ran dense and lent their exact patterns; "
+                f"{shared} of {total} heads used a pivotal's pattern (shared)")
+    if pivotal:
+        return (f"sharing: {pivotal} pivotal head(s) ran dense, but no head used their patterns (a cluster "
+                "shares only with heads within tau_s of its pivotal, and not at all when the pivotal's own "
+                "vertical-slash pattern covers tau_fb of its mass: docs/method.md step 4)")
+    return "sharing: no pivotal head (every candidate was query-aware, or the lookup shares no cluster)"
 
 
 def _correct(expected, answer: str):
@@ -71,6 +95,9 @@ def print_report(console, doc: dict) -> None:
     console.print(f"density {s['density']:.3f}; heads: {shares}"
                   + (f"; decision step: {graphs['recorded']} CUDA graph(s) recorded, replayed "
                      f"{graphs['replayed']} times (last run)" if graphs.get("recorded") else ""))
+    sharing = sharing_line(doc)
+    if sharing:
+        console.print(sharing)
     f = doc["fidelity"]
     line = (f"fidelity vs dense: KL(final) {f['kl_last']:.2e}, KL(mean of last {f['positions']}) "
             f"{f['kl_mean']:.2e}, top-1 final {'same' if f['top1_last'] else 'DIFFERENT'}, "
