@@ -7,9 +7,9 @@ TORCH_PIN ?= torch==2.13.0
 WHEELS ?= /opt/wheels
 OUT ?= sharedattn-out
 TOKENS ?= 2048
-# The prefill step runs longer: on SmolLM2 SharePrefill shares no head at 2K-4K tokens (its fallback:
+# The prefill step runs longer: on SmolLM2 SharePrefill shares no head at 2K and one at 4K (its fallback:
 # each pivotal's own vertical-slash pattern already covers tau_fb of its mass); at 6K about a fifth
-# of the heads use a pivotal's pattern. About 2-3 minutes of the demo on an idle 2-core CPU.
+# of the heads use a pivotal's pattern. About 3 of the demo's 5-6 minutes on a 2-core CPU.
 PREFILL_TOKENS ?= 6144
 
 .PHONY: setup demo test clean-cache
@@ -33,7 +33,7 @@ demo: setup
 	$(SA) heatmap --record $(OUT)/records/stdlib-prose-$(TOKENS).json --layer 12 --head 0 --mask coverage -o $(OUT)/figures
 	$(SA) heatmap --record $(OUT)/records/stdlib-prose-$(TOKENS).json --clustermap -o $(OUT)/figures
 	$(SA) prefill passkey:depth=0.5 --tokens $(PREFILL_TOKENS) --method shareprefill --dense-below 0 --min-budget 256 \
-		--max-new-tokens 8 --no-layer-errors -o $(OUT)/prefill
+		--max-new-tokens 8 -o $(OUT)/prefill
 	@echo "demo outputs are in $(OUT)/: records/, similarity/, figures/, prefill/ (the 'sharing:' line above: pivotal and shared heads)"
 
 test: setup
