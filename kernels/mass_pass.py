@@ -1,4 +1,4 @@
-"""Block-mass pass of block-sparse attention (Triton): the map A[r, c] of method.md step 4.
+"""Block-mass pass of block-sparse attention (Triton): the map A[r, c] of docs/method.md step 4.
 
 Runs after the forward kernel of ``attn_fwd`` has saved each query row's final max and sum
 (``Stats``). It re-reads only the kept K blocks, recomputes ``QK^T``, normalises it with those

@@ -2,6 +2,22 @@
 from __future__ import annotations
 
 
+def sharing_line(doc: dict) -> str | None:
+    """SharePrefill's core in one sentence: pivotal heads and the heads that used their patterns."""
+    counts = doc.get("decision_counts")
+    if doc["method"] != "shareprefill" or not counts or counts["dense"] == sum(counts.values()):
+        return None  # not shareprefill, or every head took the dense shortcut (--dense-below)
+    total, pivotal, shared = sum(counts.values()), counts["pivotal"], counts["shared"]
+    if shared:
+        return (f"sharing: {pivotal} pivotal head(s) ran dense and lent their exact patterns; "
+                f"{shared} of {total} heads used a pivotal's pattern (shared)")
+    if pivotal:
+        return (f"sharing: {pivotal} pivotal head(s) ran dense, but no head used their patterns (a cluster "
+                "shares only with heads within tau_s of its pivotal, and not at all when the pivotal's own "
+                "vertical-slash pattern covers tau_fb of its mass: docs/method.md step 4)")
+    return "sharing: no pivotal head (every candidate was query-aware, or the lookup shares no cluster)"
+
+
 def _fmt_time(spread: dict) -> str:
     if spread["n"] == 1:
         return f"{spread['median'] * 1000:.1f} ms"
@@ -29,6 +45,9 @@ def print_report(console, doc: dict) -> None:
     console.print(f"density {s['density']:.3f}; heads: {shares}"
                   + (f"; decision step: {graphs['recorded']} CUDA graph(s) recorded, replayed "
                      f"{graphs['replayed']} times (last run)" if graphs.get("recorded") else ""))
+    sharing = sharing_line(doc)
+    if sharing:
+        console.print(sharing)
     f = doc["fidelity"]
     line = (f"fidelity vs dense: KL(final) {f['kl_last']:.2e}, KL(mean of last {f['positions']}) "
             f"{f['kl_mean']:.2e}, top-1 final {'same' if f['top1_last'] else 'DIFFERENT'}, "

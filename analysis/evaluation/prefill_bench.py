@@ -133,7 +133,7 @@ def report_document(result: PrefillComparison, *, command: str, machine: str, lo
                    "expected_answer": prompt.answer},
         "method": method.value, "config": config.to_json(), "lookup": lookup_note,
         "timing": timing, "decision_shares": trace.decision_shares(),
-        "decision_graphs": result.ours.decision_graphs,
+        "decision_counts": trace.decision_counts(), "decision_graphs": result.ours.decision_graphs,
         "per_layer_density": trace.per_layer_density(), "layer_errors": result.layer_errors,
         "fidelity": vars(fidelity),
         "generation": {"dense": dense_answer, method.value: ours_answer,

@@ -1,4 +1,4 @@
-"""SharePrefill's online sharing (method.md, step 4), batched over heads and batch elements.
+"""SharePrefill's online sharing (docs/method.md, step 4), batched over heads and batch elements.
 
 State lives for one forward pass: per (batch element, cluster) the pivotal head's exact pattern,
 its pooled profiles, whether its own vertical-slash mask already covers tau_fb of its mass, and

@@ -1,4 +1,4 @@
-"""One layer of sparse prefill: probe, per-head decisions, block layout, kernel (method.md 1-6).
+"""One layer of sparse prefill: probe, per-head decisions, block layout, kernel (docs/method.md, steps 1-6).
 
 ``SparsePrefill.attend`` takes q ``[B, H, Nq, D]`` and k/v ``[B, H_kv, Nk, D]`` (GQA is read
 through the group index by the kernels) and returns the output ``[B, H, Nq, D]`` plus a
@@ -132,7 +132,7 @@ class SparsePrefill:
     def _decide(self, nq: int, nk: int, vertical, slash, estimate=None, pooled=None,
                 cluster=None) -> DecisionPlan:
         """Block mask, decisions and layout draft of one layer from the probe's pooled
-        ``vertical``/``slash`` profiles ``[B, H, nkb]`` and the estimates (method.md steps 2-5).
+        ``vertical``/``slash`` profiles ``[B, H, nkb]`` and the estimates (docs/method.md, steps 2-5).
         Tensor operations only, no host sync: see DecisionGraphs."""
         b, h = vertical.shape[:2]
         bs = self.config.block_size

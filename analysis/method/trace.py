@@ -50,6 +50,10 @@ class PrefillTrace:
         total = max(self.decision.numel(), 1)
         return {d.label: float((self.decision == int(d)).sum()) / total for d in Decision}
 
+    def decision_counts(self) -> dict[str, int]:
+        """How many (chunk, layer, batch element, head) entries took each decision."""
+        return {d.label: int((self.decision == int(d)).sum()) for d in Decision}
+
     def overall_density(self) -> float:
         return float(self.density.mean())
 
