@@ -12,9 +12,8 @@ TOKENS ?= 2048
 # of the heads use a pivotal's pattern. About 3 of the demo's 4.5 minutes on a 2-core CPU.
 PREFILL_TOKENS ?= 6144
 
-# Linted by `make lint` (ruff, rules in pyproject.toml). The library and CLI join once their
-# current findings are fixed: `$(VENV)/bin/ruff check sharedattn_cli analysis kernels`.
-LINT_PATHS ?= tests
+# Linted by `make lint` (ruff, rules in pyproject.toml): the CLI, the library, the doc scripts and the tests.
+LINT_PATHS ?= sharedattn_cli analysis kernels docs/scripts tests
 
 .PHONY: setup demo test lint clean-cache
 

@@ -4,8 +4,8 @@ Rule (``select_backend``): an explicit override wins (``set_backend`` / ``use_ba
 environment variable ``SHAREDATTN_KERNEL_BACKEND=triton|reference`` read at call time); otherwise
 CUDA tensors use Triton and CPU tensors the reference twin. Interpreted Triton on CPU
 (``TRITON_INTERPRET=1``) is for kernel tests, which ask for it explicitly (``use_backend``); the
-analysis code on CPU always gets the fast torch twin, even inside a test session that interprets. Triton modules are imported lazily, so
-importing this module never imports triton.
+analysis code on CPU always gets the fast torch twin, even inside a test session that interprets. Triton modules
+are imported lazily, so importing this module never imports triton.
 
 Every dispatching function returns the same shapes and dtypes on both backends: attention output
 in q's dtype, maps and profiles in fp32.

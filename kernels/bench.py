@@ -257,7 +257,7 @@ def run_length(shape: BenchShape, n: int, densities, patterns, device, config, p
             lay = BlockLayout.from_dense(makers[pattern](shape, n, d, gen, device), shape.block_size)
             flop = 4 * shape.head_dim * kept_pairs(lay) / 1e12
             res = CaseResult(n, pattern, d, lay.density(), flop)
-            res.ms["ours"] = time_ms(lambda: block_sparse_attention(q, k, v, lay, out=out, config=config))
+            res.ms["ours"] = time_ms(lambda: block_sparse_attention(q, k, v, lay, out=out, config=config))  # noqa: F821 - ruff misreads the later del
             res.ms["flex"] = base.flex_ms(lay)
             res.ms["floor"] = flop / peak_tflops * 1e3
             for name, ms in res.ms.items():

@@ -40,7 +40,7 @@ def block_mass_ms(shape: BenchShape, n: int, device: torch.device, mapped_heads:
     wanted = torch.zeros(shape.batch, shape.heads, dtype=torch.bool, device=device)
     wanted[:, :mapped_heads] = True
     out = torch.empty_like(q)
-    run = lambda mode: block_sparse_attention(q, k, v, lay, out=out, return_block_mass=mode is not None,  # noqa: E731
+    run = lambda mode: block_sparse_attention(q, k, v, lay, out=out, return_block_mass=mode is not None,  # noqa: E731, F821 - F821: ruff misreads the later del
                                               mass_heads=wanted, mass_pass=mode or "auto")
     res = {"n": n, "mapped_heads": mapped_heads,
            **{f"{mode or 'forward'}_ms": time_ms(lambda m=mode: run(m)) for mode in (None, "one", "two")}}

@@ -15,9 +15,9 @@ import torch
 import triton
 
 from .attn_fwd import AttnConfig, attn_fwd_kernel, default_config
-from .mass_pass import launch_block_mass, mass_from_tile_lse
 from .layout import BlockLayout
 from .limits import HEAD_DIMS, check_block_size, one_of
+from .mass_pass import launch_block_mass, mass_from_tile_lse
 
 __all__ = ["AttnConfig", "block_mass_map", "block_sparse_attention", "default_config"]
 

@@ -23,7 +23,6 @@ fetch everything it needs from the device at once).
 from __future__ import annotations
 
 import functools
-
 from dataclasses import dataclass
 from typing import Sequence
 

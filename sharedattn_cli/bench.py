@@ -28,11 +28,13 @@ def _csv(text: str, kind):
 def kernel(
     lengths: Annotated[str, typer.Option(help="Comma-separated sequence lengths.")] = "8192,32768,65536,131072",
     densities: Annotated[str, typer.Option(help="Comma-separated block densities.")] = "1.0,0.5,0.3,0.1,0.05",
-    patterns: Annotated[str, typer.Option(help="random, vertical_slash and/or random_shared (one mask for all heads).")] = "random,vertical_slash",
+    patterns: Annotated[str, typer.Option(help="random, vertical_slash and/or random_shared (one mask for all "
+                                          "heads).")] = "random,vertical_slash",
     out: Annotated[Optional[Path], typer.Option(help="Write the JSON results here.")] = None,
     tune: Annotated[bool, typer.Option(help="Sweep launch configs first and use the best.")] = False,
     tune_length: Annotated[int, typer.Option(help="Length for the config sweep.")] = 32768,
-    estimate_length: Annotated[int, typer.Option(help="Length for the estimation and block-mass timings (0: skip).")] = 131072,
+    estimate_length: Annotated[int, typer.Option(help="Length for the estimation and block-mass timings "
+                                                 "(0: skip).")] = 131072,
 ) -> None:
     """Block-sparse attention vs dense SDPA (cuDNN, flash) and compiled FlexAttention.
 

@@ -23,8 +23,10 @@ def _csv(text: str, kind) -> list:
 
 
 def bench_prefill(
-    lengths: Annotated[str, typer.Option(help="Comma-separated lengths for the main table.")] = "4096,32768,65536,131072",
-    crossover: Annotated[str, typer.Option(help="Comma-separated lengths for the crossover search ('' skips it).")] = "1024,2048,4096,8192,16384",
+    lengths: Annotated[str, typer.Option(help="Comma-separated lengths for the main "
+                                         "table.")] = "4096,32768,65536,131072",
+    crossover: Annotated[str, typer.Option(help="Comma-separated lengths for the crossover search "
+                                           "('' skips it).")] = "1024,2048,4096,8192,16384",
     methods: Annotated[str, typer.Option(help="Comma-separated sparse methods.")] = SPARSE,
     gamma: Annotated[float, typer.Option(help="Coverage target of every method.")] = 0.95,
     exact_tail: Annotated[int, typer.Option(help="Last tokens whose query blocks run every causal block "
@@ -56,7 +58,8 @@ def bench_prefill(
     command = "sharedattn bench prefill " + " ".join(shlex.quote(a) for a in args)
     report = {"command": command.strip(), "gpu": torch.cuda.get_device_name(device),
               "torch": torch.__version__, "triton": triton.__version__, "gamma": gamma,
-              "exact_tail": exact_tail, "graphs": graphs, "shape": {"heads": spec.heads, "kv_heads": spec.kv_heads, "head_dim": spec.head_dim,
+              "exact_tail": exact_tail, "graphs": graphs,
+              "shape": {"heads": spec.heads, "kv_heads": spec.kv_heads, "head_dim": spec.head_dim,
                         "batch": spec.batch, "dtype": "bfloat16", "block_size": 128}, "seed": seed}
     typer.echo(f"command: {report['command']}\ngpu: {report['gpu']} (torch {torch.__version__}, "
                f"triton {triton.__version__})")

@@ -6,9 +6,18 @@ from typing import Annotated
 import typer
 
 from .capturing import CaptureRequest, capture_records
-from .common import DEFAULT_OUT, DEFAULT_TOKENS, ModelChoice, cli_command, console, check_out_dir, split_inputs
-from .options import (BlockSizeOpt, DeviceOpt, DtypeOpt, InputsArg, ModelOpt, OutDirOpt, RandomInitOpt, TokensOpt,
-                      TruncateOpt)
+from .common import DEFAULT_OUT, DEFAULT_TOKENS, ModelChoice, check_out_dir, cli_command, console, split_inputs
+from .options import (
+    BlockSizeOpt,
+    DeviceOpt,
+    DtypeOpt,
+    InputsArg,
+    ModelOpt,
+    OutDirOpt,
+    RandomInitOpt,
+    TokensOpt,
+    TruncateOpt,
+)
 
 
 @cli_command

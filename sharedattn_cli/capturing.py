@@ -51,9 +51,9 @@ def _progress():
 
 def capture_records(req: CaptureRequest, out_dir: Optional[Path] = None):
     """Capture every prompt; returns ``[(record, sidecar_path or None)]`` and the loaded model."""
+    from sharedattn.analysis.files.records import load_record, save_record
     from sharedattn.analysis.hf.capture import CaptureConfig, capture_prompt
     from sharedattn.analysis.hf.models import cache_root
-    from sharedattn.analysis.files.records import load_record, save_record
 
     config = CaptureConfig(block_size=req.block_size, chunk_size=req.chunk_size)
     loaded = req.choice.load()

@@ -8,10 +8,34 @@ import typer
 from sharedattn.analysis.offline.choices import Features, JsCombine, Linkage, Metric
 
 from .capturing import gather_records
-from .common import (DEFAULT_OUT, DEFAULT_TOKENS, ModelChoice, UserError, cli_command, console, err_console,
-                     load_prompts, similarity_config, split_inputs)
-from .options import (BlockSizeOpt, DeviceOpt, DtypeOpt, InputsArg, JsCombineOpt, JsonOpt, LookupOutOpt,
-                      MaskGammaOpt, MetricOpt, ModelOpt, RandomInitOpt, RecordsOpt, TokensOpt, TruncateOpt)
+from .common import (
+    DEFAULT_OUT,
+    DEFAULT_TOKENS,
+    ModelChoice,
+    UserError,
+    cli_command,
+    console,
+    err_console,
+    load_prompts,
+    similarity_config,
+    split_inputs,
+)
+from .options import (
+    BlockSizeOpt,
+    DeviceOpt,
+    DtypeOpt,
+    InputsArg,
+    JsCombineOpt,
+    JsonOpt,
+    LookupOutOpt,
+    MaskGammaOpt,
+    MetricOpt,
+    ModelOpt,
+    RandomInitOpt,
+    RecordsOpt,
+    TokensOpt,
+    TruncateOpt,
+)
 from .tables import clusters_table
 
 

@@ -101,8 +101,8 @@ class ModelChoice:
 
 def split_inputs(inputs: Optional[list[str]], model_opt: Optional[str]) -> tuple[Optional[str], list[str]]:
     """Split positional ``[MODEL] PROMPT...`` into (model, prompts)."""
-    from sharedattn.analysis.hf.models import looks_like_model
     from sharedattn.analysis.files.prompts import is_prompt_name
+    from sharedattn.analysis.hf.models import looks_like_model
 
     items = list(inputs or [])
     model = model_opt

@@ -11,15 +11,46 @@ import typer
 
 from sharedattn.analysis.method.method_config import MethodName
 
-from .common import (DEFAULT_OUT, DEFAULT_TOKENS, ModelChoice, UserError, check_out_dir, cli_command, console,
-                     err_console, gpu_or_cpu_note, split_inputs)
+from .common import (
+    DEFAULT_OUT,
+    DEFAULT_TOKENS,
+    ModelChoice,
+    UserError,
+    check_out_dir,
+    cli_command,
+    console,
+    err_console,
+    gpu_or_cpu_note,
+    split_inputs,
+)
 from .compare_inputs import method_configs
-from .lookup_source import lookup_for
-from .method_options import (GammaOpt, LocalOpt, MethodBlockOpt, MinBudgetOpt, SinkOpt,
-                             OwnLastRowOpt, ExactTailOpt, FallbackOpt, TauFbOpt, TauQaOpt, TauSOpt)
 from .compare_report import print_tables, write_outputs
-from .options import (DeviceOpt, DtypeOpt, InputsArg, JsonOpt, LookupOpt, ModelOpt, OutDirOpt, RandomInitOpt,
-                      SuiteTokensOpt, TruncateOpt)
+from .lookup_source import lookup_for
+from .method_options import (
+    ExactTailOpt,
+    FallbackOpt,
+    GammaOpt,
+    LocalOpt,
+    MethodBlockOpt,
+    MinBudgetOpt,
+    OwnLastRowOpt,
+    SinkOpt,
+    TauFbOpt,
+    TauQaOpt,
+    TauSOpt,
+)
+from .options import (
+    DeviceOpt,
+    DtypeOpt,
+    InputsArg,
+    JsonOpt,
+    LookupOpt,
+    ModelOpt,
+    OutDirOpt,
+    RandomInitOpt,
+    SuiteTokensOpt,
+    TruncateOpt,
+)
 
 Opt = typer.Option
 ALL_METHODS = "dense,a-shape,vertical-slash,flexprefill,shareprefill"
@@ -47,23 +78,31 @@ def _compare_config(methods: str, eval_positions: int, max_new_tokens: int, no_r
 @cli_command
 def compare(
     inputs: InputsArg = None,
-    methods: Annotated[str, Opt("--methods", help="Comma-separated methods; dense always runs as the reference.")] = ALL_METHODS,
+    methods: Annotated[str, Opt("--methods", help="Comma-separated methods; dense always runs as the "
+                                "reference.")] = ALL_METHODS,
     lookup: LookupOpt = None,
-    quick: Annotated[bool, Opt("--quick", help="Reduced grid: 2 bundled prompts and passkeys at 1024 tokens, depths 0/0.5/1; "
-                               "min_budget 256 unless given (the paper's 1024 keeps every block at 1K).")] = False,
-    passkey: Annotated[bool, Opt("--passkey", help="Add the passkey grid (1K-8K up to the context x depths 0-1).")] = False,
-    passkey_lengths: Annotated[Optional[str], Opt("--passkey-lengths", help="Passkey grid lengths, e.g. 1024,2048.")] = None,
+    quick: Annotated[bool, Opt("--quick", help="Reduced grid: 2 bundled prompts and passkeys at 1024 tokens, "
+                               "depths 0/0.5/1; min_budget 256 unless given (the paper's 1024 keeps every "
+                               "block at 1K).")] = False,
+    passkey: Annotated[bool, Opt("--passkey", help="Add the passkey grid (1K-8K up to the context x "
+                                 "depths 0-1).")] = False,
+    passkey_lengths: Annotated[Optional[str], Opt("--passkey-lengths", help="Passkey grid lengths, "
+                                                  "e.g. 1024,2048.")] = None,
     passkey_depths: Annotated[Optional[str], Opt("--passkey-depths", help="Passkey grid depths, e.g. 0,0.5,1.")] = None,
-    needles: Annotated[int, Opt("--needles", help="Add a multi-key variant per length with this many keys (0: off).")] = 0,
+    needles: Annotated[int, Opt("--needles", help="Add a multi-key variant per length with this many keys "
+                                "(0: off).")] = 0,
     ruler: Annotated[int, Opt("--ruler", help="Add the RULER-style tasks (multi-value and multi-query needles, "
                               "variable tracking, frequent words, document QA) at each grid length, this many "
                               "seeds each (0: off).")] = 0,
     seed: Annotated[int, Opt("--seed", help="Base seed of the generated prompts.")] = 0,
     no_text: Annotated[bool, Opt("--no-text", help="Skip the default bundled real-text prompts.")] = False,
     tokens: SuiteTokensOpt = None,
-    eval_positions: Annotated[int, Opt("--eval-positions", help="Last positions scored for KL, top-1, log-likelihood.")] = 256,
-    max_new_tokens: Annotated[int, Opt("--max-new-tokens", help="Greedy tokens generated for prompts with an answer.")] = 10,
-    no_recall: Annotated[bool, Opt("--no-recall", help="Skip measuring attention recall (saves one pass a layer).")] = False,
+    eval_positions: Annotated[int, Opt("--eval-positions", help="Last positions scored for KL, top-1, "
+                                       "log-likelihood.")] = 256,
+    max_new_tokens: Annotated[int, Opt("--max-new-tokens", help="Greedy tokens generated for prompts with "
+                                       "an answer.")] = 10,
+    no_recall: Annotated[bool, Opt("--no-recall", help="Skip measuring attention recall (saves one pass "
+                                   "a layer).")] = False,
     timing_pass: Annotated[bool, Opt("--timing-pass", help="Time a separate uninstrumented prefill per run.")] = False,
     block_size: MethodBlockOpt = None,
     dense_below: Annotated[int, Opt("--dense-below", help="Prompts shorter than this run dense (tokens); "
@@ -71,7 +110,8 @@ def compare(
     gamma: GammaOpt = None,
     gammas: Annotated[Optional[str], Opt("--gammas", help="Run the whole comparison at each of these gammas "
                                          "(e.g. 0.9,0.95,0.97; one folder each under --out; dense and a-shape run "
-                                         "once) and compare the methods at equal density, as `sharedattn matched`.")] = None,
+                                         "once) and compare the methods at equal density, as "
+                                         "`sharedattn matched`.")] = None,
     min_budget: MinBudgetOpt = None,
     tau_qa: TauQaOpt = None,
     tau_s: TauSOpt = None,
@@ -120,7 +160,8 @@ def compare(
     loaded = choice.load()
     runs = [(g, method_configs(cfg, loaded, block_size=block_size, dense_below=dense_below, gamma=g,
                                min_budget=min_budget, tau_qa=tau_qa, tau_s=tau_s, tau_fb=tau_fb,
-                               own_last_row=own_last_row, fallback=fallback, exact_tail=exact_tail, sink_tokens=sink_tokens, local_tokens=local_tokens))
+                               own_last_row=own_last_row, fallback=fallback, exact_tail=exact_tail,
+                               sink_tokens=sink_tokens, local_tokens=local_tokens))
             for g in (gamma_list or (gamma,))]
     lookup_obj, lookup_note = lookup_for(MethodName.SHAREPREFILL in cfg.methods, lookup, loaded, choice)
     tasks, skipped = build_tasks(plan, loaded,

@@ -25,8 +25,8 @@ def _write(path: Path, text: str) -> None:
 
 
 def _figures(out: Path, result, meta: dict) -> dict:
-    from sharedattn.analysis.plots.compare_plots import density_error_figure, passkey_grid_figure
     from sharedattn.analysis.evaluation.tasks import TaskKind
+    from sharedattn.analysis.plots.compare_plots import density_error_figure, passkey_grid_figure
 
     model = meta["model"]["model_id"]
     figures = {}

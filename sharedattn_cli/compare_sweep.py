@@ -23,8 +23,8 @@ def sweep_target(methods) -> str | None:
 def run_sweep(runs: list, cfg, *, out: Path, figures: bool, json_out: bool,
               run_one: Callable[[dict, Path], dict]) -> None:
     """``runs``: ``[(gamma, configs)]``; ``run_one(configs, folder)`` runs and writes one comparison."""
-    from sharedattn.analysis.files.atomic import write_text_atomic
     from sharedattn.analysis.evaluation.matched_density import build_curves, matched_rows
+    from sharedattn.analysis.files.atomic import write_text_atomic
 
     docs = []
     for gamma, configs in runs:

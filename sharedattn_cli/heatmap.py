@@ -15,11 +15,33 @@ from sharedattn.analysis.offline.choices import Metric
 from sharedattn.analysis.plots.choices import MaskKind, View
 
 from .capturing import gather_records
-from .common import (DEFAULT_OUT, DEFAULT_TOKENS, UserError, check_out_dir, cli_command, console, err_console,
-                     similarity_config)
-from .options import (BlockSizeOpt, ClusterLookupOpt, DeviceOpt, DtypeOpt, FigureDirOpt, FigureOutOpt, InputsArg,
-                      LayerOpt, MaskGammaOpt, MetricOpt, ModelOpt, RandomInitOpt, RecordsOpt, TokensOpt,
-                      TruncateOpt)
+from .common import (
+    DEFAULT_OUT,
+    DEFAULT_TOKENS,
+    UserError,
+    check_out_dir,
+    cli_command,
+    console,
+    err_console,
+    similarity_config,
+)
+from .options import (
+    BlockSizeOpt,
+    ClusterLookupOpt,
+    DeviceOpt,
+    DtypeOpt,
+    FigureDirOpt,
+    FigureOutOpt,
+    InputsArg,
+    LayerOpt,
+    MaskGammaOpt,
+    MetricOpt,
+    ModelOpt,
+    RandomInitOpt,
+    RecordsOpt,
+    TokensOpt,
+    TruncateOpt,
+)
 
 
 def pick_view(similarity: bool, clustermap: bool, across: bool, summary: bool) -> View:

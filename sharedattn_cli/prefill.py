@@ -11,13 +11,47 @@ import typer
 
 from sharedattn.analysis.method.method_config import MethodName
 
-from .common import (DEFAULT_OUT, DEFAULT_TOKENS, ModelChoice, UserError, check_out_dir, cli_command, console,
-                     err_console, gpu_or_cpu_note, load_prompts, split_inputs)
+from .common import (
+    DEFAULT_OUT,
+    DEFAULT_TOKENS,
+    ModelChoice,
+    UserError,
+    check_out_dir,
+    cli_command,
+    console,
+    err_console,
+    gpu_or_cpu_note,
+    load_prompts,
+    split_inputs,
+)
 from .lookup_source import lookup_for
-from .method_options import (GammaOpt, LocalOpt, MethodBlockOpt, MinBudgetOpt, SinkOpt,
-                             OwnLastRowOpt, ExactTailOpt, FallbackOpt, TauFbOpt, TauQaOpt, TauSOpt, default_block_size)
-from .options import (DeviceOpt, DtypeOpt, GraphsOpt, InputsArg, JsonOpt, LookupOpt, ModelOpt, OutDirOpt, RandomInitOpt,
-                      TokensOpt, TruncateOpt)
+from .method_options import (
+    ExactTailOpt,
+    FallbackOpt,
+    GammaOpt,
+    LocalOpt,
+    MethodBlockOpt,
+    MinBudgetOpt,
+    OwnLastRowOpt,
+    SinkOpt,
+    TauFbOpt,
+    TauQaOpt,
+    TauSOpt,
+    default_block_size,
+)
+from .options import (
+    DeviceOpt,
+    DtypeOpt,
+    GraphsOpt,
+    InputsArg,
+    JsonOpt,
+    LookupOpt,
+    ModelOpt,
+    OutDirOpt,
+    RandomInitOpt,
+    TokensOpt,
+    TruncateOpt,
+)
 from .prefill_report import print_report
 
 Opt = typer.Option
@@ -32,16 +66,23 @@ def method_config(method: MethodName, **fields):
 @cli_command
 def prefill(
     inputs: InputsArg = None,
-    method: Annotated[MethodName, Opt("--method", help="Sparse method to run against dense.")] = MethodName.SHAREPREFILL,
+    method: Annotated[MethodName, Opt("--method", help="Sparse method to run against "
+                                      "dense.")] = MethodName.SHAREPREFILL,
     lookup: LookupOpt = None,
-    bench: Annotated[bool, Opt("--bench", help="Warm up, repeat, report medians and spreads, JSON line last.")] = False,
-    repeats: Annotated[Optional[int], Opt("--repeats", help="Timed runs with --bench (default 5 GPU, 3 CPU).")] = None,
+    bench: Annotated[bool, Opt("--bench", help="Warm up, repeat, report medians and spreads, JSON line "
+                               "last.")] = False,
+    repeats: Annotated[Optional[int], Opt("--repeats", help="Timed runs with --bench (default 5 GPU, "
+                                          "3 CPU).")] = None,
     warmup: Annotated[int, Opt("--warmup", help="Untimed runs before timing with --bench.")] = 1,
-    max_new_tokens: Annotated[int, Opt("--max-new-tokens", help="Greedy tokens generated after prefill (dense decoding).")] = 16,
-    chunk: Annotated[Optional[int], Opt("--chunk", help="Prefill in chunks of this many tokens over the cache.")] = None,
+    max_new_tokens: Annotated[int, Opt("--max-new-tokens", help="Greedy tokens generated after prefill "
+                                       "(dense decoding).")] = 16,
+    chunk: Annotated[Optional[int], Opt("--chunk", help="Prefill in chunks of this many tokens over the "
+                                        "cache.")] = None,
     block_size: MethodBlockOpt = None,
-    dense_below: Annotated[Optional[int], Opt("--dense-below", help="Prompts shorter than this run dense (tokens; default 32768, the crossover measured on an H200 "
-    "for Llama-3.1-8B shapes: pass 0 to study the sparse path on short prompts).")] = None,
+    dense_below: Annotated[Optional[int], Opt("--dense-below", help="Prompts shorter than this run dense "
+                                              "(tokens; default 32768, the crossover measured on an H200 "
+                                              "for Llama-3.1-8B shapes: pass 0 to study the sparse path on "
+                                              "short prompts).")] = None,
     gamma: GammaOpt = None,
     min_budget: MinBudgetOpt = None,
     tau_qa: TauQaOpt = None,
@@ -52,9 +93,11 @@ def prefill(
     exact_tail: ExactTailOpt = None,
     sink_tokens: SinkOpt = None,
     local_tokens: LocalOpt = None,
-    vertical_tokens: Annotated[Optional[int], Opt("--vertical-tokens", help="Fixed vertical budget (vertical-slash).")] = None,
+    vertical_tokens: Annotated[Optional[int], Opt("--vertical-tokens", help="Fixed vertical budget "
+                                                  "(vertical-slash).")] = None,
     slash_tokens: Annotated[Optional[int], Opt("--slash-tokens", help="Fixed slash budget (vertical-slash).")] = None,
-    no_layer_errors: Annotated[bool, Opt("--no-layer-errors", help="Skip the extra pass that measures each layer's error.")] = False,
+    no_layer_errors: Annotated[bool, Opt("--no-layer-errors", help="Skip the extra pass that measures each "
+                                         "layer's error.")] = False,
     graphs: GraphsOpt = True,
     out: OutDirOpt = DEFAULT_OUT / "prefill",
     tokens: TokensOpt = DEFAULT_TOKENS,
@@ -83,8 +126,8 @@ def prefill(
     loaded = choice.load()
     config = method_config(method, block_size=default_block_size(loaded, block_size),
                            dense_below=dense_below, gamma=gamma, min_budget=min_budget, tau_qa=tau_qa,
-                           tau_s=tau_s, tau_fb=tau_fb, own_last_row=own_last_row, fallback=fallback, exact_tail=exact_tail, sink_tokens=sink_tokens,
-                           local_tokens=local_tokens,
+                           tau_s=tau_s, tau_fb=tau_fb, own_last_row=own_last_row, fallback=fallback,
+                           exact_tail=exact_tail, sink_tokens=sink_tokens, local_tokens=local_tokens,
                            vertical_tokens=vertical_tokens, slash_tokens=slash_tokens)
     prompt = load_prompts(loaded, prompts, tokens, truncate)[0]
     lookup_obj, lookup_note = lookup_for(method is MethodName.SHAREPREFILL, lookup, loaded, choice)

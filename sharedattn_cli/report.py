@@ -13,11 +13,32 @@ import typer
 from sharedattn.analysis.offline.choices import Metric
 
 from .capturing import gather_records
-from .common import (DEFAULT_OUT, DEFAULT_TOKENS, UserError, check_out_dir, cli_command, console, err_console,
-                     similarity_config)
-from .options import (BlockSizeOpt, ClusterLookupOpt, DeviceOpt, DtypeOpt, InputsArg, MaskGammaOpt, MetricOpt,
-                      ModelOpt, OutDirOpt, RandomInitOpt, RecordsOpt, ThresholdOpt, TokensOpt,
-                      TruncateOpt)
+from .common import (
+    DEFAULT_OUT,
+    DEFAULT_TOKENS,
+    UserError,
+    check_out_dir,
+    cli_command,
+    console,
+    err_console,
+    similarity_config,
+)
+from .options import (
+    BlockSizeOpt,
+    ClusterLookupOpt,
+    DeviceOpt,
+    DtypeOpt,
+    InputsArg,
+    MaskGammaOpt,
+    MetricOpt,
+    ModelOpt,
+    OutDirOpt,
+    RandomInitOpt,
+    RecordsOpt,
+    ThresholdOpt,
+    TokensOpt,
+    TruncateOpt,
+)
 
 REPORT_NAME = "report.html"
 

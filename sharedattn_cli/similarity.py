@@ -9,11 +9,33 @@ import typer
 from sharedattn.analysis.offline.choices import JsCombine, Metric
 
 from .capturing import gather_records
-from .common import (DEFAULT_OUT, DEFAULT_TOKENS, UserError, check_out_dir, cli_command, console, err_console,
-                     similarity_config)
-from .options import (BlockSizeOpt, DeviceOpt, DtypeOpt, InputsArg, JsCombineOpt, JsonOpt, MaskGammaOpt,
-                      MetricOpt, ModelOpt, OutDirOpt, RandomInitOpt, RecordsOpt, ThresholdOpt, TokensOpt,
-                      TruncateOpt)
+from .common import (
+    DEFAULT_OUT,
+    DEFAULT_TOKENS,
+    UserError,
+    check_out_dir,
+    cli_command,
+    console,
+    err_console,
+    similarity_config,
+)
+from .options import (
+    BlockSizeOpt,
+    DeviceOpt,
+    DtypeOpt,
+    InputsArg,
+    JsCombineOpt,
+    JsonOpt,
+    MaskGammaOpt,
+    MetricOpt,
+    ModelOpt,
+    OutDirOpt,
+    RandomInitOpt,
+    RecordsOpt,
+    ThresholdOpt,
+    TokensOpt,
+    TruncateOpt,
+)
 
 
 def _summary_table(summary, num_prompts: int):

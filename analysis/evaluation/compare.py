@@ -152,8 +152,8 @@ def summarise(method: str, rows: list[CompareRow], dense: dict[str, CompareRow] 
     """Per-method aggregates over prompts (means; the worst layer error is a maximum).
 
     ``top1_last``: prompts whose final-position argmax equals dense's; ``top1_last_near_tie_flips``:
-    of the others, those on a near tie of dense's top two final tokens (``CompareRow.near_tie``). With ``dense`` (prompt ->
-    dense row): ``dense_right`` = tasks dense answers correctly, ``kept_right`` = those this
+    of the others, those on a near tie of dense's top two final tokens (``CompareRow.near_tie``). With ``dense``
+    (prompt -> dense row): ``dense_right`` = tasks dense answers correctly, ``kept_right`` = those this
     method answers correctly too (the "identical to dense wherever dense is right" test)."""
     scored = [r.correct for r in rows if r.correct is not None]
     right = [r for r in rows if dense and r.prompt in dense and dense[r.prompt].correct]

@@ -19,9 +19,9 @@ from typing import Callable
 import torch
 
 from ..method.method_config import DEFAULT_GAMMA, Decision, MethodName, make_config
-from .planted import PlantedSpec, planted_cluster_table, planted_layer
 from ..method.sharing import SharingState
 from ..method.sparse_prefill import SparsePrefill
+from .planted import PlantedSpec, planted_cluster_table, planted_layer
 
 SPARSE_METHODS = (MethodName.VERTICAL_SLASH, MethodName.FLEXPREFILL, MethodName.SHAREPREFILL)
 Timer = Callable[[Callable[[], object]], float]
@@ -61,7 +61,7 @@ class LayerInputs:
         q, k, v = self.layers[0]
         group = q.shape[1] // k.shape[1]
         k_rep, v_rep = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
-        self.dense_ms = timer(lambda: _sdpa_cudnn(q, k_rep, v_rep, self.scale))
+        self.dense_ms = timer(lambda: _sdpa_cudnn(q, k_rep, v_rep, self.scale))  # noqa: F821 - ruff misreads the later del
         del k_rep, v_rep
 
 

@@ -255,8 +255,8 @@ def planted_cluster_table(spec: PlantedSpec, num_layers: int) -> torch.Tensor:
     return table
 
 
-def planted_densities(q: torch.Tensor, k: torch.Tensor, gamma: float = DEFAULT_GAMMA, block_size: int = DEFAULT_BLOCK_SIZE,
-                      scale: float | None = None) -> torch.Tensor:
+def planted_densities(q: torch.Tensor, k: torch.Tensor, gamma: float = DEFAULT_GAMMA,
+                      block_size: int = DEFAULT_BLOCK_SIZE, scale: float | None = None) -> torch.Tensor:
     """Per-head share of causal blocks needed to cover ``gamma`` of each query-block row's exact
     attention mass ``[B, H]`` (the paper's pattern density; uses ``kernels.block_mass``)."""
     from ... import kernels

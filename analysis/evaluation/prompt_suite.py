@@ -13,8 +13,16 @@ from typing import Callable, Optional
 
 from ..files.prompts import PromptError, resolve_prompt
 from .ruler import ruler_suite
-from .tasks import (DEFAULT_DEPTHS, DEFAULT_LENGTHS, PasskeyGrid, TaskKind, TaskPrompt, is_task_prompt_file,
-                    load_task_prompts, passkey_grid)
+from .tasks import (
+    DEFAULT_DEPTHS,
+    DEFAULT_LENGTHS,
+    PasskeyGrid,
+    TaskKind,
+    TaskPrompt,
+    is_task_prompt_file,
+    load_task_prompts,
+    passkey_grid,
+)
 
 ALL_TEXT = ("stdlib-prose", "stdlib-code", "stdlib-mixed", "licenses")
 QUICK_TEXT = ("stdlib-prose", "stdlib-code")

@@ -116,8 +116,8 @@ def multivalue_prompt(tokenizer, tokens: int, seed: int = 0) -> Prompt:
     rng = _rng("mv", seed)
     key = f"{rng.choice(_ADJECTIVES)}-{rng.choice(_NOUNS)}"
     values = _numbers(rng, _VALUES)
-    texts = (f"Several numbers that belong to one code word are scattered through the long text below. "
-             f"Note each of them.\n\n",
+    texts = ("Several numbers that belong to one code word are scattered through the long text below. "
+             "Note each of them.\n\n",
              [f"\n\nOne of the numbers that belong to the code word {key} is {v}.\n\n" for v in values],
              f"\n\nWhat are all the numbers that belong to the code word {key}? There are {_VALUES} of "
              f"them. The numbers for {key} are")

@@ -161,7 +161,8 @@ class BundledPrompt:
 BUNDLED: dict[str, BundledPrompt] = {p.name: p for p in (
     BundledPrompt("stdlib-prose", PromptKind.PROSE, "docstrings of standard-library modules", prose_text),
     BundledPrompt("stdlib-code", PromptKind.CODE, "standard-library source: argparse, json, enum, ...", code_text),
-    BundledPrompt("stdlib-mixed", PromptKind.MIXED, "doc-heavy modules: statistics, fractions, difflib, ...", mixed_text),
+    BundledPrompt("stdlib-mixed", PromptKind.MIXED, "doc-heavy modules: statistics, fractions, difflib, ...",
+                  mixed_text),
     BundledPrompt("licenses", PromptKind.LEGAL, "license texts of Python and installed packages", legal_text),
 )}
 DEFAULT_PROMPT = "stdlib-prose"

@@ -15,9 +15,9 @@ from typing import Callable
 import torch
 
 from ... import kernels
+from ...kernels.limits import ConfigError, check_block_size
 from ..files.prompts import Prompt
 from ..files.records import AttentionRecord, PromptInfo, RecordMeta
-from ...kernels.limits import ConfigError, check_block_size
 from ..method.method_config import default_block_size
 from .models import LoadedModel
 
@@ -102,9 +102,9 @@ def attention_implementation(model, name: str):
 
 
 def package_versions() -> dict:
-    import transformers
-
     from importlib.metadata import PackageNotFoundError, version
+
+    import transformers
 
     try:
         ours = version("sharedattn")

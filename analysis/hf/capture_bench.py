@@ -1,7 +1,8 @@
 """Capture cost against what a user does today (eager attention with output_attentions=True).
 
 Each variant runs in its own child process so its peak memory is its own: the child reports its
-peak resident memory (``getrusage``) and, on CUDA, the peak allocated device memory. Run as ``python -m sharedattn.analysis.hf.capture_bench MODE TOKENS DEVICE DTYPE``.
+peak resident memory (``getrusage``) and, on CUDA, the peak allocated device memory. Run as
+``python -m sharedattn.analysis.hf.capture_bench MODE TOKENS DEVICE DTYPE``.
 """
 from __future__ import annotations
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ...kernels.limits import ConfigError
-from ..offline.lookup import Lookup
 from ..method.method_config import Decision, MethodName, SharePrefillConfig, make_config
+from ..offline.lookup import Lookup
 from .models import LoadedModel
 from .prefill_run import logit_fidelity, run_prefill
 

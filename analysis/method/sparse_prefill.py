@@ -17,12 +17,27 @@ from ...kernels.layout import LayoutDraft
 from ...kernels.reference import causal_block_mask, num_blocks
 from .coverage import coverage_mask
 from .decision_graphs import DecisionGraphs
-from .method_config import (AShapeConfig, Decision, FallbackRule, FlexPrefillConfig, MethodConfig, MethodName,
-                            SharePrefillConfig, VerticalSlashConfig)
-from .patterns import (a_shape_mask, gamma_budget, js_distance, mass_covered, pooled_profiles,
-                       probe_coverage, vertical_slash_mask, with_exact_tail)
+from .method_config import (
+    AShapeConfig,
+    Decision,
+    FallbackRule,
+    FlexPrefillConfig,
+    MethodConfig,
+    MethodName,
+    SharePrefillConfig,
+    VerticalSlashConfig,
+)
+from .patterns import (
+    a_shape_mask,
+    gamma_budget,
+    js_distance,
+    mass_covered,
+    pooled_profiles,
+    probe_coverage,
+    vertical_slash_mask,
+    with_exact_tail,
+)
 from .sharing import SharingState
-
 
 # Longest prompt (keys) whose decision step is recorded as a CUDA graph. Beyond it the step's
 # launches cost under 1% of the layer (H200: 0.2-0.6 ms of 53-180 ms at 128K), while the graph

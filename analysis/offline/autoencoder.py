@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from ...kernels.limits import ConfigError
-from ..method.coverage import clean_mass
 from ..files.records import AttentionRecord, check_compatible
+from ..method.coverage import clean_mass
 
 
 @dataclass(frozen=True)

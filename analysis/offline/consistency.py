@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ..files.records import AttentionRecord, check_compatible
 from ..method.coverage import common_grid, coverage_mask
 from ..method.method_config import DEFAULT_GAMMA
-from ..files.records import AttentionRecord, check_compatible
 
 
 def spearman_upper(a: torch.Tensor, b: torch.Tensor) -> float:

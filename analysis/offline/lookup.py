@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..files.atomic import write_text_atomic
-from .clustering import Clustering, HeadCluster
 from ..files.fingerprint import FormatError, ModelFingerprint
 from ..files.records import AttentionRecord
+from .clustering import Clustering, HeadCluster
 
 SCHEMA_VERSION = 1
 LOOKUP_KIND = "sharedattn.lookup"

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 import torch
 
 from ...kernels.limits import ConfigError
-from .choices import JsCombine, Metric
+from ..files.records import AttentionRecord, check_compatible
 from ..method.coverage import clean_mass, coverage_mask, flatten_causal
 from ..method.method_config import DEFAULT_GAMMA, check_gamma
-from ..files.records import AttentionRecord, check_compatible
+from .choices import JsCombine, Metric
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,20 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..method.coverage import coverage_mask, density
 from ..files.records import AttentionRecord
+from ..method.coverage import coverage_mask, density
 from . import render
 from .choices import MaskKind  # noqa: F401 - re-exported
-from .downsample import any_pool, as_array, format_tokens, log_range, outline_segments, pool_factor, \
-    row_pool, sparse_ticks
+from .downsample import (
+    any_pool,
+    as_array,
+    format_tokens,
+    log_range,
+    outline_segments,
+    pool_factor,
+    row_pool,
+    sparse_ticks,
+)
 
 SINGLE_MAX_CELLS = 256  # a single head shows at most 256 x 256 cells
 GRID_MAX_CELLS = 96  # each panel of a grid at most 96 x 96

@@ -80,7 +80,7 @@ def clustermap_figure(sim, num_layers: int, num_heads: int, *, title: str, metri
 
     from ..offline.similarity import head_labels
 
-    plt = render.pyplot()
+    render.pyplot()
     m = check_matrix(sim, num_layers, num_heads)
     p = m.shape[0]
     if p > CLUSTERMAP_MAX_HEADS:

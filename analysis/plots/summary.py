@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..method.coverage import coverage_mask, density
 from ..files.records import AttentionRecord
+from ..method.coverage import coverage_mask, density
 from . import render
 from .downsample import as_array
 

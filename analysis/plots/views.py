@@ -89,8 +89,8 @@ def heatmap_view(rec, layer: int, head: Optional[int], mask: Optional[MaskKind],
 
 
 def similarity_view(records, view: View, metric: Metric, gamma: float):
-    from . import similarity_plots as sp
     from ..offline.similarity import mean_similarity, similarity_matrices
+    from . import similarity_plots as sp
 
     fp = records[0].meta.model
     matrices = similarity_matrices(records, _similarity_config(metric, gamma))

@@ -38,7 +38,7 @@ def main() -> None:
             res = {"n": n, "config": list(c), "cudnn_ms": cudnn}
             try:
                 for name, lay in lays.items():
-                    ms = kb.time_ms(lambda: block_sparse_attention(q, k, v, lay, out=out, config=cfg))
+                    ms = kb.time_ms(lambda: block_sparse_attention(q, k, v, lay, out=out, config=cfg))  # noqa: F821 - ruff misreads the later del
                     res[name] = ms
                     res[f"{name}_x_cudnn"] = lay.density() * cudnn / ms
             except Exception as exc:  # a variant the compiler rejects is reported and skipped

@@ -5,8 +5,8 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from sharedattn.analysis.method.method_config import MethodName, make_config
 from sharedattn.analysis.evaluation.planted import PlantedSpec, planted_cluster_table, planted_layer
+from sharedattn.analysis.method.method_config import MethodName, make_config
 from sharedattn.analysis.method.sharing import SharingState
 from sharedattn.analysis.method.sparse_prefill import SparsePrefill
 

@@ -14,12 +14,12 @@ import argparse
 import json
 import sys
 
+from sharedattn.analysis.files.prompts import resolve_prompt
 from sharedattn.analysis.hf.cluster_pruning import with_shared
 from sharedattn.analysis.hf.models import load_model
 from sharedattn.analysis.hf.prefill_run import logit_fidelity, run_prefill
-from sharedattn.analysis.offline.lookup import load_lookup
 from sharedattn.analysis.method.method_config import MethodName, make_config
-from sharedattn.analysis.files.prompts import resolve_prompt
+from sharedattn.analysis.offline.lookup import load_lookup
 from sharedattn_cli.lookup_source import shipped_lookup_path
 
 

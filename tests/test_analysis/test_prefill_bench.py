@@ -4,8 +4,7 @@ import statistics
 import pytest
 
 from sharedattn.analysis.evaluation.compare import layer_error_stats
-from sharedattn.analysis.evaluation.prefill_bench import (machine_name, prefill_against_dense, report_document,
-                                                          spread)
+from sharedattn.analysis.evaluation.prefill_bench import machine_name, prefill_against_dense, report_document, spread
 from sharedattn.analysis.files.prompts import resolve_prompt
 from sharedattn.analysis.method.method_config import MethodName, make_config
 

@@ -1,8 +1,15 @@
 """The compare prompt suite: plans checked before the model loads, tasks built for a model's context."""
 import pytest
 
-from sharedattn.analysis.evaluation.prompt_suite import (ALL_TEXT, QUICK_DEPTHS, QUICK_LENGTHS, QUICK_TEXT,
-                                                         QUICK_TOKENS, PromptPlan, build_tasks)
+from sharedattn.analysis.evaluation.prompt_suite import (
+    ALL_TEXT,
+    QUICK_DEPTHS,
+    QUICK_LENGTHS,
+    QUICK_TEXT,
+    QUICK_TOKENS,
+    PromptPlan,
+    build_tasks,
+)
 from sharedattn.analysis.evaluation.tasks import DEFAULT_DEPTHS, TaskKind
 from sharedattn.analysis.files.prompts import PromptError
 from sharedattn.analysis.method.method_config import ConfigError

@@ -9,7 +9,6 @@ some blocks are skipped.
 import re
 from pathlib import Path
 
-
 README = Path(__file__).resolve().parents[2] / "README.md"
 EXAMPLE_TOKENS = "tokens=8192"
 TEST_TOKENS = "tokens=2048"

@@ -4,11 +4,26 @@ from collections import Counter
 
 import pytest
 
-from sharedattn.analysis.evaluation.ruler import (GENERATORS, RULER_KINDS, docqa_prompt, freqwords_prompt,
-                                                  multiquery_prompt, multivalue_prompt, ruler_prompt,
-                                                  ruler_suite, vartrack_prompt)
-from sharedattn.analysis.evaluation.tasks import (ANSWER_SEPARATOR, TaskKind, answer_found, answer_parts,
-                                                  answer_tokens, load_task_prompts, save_task_prompts)
+from sharedattn.analysis.evaluation.ruler import (
+    GENERATORS,
+    RULER_KINDS,
+    docqa_prompt,
+    freqwords_prompt,
+    multiquery_prompt,
+    multivalue_prompt,
+    ruler_prompt,
+    ruler_suite,
+    vartrack_prompt,
+)
+from sharedattn.analysis.evaluation.tasks import (
+    ANSWER_SEPARATOR,
+    TaskKind,
+    answer_found,
+    answer_parts,
+    answer_tokens,
+    load_task_prompts,
+    save_task_prompts,
+)
 from sharedattn.analysis.files.prompts import PromptError
 
 KINDS = [k.value for k in RULER_KINDS]
