@@ -21,7 +21,7 @@ import torch
 
 from . import reference as ref
 from .layout import BlockLayout
-from .limits import DEFAULT_BLOCK_SIZE
+from .limits import DEFAULT_BLOCK_SIZE, DEFAULT_CHUNK_SIZE
 
 ENV_VAR = "SHAREDATTN_KERNEL_BACKEND"
 
@@ -115,7 +115,7 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_siz
 
 
 def block_mass(q: torch.Tensor, k: torch.Tensor, block_size: int, scale: float | None = None,
-               chunk_size: int = 1024) -> torch.Tensor:
+               chunk_size: int = DEFAULT_CHUNK_SIZE) -> torch.Tensor:
     """Exact dense causal block-mass map ``[B, H, nqb, nkb]`` fp32 (rows sum to 1).
 
     ``chunk_size`` bounds the reference twin's extra memory (query rows at once); Triton

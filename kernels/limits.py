@@ -14,6 +14,9 @@ from __future__ import annotations
 BLOCK_SIZES = (16, 32, 64, 128)
 HEAD_DIMS = (16, 32, 64, 128)  # tl.dot over the head dim: a power of two from 16 to 128
 DEFAULT_BLOCK_SIZE = 128  # the block the launch shapes are tuned for (attn_fwd.default_config)
+DEFAULT_CHUNK_SIZE = 1024  # query rows block_mass reduces at once on the torch twin (bounds its memory)
+DTYPES = ("float32", "float16", "bfloat16")  # the element types the kernels and the models run in
+DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 class ConfigError(ValueError):

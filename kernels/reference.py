@@ -19,6 +19,8 @@ import math
 
 import torch
 
+from .limits import DEFAULT_CHUNK_SIZE
+
 
 def num_blocks(n: int, block_size: int) -> int:
     return (n + block_size - 1) // block_size
@@ -105,7 +107,7 @@ def block_sparse_attention_ref(q, k, v, block_mask, block_size, scale=None, retu
     return out
 
 
-def block_mass_ref(q, k, block_size, scale=None, chunk_size=1024) -> torch.Tensor:
+def block_mass_ref(q, k, block_size, scale=None, chunk_size=DEFAULT_CHUNK_SIZE) -> torch.Tensor:
     """Exact dense causal block-mass map ``[B, H, nqb, nkb]`` computed over query chunks.
 
     Extra memory is ``O(B * H * chunk_size * Nk)``, never ``O(H * Nq * Nk)``. ``chunk_size`` is

@@ -12,6 +12,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from sharedattn.analysis.method.method_config import DEFAULT_GAMMA
+
 from .common import cli_command
 from .options import GraphsOpt
 
@@ -28,7 +30,7 @@ def bench_prefill(
     crossover: Annotated[str, typer.Option(help="Comma-separated lengths for the crossover search "
                                            "('' skips it).")] = "1024,2048,4096,8192,16384",
     methods: Annotated[str, typer.Option(help="Comma-separated sparse methods.")] = SPARSE,
-    gamma: Annotated[float, typer.Option(help="Coverage target of every method.")] = 0.95,
+    gamma: Annotated[float, typer.Option(help="Coverage target of every method.")] = DEFAULT_GAMMA,
     exact_tail: Annotated[int, typer.Option(help="Last tokens whose query blocks run every causal block "
                                             "(vertical-slash, flexprefill, shareprefill; 0: the papers').")] = 0,
     graphs: GraphsOpt = True,
@@ -60,7 +62,8 @@ def bench_prefill(
               "torch": torch.__version__, "triton": triton.__version__, "gamma": gamma,
               "exact_tail": exact_tail, "graphs": graphs,
               "shape": {"heads": spec.heads, "kv_heads": spec.kv_heads, "head_dim": spec.head_dim,
-                        "batch": spec.batch, "dtype": "bfloat16", "block_size": 128}, "seed": seed}
+                        "batch": spec.batch, "dtype": "bfloat16",
+                        "block_size": lb.config_for(chosen[0], gamma, exact_tail).block_size}, "seed": seed}
     typer.echo(f"command: {report['command']}\ngpu: {report['gpu']} (torch {torch.__version__}, "
                f"triton {triton.__version__})")
     opts = {"exact_tail": exact_tail, "use_graphs": graphs}

@@ -5,6 +5,8 @@ from typing import Annotated
 
 import typer
 
+from sharedattn.kernels.limits import DEFAULT_CHUNK_SIZE
+
 from .capturing import CaptureRequest, capture_records
 from .common import DEFAULT_OUT, DEFAULT_TOKENS, ModelChoice, check_out_dir, cli_command, console, split_inputs
 from .options import (
@@ -29,7 +31,8 @@ def capture(
     tokens: TokensOpt = DEFAULT_TOKENS,
     truncate: TruncateOpt = False,
     block_size: BlockSizeOpt = None,
-    chunk_size: Annotated[int, typer.Option("--chunk-size", help="Query rows reduced at once (memory bound).")] = 1024,
+    chunk_size: Annotated[int, typer.Option("--chunk-size", help="Query rows reduced at once (memory bound).")
+                          ] = DEFAULT_CHUNK_SIZE,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = None,
 ) -> None:

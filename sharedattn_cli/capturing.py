@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from sharedattn.kernels.limits import DEFAULT_CHUNK_SIZE
+
 from .common import ModelChoice, UserError, err_console, load_prompts, split_inputs
 
 
@@ -22,7 +24,7 @@ class CaptureRequest:
     tokens: int
     truncate: bool = False
     block_size: Optional[int] = None
-    chunk_size: int = 1024
+    chunk_size: int = DEFAULT_CHUNK_SIZE
     use_cache: bool = True
 
 

@@ -5,7 +5,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from sharedattn.analysis.method.method_config import DEFAULT_GAMMA
 from sharedattn.analysis.offline.choices import Features, JsCombine, Linkage, Metric
+from sharedattn.analysis.offline.cluster_config import DEFAULT_DISTANCE_THRESHOLD, ClusterConfig
 
 from .capturing import gather_records
 from .common import (
@@ -40,8 +42,6 @@ from .tables import clusters_table
 
 
 def cluster_config(features, linkage, distance_threshold, n_clusters, min_cluster_size, min_similarity):
-    from sharedattn.analysis.offline.clustering import ClusterConfig
-
     return ClusterConfig(features=features, linkage=linkage, distance_threshold=distance_threshold,
                          n_clusters=n_clusters, min_cluster_size=min_cluster_size,
                          min_similarity=min_similarity)
@@ -100,7 +100,7 @@ def cluster(
     records: RecordsOpt = None,
     out: LookupOutOpt = DEFAULT_OUT / "lookup.json",
     metric: MetricOpt = Metric.JACCARD,
-    gamma: MaskGammaOpt = 0.95,
+    gamma: MaskGammaOpt = DEFAULT_GAMMA,
     js_combine: JsCombineOpt = JsCombine.WORST,
     features: Annotated[Features, typer.Option(
         "--features", help="Cluster on 1 - mean similarity, or on autoencoder latent codes (the paper's).")
@@ -108,13 +108,15 @@ def cluster(
     linkage: Annotated[Linkage, typer.Option("--linkage", help="Hierarchical linkage (ward: autoencoder only).")
                        ] = Linkage.AVERAGE,
     distance_threshold: Annotated[Optional[float], typer.Option(
-        "--distance-threshold", help="Cut the tree at this distance, in (0, 1] (default 0.5).")] = None,
+        "--distance-threshold",
+        help=f"Cut the tree at this distance, in (0, 1] (default {DEFAULT_DISTANCE_THRESHOLD}).")] = None,
     n_clusters: Annotated[Optional[int], typer.Option("--n-clusters", help="Cut into this many clusters instead.")
                           ] = None,
     min_cluster_size: Annotated[int, typer.Option("--min-cluster-size", help="Smaller clusters are not shared.")
-                                ] = 2,
+                                ] = ClusterConfig.min_cluster_size,
     min_similarity: Annotated[float, typer.Option(
-        "--min-similarity", help="Clusters less alike than this on average (0-1) are not shared.")] = 0.5,
+        "--min-similarity", help="Clusters less alike than this on average (0-1) are not shared.")
+    ] = ClusterConfig.min_similarity,
     epochs: Annotated[int, typer.Option("--epochs", help="Autoencoder training epochs.")] = 200,
     latent_dim: Annotated[int, typer.Option("--latent-dim", help="Autoencoder code size.")] = 16,
     grid: Annotated[int, typer.Option("--grid", help="Maps are resampled to grid x grid (multiple of 8).")] = 32,

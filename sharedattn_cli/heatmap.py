@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from sharedattn.analysis.method.method_config import DEFAULT_GAMMA
 from sharedattn.analysis.offline.choices import Metric
 from sharedattn.analysis.plots.choices import MaskKind, View
 
@@ -119,7 +120,7 @@ def heatmap(
         "shared (the pivotal pattern of its shared cluster), or a method's mask on this prompt "
         "(runs the model; with --record, pass --model unless it is the bundled one).",
         show_default=False)] = None,
-    gamma: MaskGammaOpt = 0.95,
+    gamma: MaskGammaOpt = DEFAULT_GAMMA,
     similarity: Annotated[bool, typer.Option("--similarity", help="Head-by-head similarity matrix.")] = False,
     clustermap: Annotated[bool, typer.Option("--clustermap", help="Clustermap with dendrogram.")] = False,
     across: Annotated[bool, typer.Option("--across", help="Pair similarities, prompt A vs prompt B.")] = False,

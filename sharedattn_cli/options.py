@@ -15,7 +15,7 @@ import typer
 
 from sharedattn.analysis.method import method_config as _mc
 from sharedattn.analysis.offline.choices import JsCombine, Metric
-from sharedattn.kernels.limits import one_of
+from sharedattn.kernels.limits import DTYPES, one_of
 
 Opt = typer.Option
 
@@ -37,7 +37,7 @@ BLOCK_SIZE_HELP = (f"Block size in tokens, {one_of(_mc.BLOCK_SIZES)} (default {_
                    f"{_mc.SHORT_CONTEXT_BLOCK_SIZE} for models with a context of at most "
                    f"{_mc.SHORT_CONTEXT // 1024}K).")
 BlockSizeOpt = Annotated[Optional[int], Opt("--block-size", "-b", help=BLOCK_SIZE_HELP)]
-DtypeOpt = Annotated[str, Opt("--dtype", help="auto (bf16 on GPU, fp32 on CPU), float32, float16, bfloat16.")]
+DtypeOpt = Annotated[str, Opt("--dtype", help=f"auto (bf16 on GPU, fp32 on CPU), {', '.join(DTYPES)}.")]
 DeviceOpt = Annotated[Optional[str], Opt("--device", help="cpu or cuda (default: cuda if present).")]
 InputsArg = Annotated[Optional[list[str]], typer.Argument(
     help="[MODEL] PROMPT...: an optional model, then prompt files or bundled prompt names "

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from sharedattn.analysis.method.method_config import MethodConfig as _MethodConfig
 from sharedattn.analysis.method.method_config import MethodName
 
 from .common import (
@@ -80,9 +81,9 @@ def prefill(
                                         "cache.")] = None,
     block_size: MethodBlockOpt = None,
     dense_below: Annotated[Optional[int], Opt("--dense-below", help="Prompts shorter than this run dense "
-                                              "(tokens; default 32768, the crossover measured on an H200 "
-                                              "for Llama-3.1-8B shapes: pass 0 to study the sparse path on "
-                                              "short prompts).")] = None,
+                                              f"(tokens; default {_MethodConfig.dense_below}, the crossover "
+                                              "measured on an H200 for Llama-3.1-8B shapes: pass 0 to study "
+                                              "the sparse path on short prompts).")] = None,
     gamma: GammaOpt = None,
     min_budget: MinBudgetOpt = None,
     tau_qa: TauQaOpt = None,

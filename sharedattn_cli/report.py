@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 
+from sharedattn.analysis.method.method_config import DEFAULT_GAMMA, check_fraction
 from sharedattn.analysis.offline.choices import Metric
 
 from .capturing import gather_records
@@ -59,7 +60,7 @@ def report(
     records: RecordsOpt = None,
     out: OutDirOpt = DEFAULT_OUT / "report",
     metric: MetricOpt = Metric.JACCARD,
-    gamma: MaskGammaOpt = 0.95,
+    gamma: MaskGammaOpt = DEFAULT_GAMMA,
     threshold: ThresholdOpt = 0.5,
     lookup: ClusterLookupOpt = None,
     model: ModelOpt = None,
@@ -80,8 +81,7 @@ def report(
     from sharedattn.analysis.plots.report_content import ReportOptions, write_model_report
 
     similarity_config(metric, gamma, "worst")  # bad --gamma fails before any capture
-    if not 0.0 <= threshold <= 1.0:
-        raise UserError(f"--threshold must be in [0, 1], got {threshold}")
+    check_fraction("--threshold", threshold, low_open=False)
     check_out_dir(out)
     recs = gather_records(inputs, records, model, random_init, tokens, truncate, block_size, dtype, device)
     table = load_lookup_for(lookup, recs)

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from sharedattn.analysis.method.method_config import DEFAULT_GAMMA, check_fraction
 from sharedattn.analysis.offline.choices import JsCombine, Metric
 
 from .capturing import gather_records
@@ -114,7 +115,7 @@ def similarity(
     inputs: InputsArg = None,
     records: RecordsOpt = None,
     metric: MetricOpt = Metric.JACCARD,
-    gamma: MaskGammaOpt = 0.95,
+    gamma: MaskGammaOpt = DEFAULT_GAMMA,
     threshold: ThresholdOpt = 0.5,
     js_combine: JsCombineOpt = JsCombine.WORST,
     across: Annotated[bool, typer.Option("--across", help="Cross-input consistency over 2+ prompts.")] = False,
@@ -141,8 +142,7 @@ def similarity(
     from sharedattn.analysis.offline.similarity_report import summarize
 
     config = similarity_config(metric, gamma, js_combine)
-    if not (0.0 <= threshold <= 1.0):
-        raise UserError(f"--threshold must be in [0, 1], got {threshold}")
+    check_fraction("--threshold", threshold, low_open=False)
     recs = gather_records(inputs, records, model, random_init, tokens, truncate, block_size, dtype, device,
                           min_prompts=2 if across else 1, why="--across")
     fp = recs[0].meta.model

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from ... import kernels
-from ...kernels.limits import ConfigError, check_block_size
+from ...kernels.limits import DEFAULT_CHUNK_SIZE, ConfigError, check_block_size
 from ..files.prompts import Prompt
 from ..files.records import AttentionRecord, PromptInfo, RecordMeta
 from ..method.method_config import default_block_size
@@ -27,7 +27,7 @@ CAPTURE_ATTENTION = "sharedattn_capture"
 @dataclass(frozen=True)
 class CaptureConfig:
     block_size: int | None = None  # None: method_config.default_block_size of the model's context
-    chunk_size: int = 1024  # query rows reduced at once; bounds the extra memory
+    chunk_size: int = DEFAULT_CHUNK_SIZE  # query rows reduced at once; bounds the extra memory
 
     def __post_init__(self):
         if self.block_size is not None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ...kernels.limits import DTYPE_ALIASES, DTYPES
 from ..files.fingerprint import ModelFingerprint
 from .errors import ModelLoadError  # noqa: F401  (re-exported: callers catch models.ModelLoadError)
 from .named_models import NAMED_MODELS, model_dir
@@ -132,11 +133,10 @@ def random_model(spec: str, dtype, device, seed: int = 0) -> LoadedModel:
 def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
     if name in (None, "auto"):
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-             "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-    if name not in table:
-        raise ModelLoadError(f"unknown dtype {name!r} (choose from float32, float16, bfloat16)")
-    return table[name]
+    canonical = DTYPE_ALIASES.get(name, name)
+    if canonical not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {name!r} (choose from {', '.join(DTYPES)})")
+    return getattr(torch, canonical)
 
 
 def looks_like_model(spec: str) -> bool:

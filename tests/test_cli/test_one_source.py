@@ -104,3 +104,61 @@ def test_a_config_error_anywhere_in_a_command_is_one_line(tmp_path):
     res = CliRunner().invoke(app, ["bench", "prefill", "--gamma", "1.5"])
     assert res.exit_code == 2, res.output
     assert _error_lines(res.output) == ["error: gamma must be in (0, 1], got 1.5"]
+
+
+CLI_SOURCES = sorted((ROOT / "sharedattn_cli").glob("*.py"))
+
+
+def _options(command_path: str) -> dict:
+    """--flag -> click parameter of one command (``"bench prefill"`` for a sub-command)."""
+    import typer
+
+    command = typer.main.get_command(app)
+    for name in command_path.split():
+        command = command.get_command(None, name)
+    return {opt: p for p in command.params for opt in p.opts}
+
+
+def test_cli_defaults_are_read_from_the_library_not_written():
+    # gamma 0.95, the dense_below crossover, the capture chunk, ClusterConfig's numbers, the bench block
+    assert _files_matching(r"=\s*0\.95\b|default 0\.95", CLI_SOURCES) == []
+    assert _files_matching(r"\b32768\)|default 32768", CLI_SOURCES) == []
+    assert _files_matching(r"(?m)=\s*0\.5\b|default 0\.5\b|=\s*2,\s*$", [ROOT / "sharedattn_cli" / "cluster.py"]) == []
+    assert _files_matching(r"chunk_size\b[^\n=]*=\s*\d", SOURCES) == []
+    assert _files_matching(r"\bDEFAULT_CHUNK_SIZE\s*=", SOURCES) == ["kernels/limits.py"]
+    assert _files_matching(r"\"block_size\":\s*\d", CLI_SOURCES) == []
+
+
+def test_cli_defaults_equal_the_config_defaults():
+    from sharedattn.analysis.offline.clustering import DEFAULT_DISTANCE_THRESHOLD, ClusterConfig
+
+    for command in ("similarity", "cluster", "heatmap", "report", "bench prefill"):
+        assert _options(command)["--gamma"].default == mc.DEFAULT_GAMMA, command
+    assert _options("capture")["--chunk-size"].default == CaptureConfig.chunk_size == limits.DEFAULT_CHUNK_SIZE
+    cluster = _options("cluster")
+    assert cluster["--min-similarity"].default == ClusterConfig.min_similarity
+    assert cluster["--min-cluster-size"].default == ClusterConfig.min_cluster_size
+    assert f"(default {DEFAULT_DISTANCE_THRESHOLD})" in cluster["--distance-threshold"].help
+    assert ClusterConfig().distance_threshold == DEFAULT_DISTANCE_THRESHOLD
+    assert f"default {mc.MethodConfig.dense_below}," in _options("prefill")["--dense-below"].help
+
+
+def test_dtype_names_are_listed_once():
+    import torch
+
+    from sharedattn.analysis.hf.models import ModelLoadError, resolve_dtype
+
+    assert _files_matching(r"float32, float16, bfloat16|\"bf16\":") == ["kernels/limits.py"]
+    assert ", ".join(limits.DTYPES) in options.DtypeOpt.__metadata__[0].help
+    for name in (*limits.DTYPES, *limits.DTYPE_ALIASES):
+        assert resolve_dtype(name, torch.device("cpu")) is getattr(torch, limits.DTYPE_ALIASES.get(name, name))
+    with pytest.raises(ModelLoadError, match="choose from float32, float16, bfloat16"):
+        resolve_dtype("int8", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("command", ["similarity", "report"])
+def test_the_threshold_range_is_checked_by_the_library(tmp_path, command):
+    assert _files_matching(r"must be in \[0, 1\]", CLI_SOURCES) == []
+    res = CliRunner().invoke(app, [command, *TINY, "--threshold", "1.5", "-o", str(tmp_path / "o")])
+    assert res.exit_code == 2, res.output
+    assert _error_lines(res.output) == ["error: --threshold must be in [0, 1], got 1.5"]
