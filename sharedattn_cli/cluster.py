@@ -70,7 +70,7 @@ def _pruned(loaded, prompt_specs, tokens, truncate, lookup, config):
     from sharedattn.analysis.hf.cluster_pruning import prune_lookup
     from sharedattn.analysis.method.method_config import make_config
 
-    from .method_options import default_block_size
+    from .options import default_block_size
 
     prompts = [p.input_ids for p in load_prompts(loaded, prompt_specs, tokens, truncate)]
     method = make_config("shareprefill", block_size=default_block_size(loaded, None), dense_below=0)

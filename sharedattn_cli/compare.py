@@ -26,29 +26,27 @@ from .common import (
 from .compare_inputs import method_configs
 from .compare_report import print_tables, write_outputs
 from .lookup_source import lookup_for
-from .method_options import (
+from .options import (
+    BlockSizeOpt,
+    DeviceOpt,
+    DtypeOpt,
     ExactTailOpt,
     FallbackOpt,
     GammaOpt,
+    InputsArg,
+    JsonOpt,
     LocalOpt,
-    MethodBlockOpt,
+    LookupOpt,
     MinBudgetOpt,
+    ModelOpt,
+    OutDirOpt,
     OwnLastRowOpt,
+    RandomInitOpt,
     SinkOpt,
+    SuiteTokensOpt,
     TauFbOpt,
     TauQaOpt,
     TauSOpt,
-)
-from .options import (
-    DeviceOpt,
-    DtypeOpt,
-    InputsArg,
-    JsonOpt,
-    LookupOpt,
-    ModelOpt,
-    OutDirOpt,
-    RandomInitOpt,
-    SuiteTokensOpt,
     TruncateOpt,
 )
 
@@ -104,7 +102,7 @@ def compare(
     no_recall: Annotated[bool, Opt("--no-recall", help="Skip measuring attention recall (saves one pass "
                                    "a layer).")] = False,
     timing_pass: Annotated[bool, Opt("--timing-pass", help="Time a separate uninstrumented prefill per run.")] = False,
-    block_size: MethodBlockOpt = None,
+    block_size: BlockSizeOpt = None,
     dense_below: Annotated[int, Opt("--dense-below", help="Prompts shorter than this run dense (tokens); "
                                     "0 here, so short prompts measure the sparse methods.")] = 0,
     gamma: GammaOpt = None,

@@ -3,8 +3,11 @@
 One meaning per short flag across every command (a test walks the app and checks it):
 `-m` --model, `-n` --tokens, `-b` --block-size, `-o` --out (the output path: a folder, or a file where
 the command writes one file), `-r` --records, `-l` --layer. `--lookup` has no short flag (it was `-l`
-in `prefill` and `compare` while `-l` was `--layer` in `heatmap`). The sparse methods' parameters
-(`--gamma`, `--tau-s`, ...) live in method_options.py, one alias per method-config field.
+in `prefill` and `compare` while `-l` was `--layer` in `heatmap`).
+
+The sparse methods' parameters (`--gamma`, `--tau-s`, ..., shared by `prefill` and `compare`) map
+one-to-one onto fields of the method configs (analysis/method/method_config.py); None means "the
+config's default", and every default quoted in a help is read from the config classes.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from typing import Annotated, Optional
 import typer
 
 from sharedattn.analysis.method import method_config as _mc
+from sharedattn.analysis.method.method_config import AShapeConfig, FallbackRule, SharePrefillConfig
 from sharedattn.analysis.offline.choices import JsCombine, Metric
 from sharedattn.kernels.limits import DTYPES, one_of
 
@@ -82,3 +86,34 @@ LookupArg = Annotated[Path, typer.Argument(help="Lookup file (JSON) written by `
 ClusterLookupOpt = Annotated[Optional[Path], Opt(
     "--lookup", help="Lookup file (`sharedattn lookup`): its clusters drive `--mask shared` and "
     "`--summary` (default: cluster this record's heads with the `cluster` defaults).", show_default=False)]
+
+# ---- the sparse methods' parameters (prefill, compare) -----------------------------------------
+
+_S = SharePrefillConfig  # holds every vertical-slash, flexprefill and shareprefill field
+
+GammaOpt = Annotated[Optional[float], Opt("--gamma", help=f"Coverage target for budgets and patterns ({_S.gamma}).")]
+MinBudgetOpt = Annotated[Optional[int], Opt("--min-budget", help="Minimum vertical/slash budget in tokens "
+                                            f"({_S.min_budget}).")]
+TauQaOpt = Annotated[Optional[float], Opt("--tau-qa", help=f"Query-aware threshold, sqrt-JS ({_S.tau_qa}).")]
+TauSOpt = Annotated[Optional[float], Opt("--tau-s", help=f"Sharing threshold, sqrt-JS ({_S.tau_s}).")]
+TauFbOpt = Annotated[Optional[float], Opt("--tau-fb", help=f"Vertical-slash fallback coverage ({_S.tau_fb}).")]
+OwnLastRowOpt = Annotated[Optional[bool], Opt("--own-last-row/--paper-last-row", help="shareprefill: a shared "
+                                              "head also keeps what its own probe needs in the last query-block "
+                                              "row (ours; default "
+                                              f"{'on' if _S.own_last_row else 'off'}), or only the pivotal's "
+                                              "pattern (the paper).")]
+FallbackOpt = Annotated[Optional[FallbackRule], Opt("--fallback", help="shareprefill: a cluster falls back to "
+                                                  "vertical-slash when the pivotal's own mask covers --tau-fb of its "
+                                                  "mass (covers: the paper) and, with covers-and-sparser (ours), "
+                                                  "keeps no more blocks than the pivotal's pattern (default "
+                                                  f"{_S.fallback.value}).")]
+ExactTailOpt = Annotated[Optional[int], Opt("--exact-tail", help="vertical-slash, flexprefill, shareprefill: the "
+                                            "last N query tokens (whole blocks) attend to every key block (ours; "
+                                            f"default {_S.exact_tail}: the papers' methods).")]
+SinkOpt = Annotated[Optional[int], Opt("--sink-tokens", help=f"a-shape sink ({AShapeConfig.sink_tokens}).")]
+LocalOpt = Annotated[Optional[int], Opt("--local-tokens", help=f"a-shape window ({AShapeConfig.local_tokens}).")]
+
+
+def default_block_size(loaded, block_size: Optional[int]) -> int:
+    """The given block size, else the library's default for the model's context (as `capture`)."""
+    return _mc.default_block_size(loaded.fingerprint.max_positions, block_size)

@@ -26,32 +26,30 @@ from .common import (
     split_inputs,
 )
 from .lookup_source import lookup_for
-from .method_options import (
+from .options import (
+    BlockSizeOpt,
+    DeviceOpt,
+    DtypeOpt,
     ExactTailOpt,
     FallbackOpt,
     GammaOpt,
+    GraphsOpt,
+    InputsArg,
+    JsonOpt,
     LocalOpt,
-    MethodBlockOpt,
+    LookupOpt,
     MinBudgetOpt,
+    ModelOpt,
+    OutDirOpt,
     OwnLastRowOpt,
+    RandomInitOpt,
     SinkOpt,
     TauFbOpt,
     TauQaOpt,
     TauSOpt,
-    default_block_size,
-)
-from .options import (
-    DeviceOpt,
-    DtypeOpt,
-    GraphsOpt,
-    InputsArg,
-    JsonOpt,
-    LookupOpt,
-    ModelOpt,
-    OutDirOpt,
-    RandomInitOpt,
     TokensOpt,
     TruncateOpt,
+    default_block_size,
 )
 from .prefill_report import print_report
 
@@ -79,7 +77,7 @@ def prefill(
                                        "(dense decoding).")] = 16,
     chunk: Annotated[Optional[int], Opt("--chunk", help="Prefill in chunks of this many tokens over the "
                                         "cache.")] = None,
-    block_size: MethodBlockOpt = None,
+    block_size: BlockSizeOpt = None,
     dense_below: Annotated[Optional[int], Opt("--dense-below", help="Prompts shorter than this run dense "
                                               f"(tokens; default {_MethodConfig.dense_below}, the crossover "
                                               "measured on an H200 for Llama-3.1-8B shapes: pass 0 to study "

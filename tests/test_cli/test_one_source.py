@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from sharedattn.analysis.hf.capture import CaptureConfig
 from sharedattn.analysis.method import method_config as mc
 from sharedattn.kernels import limits
-from sharedattn_cli import method_options, options
+from sharedattn_cli import options
 from sharedattn_cli.app import app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,15 +43,16 @@ def test_the_coverage_target_is_written_once_in_the_library():
 
 
 def test_method_option_help_quotes_the_configs():
-    text = (ROOT / "sharedattn_cli" / "method_options.py").read_text()
+    text = (ROOT / "sharedattn_cli" / "options.py").read_text().split("# ---- the sparse methods' parameters")[1]
     assert re.findall(r"\(\d|default \d", text) == []  # no number written into a help string
-    helps = {name: getattr(method_options, name).__metadata__[0].help
+    helps = {name: getattr(options, name).__metadata__[0].help
              for name in ("GammaOpt", "MinBudgetOpt", "TauQaOpt", "TauSOpt", "TauFbOpt", "SinkOpt", "LocalOpt")}
     cfg = mc.SharePrefillConfig()
     assert f"({cfg.gamma})" in helps["GammaOpt"] and f"({cfg.min_budget})" in helps["MinBudgetOpt"]
     assert f"({cfg.tau_qa})" in helps["TauQaOpt"] and f"({cfg.tau_s})" in helps["TauSOpt"]
     assert f"({mc.AShapeConfig.local_tokens})" in helps["LocalOpt"]
-    assert method_options.MethodBlockOpt.__metadata__[0].help == options.BLOCK_SIZE_HELP
+    for command in ("prefill", "compare", "capture"):  # prefill and compare had their own alias
+        assert _options(command)["--block-size"].help == options.BLOCK_SIZE_HELP
     assert options.BlockSizeOpt.__metadata__[0].help == options.BLOCK_SIZE_HELP
     assert limits.one_of(limits.BLOCK_SIZES) in options.BLOCK_SIZE_HELP
 
@@ -60,7 +61,7 @@ def test_method_option_help_quotes_the_configs():
                                                 (131072, 32, 32)])
 def test_capture_and_the_cli_share_the_default_block(context, given, want):
     loaded = SimpleNamespace(fingerprint=SimpleNamespace(max_positions=context))
-    assert method_options.default_block_size(loaded, given) == want
+    assert options.default_block_size(loaded, given) == want
     if context is not None:
         assert CaptureConfig(block_size=given).resolved_block_size(context) == want
 
