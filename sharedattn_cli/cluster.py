@@ -147,9 +147,7 @@ def cluster(
     `sharedattn cluster stdlib-code stdlib-prose passkey --tokens 4096 --n-clusters 40`,
     `sharedattn cluster --records recs/*.json --features autoencoder --linkage ward`.
     """
-    from sharedattn.analysis.offline.clustering import cluster_heads
-    from sharedattn.analysis.offline.lookup import build_lookup, save_lookup
-    from sharedattn.analysis.offline.similarity import mean_similarity, similarity_matrices
+    from sharedattn.analysis.offline.lookup import lookup_from_records, save_lookup
 
     sim_config = similarity_config(metric, gamma, js_combine)
     config = cluster_config(features, linkage, distance_threshold, n_clusters, min_cluster_size, min_similarity)
@@ -157,15 +155,9 @@ def cluster(
     prune_config = _prune_config(prune or prune_on is not None, prune_tolerance, records, prune_on)
     recs, loaded = gather_records(inputs, records, None if records else model, None if records else random_init,
                                   tokens, truncate, block_size, dtype, device, with_model=True)
-    fp = recs[0].meta.model
-    with err_console.status(f"{metric.value} similarity over {len(recs)} prompt(s)..."):
-        sim = mean_similarity(similarity_matrices(recs, sim_config))
     codes = _latent_codes(recs, ae_config) if ae_config is not None else None
-    clustering = cluster_heads(sim, fp.num_heads, config, codes=codes)
-    options = {**sim_config.to_json(), **config.to_json()}
-    if ae_config is not None:
-        options["autoencoder"] = ae_config.to_json()
-    lookup = build_lookup(recs, clustering, gamma=gamma, metric=metric.value, options=options)
+    with err_console.status(f"{metric.value} similarity over {len(recs)} prompt(s)..."):
+        lookup = lookup_from_records(recs, sim_config, config, codes=codes, autoencoder=ae_config)
     if prune_config is not None:
         if loaded is None:  # --records: load the model now, and make sure the records came from it
             loaded = ModelChoice(model, random_init, dtype, device).load()

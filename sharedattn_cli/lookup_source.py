@@ -38,20 +38,16 @@ def _load_checked(path: Path, loaded):
 
 def _build(loaded, choice, path: Path):
     """Capture the bundled prompts, cluster with the defaults of `sharedattn cluster`, cache."""
-    from sharedattn.analysis.offline.clustering import ClusterConfig, cluster_heads
-    from sharedattn.analysis.offline.lookup import build_lookup, save_lookup
-    from sharedattn.analysis.offline.similarity import SimilarityConfig, mean_similarity, similarity_matrices
+    from sharedattn.analysis.offline.clustering import ClusterConfig
+    from sharedattn.analysis.offline.lookup import lookup_from_records, save_lookup
+    from sharedattn.analysis.offline.similarity import SimilarityConfig
 
     from .capturing import CaptureRequest, capture_records
 
     tokens = min(CALIBRATION_TOKENS, loaded.fingerprint.max_positions or CALIBRATION_TOKENS)
     results, _ = capture_records(CaptureRequest(choice, CALIBRATION_PROMPTS, tokens))
     records = [r for r, _ in results]
-    sim_config, cluster_config = SimilarityConfig(), ClusterConfig()
-    sim = mean_similarity(similarity_matrices(records, sim_config))
-    clustering = cluster_heads(sim, loaded.fingerprint.num_heads, cluster_config)
-    lookup = build_lookup(records, clustering, gamma=sim_config.gamma, metric=sim_config.metric.value,
-                          options={**sim_config.to_json(), **cluster_config.to_json()})
+    lookup = lookup_from_records(records, SimilarityConfig(), ClusterConfig())
     path.parent.mkdir(parents=True, exist_ok=True)
     save_lookup(lookup, path)
     return lookup

@@ -21,7 +21,9 @@ from pathlib import Path
 from ..files.atomic import write_text_atomic
 from ..files.fingerprint import FormatError, ModelFingerprint
 from ..files.records import AttentionRecord
-from .clustering import Clustering, HeadCluster
+from .cluster_config import ClusterConfig
+from .clustering import Clustering, HeadCluster, cluster_heads
+from .similarity import SimilarityConfig, mean_similarity, similarity_matrices
 
 SCHEMA_VERSION = 1
 LOOKUP_KIND = "sharedattn.lookup"
@@ -92,6 +94,21 @@ def build_lookup(records: list[AttentionRecord], clustering: Clustering, *, gamm
                  metric: str, options: dict) -> Lookup:
     return Lookup(records[0].meta.model, calibration_from_records(records, gamma, metric, options),
                   clustering.clusters)
+
+
+def lookup_from_records(records: list[AttentionRecord], sim_config: SimilarityConfig,
+                        cluster_config: ClusterConfig, *, codes=None, autoencoder=None) -> Lookup:
+    """The offline pipeline, similarity -> clustering -> lookup, over the calibration records.
+
+    ``codes`` are the heads' latent codes (``autoencoder.latent_codes``) when the clustering runs on
+    autoencoder features; ``autoencoder`` is their ``AutoencoderConfig``, recorded in the options."""
+    sim = mean_similarity(similarity_matrices(records, sim_config))
+    clustering = cluster_heads(sim, records[0].meta.model.num_heads, cluster_config, codes=codes)
+    options = {**sim_config.to_json(), **cluster_config.to_json()}
+    if autoencoder is not None:
+        options["autoencoder"] = autoencoder.to_json()
+    return build_lookup(records, clustering, gamma=sim_config.gamma, metric=sim_config.metric.value,
+                        options=options)
 
 
 def save_lookup(lookup: Lookup, path: Path) -> Path:
