@@ -39,6 +39,10 @@ PY
     sa compare qwen2.5-coder-0.5b --no-text --passkey-lengths 8192,16384,32000 --passkey-depths 0.1,0.5,0.9 \
       --needles 4 --ruler 1 --lookup "$lookup" --methods dense,vertical-slash,flexprefill,shareprefill \
       --no-figures --json -o "$out" "$@" > "$out.json" && tail -c 3000 "$out.json" ;;
+  observe)  # the paper's two observations at 32K: similarity within and across 4 prompts ($2: out folder)
+    sa capture qwen2.5-coder-0.5b stdlib-code stdlib-prose licenses passkey:depth=0.5 --tokens 32000 -o /tmp/rec32
+    recs=(); for f in /tmp/rec32/*.json; do recs+=(--records "$f"); done
+    for m in jaccard js; do sa similarity "${recs[@]}" --metric $m --across --json -o /tmp/sim-$m > "$2/similarity-$m.json"; done ;;
   diagnose) python3 "$root/docs/scripts/sharing_diagnosis.py" qwen2.5-coder-0.5b "$2" "$3" 8192 16384 32000 ;;
   *) shift 0; "$@" ;;  # anything else runs with the environment above (e.g. `sa capture ...`)
 esac
