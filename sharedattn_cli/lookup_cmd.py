@@ -27,8 +27,9 @@ def model_fingerprint(model: Optional[str], random_init: Optional[str]):
 
     quiet_transformers()
     spec = model or hf_models.BUNDLED_MODEL
-    if spec == hf_models.BUNDLED_MODEL:
-        return hf_models.fingerprint_of(AutoConfig.from_pretrained(hf_models.bundled_model_dir()), spec)
+    if spec in hf_models.NAMED_MODELS:  # converted on first use; not installed: one line, exit 2
+        folder = hf_models.model_dir(hf_models.NAMED_MODELS[spec], hf_models.cache_root())
+        return hf_models.fingerprint_of(AutoConfig.from_pretrained(folder), spec)
     path = Path(spec)
     try:
         if path.exists():

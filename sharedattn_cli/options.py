@@ -26,7 +26,8 @@ Opt = typer.Option
 # ---- model and prompts -----------------------------------------------------------------------
 
 ModelOpt = Annotated[Optional[str], Opt(
-    "--model", "-m", help="Model: 'smollm2-135m' (bundled, default), a local Hugging Face folder, or a hub id.")]
+    "--model", "-m", help="Model: a named model ('smollm2-135m', bundled, the default; others: "
+    "`sharedattn models list`), a local Hugging Face folder, or a hub id.")]
 RandomInitOpt = Annotated[Optional[str], Opt(
     "--random-init", help="Randomly initialised model of a named shape (llama-tiny, smollm2-shape, "
     "llama-3.1-8b-shape[:LAYERS]); its attention is not realistic.")]

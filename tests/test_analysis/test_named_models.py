@@ -75,3 +75,23 @@ def test_cli_names_the_model_and_says_how_to_install_it(tmp_path, monkeypatch):
 def test_install_refuses_an_unknown_name():
     result = CliRunner().invoke(app, ["models", "install", "no-such-model"])
     assert result.exit_code == 2 and "no named model 'no-such-model'" in result.output
+
+
+def test_the_shipped_qwen_lookup_validates_against_the_named_model(tmp_path, monkeypatch):
+    """`lookup validate` reads a named model's configuration from its converted folder; before the
+    model is installed it says how to install it."""
+    from importlib.resources import files
+
+    shipped = str(files("sharedattn.analysis") / "lookups" / "qwen2.5-coder-0.5b.json")
+    monkeypatch.setenv("SHAREDATTN_CACHE", str(tmp_path))
+    monkeypatch.setattr(nm, "part_paths", lambda model: None)
+    refused = CliRunner().invoke(app, ["lookup", "validate", shipped, "--model", "qwen2.5-coder-0.5b"])
+    assert refused.exit_code == 2 and "sharedattn models install qwen2.5-coder-0.5b" in refused.output
+    folder = tmp_path / "models" / "qwen2.5-coder-0.5b"  # as the conversion leaves it: config.json
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "num_hidden_layers": 24,
+        "num_attention_heads": 14, "num_key_value_heads": 2, "hidden_size": 896,
+        "max_position_embeddings": 32768, "vocab_size": 151936}))
+    accepted = CliRunner().invoke(app, ["lookup", "validate", shipped, "--model", "qwen2.5-coder-0.5b"])
+    assert accepted.exit_code == 0, accepted.output
