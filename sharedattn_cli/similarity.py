@@ -1,7 +1,6 @@
 """`sharedattn similarity [MODEL] PROMPT...` or `--records FILE...`: how alike are the heads?"""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -92,19 +91,6 @@ def _consistency_table(report, names: list[str]):
     return t
 
 
-def _write_outputs(out: Path, metric: Metric, matrix, summary, num_layers: int, num_heads: int) -> dict:
-    from sharedattn.analysis.files.atomic import write_text_atomic
-    from sharedattn.analysis.offline.similarity_report import save_matrix
-
-    check_out_dir(out)
-    npy, csv_path = save_matrix(matrix, out / f"similarity-{metric.value}", num_layers, num_heads)
-    partners = out / f"similarity-{metric.value}.partners.csv"
-    lines = ["head,partner,similarity"] + [f"L{p.layer}H{p.head},L{p.partner_layer}H{p.partner_head},"
-                                           f"{p.similarity:.6f}" for p in summary.partners]
-    write_text_atomic(partners, "\n".join(lines) + "\n")
-    return {"npy": str(npy), "csv": str(csv_path), "partners": str(partners)}
-
-
 def _record_json(rec) -> dict:
     m = rec.meta
     return {"prompt": m.prompt.name, "sha256": m.prompt.sha256, "num_tokens": m.num_tokens}
@@ -153,7 +139,10 @@ def similarity(
         matrix = mean_similarity(matrices)
         summary = summarize(matrix, fp.num_layers, fp.num_heads, metric.value, threshold)
         report = consistency(recs, matrices, top_k=top_k, gamma=gamma) if across else None
-    files = _write_outputs(out, metric, matrix, summary, fp.num_layers, fp.num_heads)
+    from sharedattn.analysis.offline.similarity_report import save_similarity
+
+    check_out_dir(out)
+    files = save_similarity(out, metric.value, matrix, summary, fp.num_layers, fp.num_heads)
     if json_out:
         import json
 

@@ -158,3 +158,15 @@ def save_matrix(matrix: torch.Tensor, prefix: Path, num_layers: int, num_heads: 
 
 __all__ = ["Partner", "LayerScore", "SimilaritySummary", "summarize", "save_matrix", "check_threshold",
            "best_partners", "layer_scores", "pair_masks", "head_label"]
+
+
+def save_similarity(out: Path, metric: str, matrix: torch.Tensor, summary: SimilaritySummary,
+                    num_layers: int, num_heads: int) -> dict[str, str]:
+    """What `sharedattn similarity` writes into ``out``: the matrix (``similarity-<metric>.npy`` and
+    ``.csv``) and each head's best partner (``.partners.csv``); returns the paths by kind."""
+    npy, csv_path = save_matrix(matrix, Path(out) / f"similarity-{metric}", num_layers, num_heads)
+    partners = Path(out) / f"similarity-{metric}.partners.csv"
+    lines = ["head,partner,similarity"] + [f"L{p.layer}H{p.head},L{p.partner_layer}H{p.partner_head},"
+                                           f"{p.similarity:.6f}" for p in summary.partners]
+    write_text_atomic(partners, "\n".join(lines) + "\n")
+    return {"npy": str(npy), "csv": str(csv_path), "partners": str(partners)}
