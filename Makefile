@@ -15,7 +15,7 @@ PREFILL_TOKENS ?= 6144
 # Linted by `make lint` (ruff, rules in pyproject.toml): the CLI, the library, the doc scripts and the tests.
 LINT_PATHS ?= sharedattn_cli analysis kernels docs/scripts tests
 
-.PHONY: setup demo test lint clean-cache
+.PHONY: setup demo test lint
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
