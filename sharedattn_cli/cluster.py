@@ -7,7 +7,7 @@ import typer
 
 from sharedattn.analysis.method.method_config import DEFAULT_GAMMA
 from sharedattn.analysis.offline.choices import Features, JsCombine, Linkage, Metric
-from sharedattn.analysis.offline.cluster_config import DEFAULT_DISTANCE_THRESHOLD, ClusterConfig
+from sharedattn.analysis.offline.cluster_config import DEFAULT_DISTANCE_THRESHOLD, AutoencoderConfig, ClusterConfig
 
 from .capturing import gather_records
 from .common import (
@@ -39,6 +39,8 @@ from .options import (
     TruncateOpt,
 )
 from .tables import clusters_table
+
+_AE = AutoencoderConfig  # the autoencoder options' defaults
 
 
 def cluster_config(features, linkage, distance_threshold, n_clusters, min_cluster_size, min_similarity):
@@ -117,10 +119,10 @@ def cluster(
     min_similarity: Annotated[float, typer.Option(
         "--min-similarity", help="Clusters less alike than this on average (0-1) are not shared.")
     ] = ClusterConfig.min_similarity,
-    epochs: Annotated[int, typer.Option("--epochs", help="Autoencoder training epochs.")] = 200,
-    latent_dim: Annotated[int, typer.Option("--latent-dim", help="Autoencoder code size.")] = 16,
-    grid: Annotated[int, typer.Option("--grid", help="Maps are resampled to grid x grid (multiple of 8).")] = 32,
-    seed: Annotated[int, typer.Option("--seed", help="Autoencoder seed.")] = 0,
+    epochs: Annotated[int, typer.Option("--epochs", help="Autoencoder training epochs.")] = _AE.epochs,
+    latent_dim: Annotated[int, typer.Option("--latent-dim", help="Autoencoder code size.")] = _AE.latent_dim,
+    grid: Annotated[int, typer.Option("--grid", help="Maps are resampled to grid x grid (multiple of 8).")] = _AE.grid,
+    seed: Annotated[int, typer.Option("--seed", help="Autoencoder seed.")] = _AE.seed,
     prune: Annotated[bool, typer.Option(
         "--prune", help="Run SharePrefill on the prompts and stop sharing each cluster whose sharing raises "
                         "the KL of the final logits against dense.")

@@ -16,10 +16,13 @@ from typing import Annotated, Optional
 
 import typer
 
+from sharedattn.analysis.evaluation.suite_defaults import QUICK_TOKENS
 from sharedattn.analysis.method import method_config as _mc
 from sharedattn.analysis.method.method_config import AShapeConfig, FallbackRule, SharePrefillConfig
 from sharedattn.analysis.offline.choices import JsCombine, Metric
 from sharedattn.kernels.limits import DTYPES, one_of
+
+from .common import DEFAULT_TOKENS
 
 Opt = typer.Option
 
@@ -34,7 +37,7 @@ RandomInitOpt = Annotated[Optional[str], Opt(
 TokensOpt = Annotated[int, Opt(
     "--tokens", "-n", help="Length of bundled prompts, in tokens.")]
 SuiteTokensOpt = Annotated[Optional[int], Opt(
-    "--tokens", "-n", help="Length of bundled prompts (default 2048; 1024 with --quick).")]
+    "--tokens", "-n", help=f"Length of bundled prompts (default {DEFAULT_TOKENS}; {QUICK_TOKENS} with --quick).")]
 TokenListOpt = Annotated[list[int], Opt("--tokens", "-n", help="Prompt lengths (repeat the option).")]
 TruncateOpt = Annotated[bool, Opt(
     "--truncate", help="Cut prompt files longer than the model's context instead of failing.")]

@@ -12,6 +12,7 @@ import typer
 
 from sharedattn.analysis.method.method_config import DEFAULT_GAMMA, check_fraction
 from sharedattn.analysis.offline.choices import Metric
+from sharedattn.analysis.offline.cluster_config import DEFAULT_ALIKE
 
 from .capturing import gather_records
 from .common import (
@@ -61,7 +62,7 @@ def report(
     out: OutDirOpt = DEFAULT_OUT / "report",
     metric: MetricOpt = Metric.JACCARD,
     gamma: MaskGammaOpt = DEFAULT_GAMMA,
-    threshold: ThresholdOpt = 0.5,
+    threshold: ThresholdOpt = DEFAULT_ALIKE,
     lookup: ClusterLookupOpt = None,
     model: ModelOpt = None,
     random_init: RandomInitOpt = None,

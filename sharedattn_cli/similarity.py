@@ -7,6 +7,7 @@ import typer
 
 from sharedattn.analysis.method.method_config import DEFAULT_GAMMA, check_fraction
 from sharedattn.analysis.offline.choices import JsCombine, Metric
+from sharedattn.analysis.offline.cluster_config import DEFAULT_ALIKE
 
 from .capturing import gather_records
 from .common import (
@@ -102,7 +103,7 @@ def similarity(
     records: RecordsOpt = None,
     metric: MetricOpt = Metric.JACCARD,
     gamma: MaskGammaOpt = DEFAULT_GAMMA,
-    threshold: ThresholdOpt = 0.5,
+    threshold: ThresholdOpt = DEFAULT_ALIKE,
     js_combine: JsCombineOpt = JsCombine.WORST,
     across: Annotated[bool, typer.Option("--across", help="Cross-input consistency over 2+ prompts.")] = False,
     top_k: Annotated[int, typer.Option("--top-k", help="Neighbours compared by --across.")] = 5,

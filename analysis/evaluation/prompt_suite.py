@@ -13,6 +13,14 @@ from typing import Callable, Optional
 
 from ..files.prompts import PromptError, resolve_prompt
 from .ruler import ruler_suite
+from .suite_defaults import (  # noqa: F401  (re-exported)
+    ALL_TEXT,
+    QUICK_DEPTHS,
+    QUICK_LENGTHS,
+    QUICK_MIN_BUDGET,
+    QUICK_TEXT,
+    QUICK_TOKENS,
+)
 from .tasks import (
     DEFAULT_DEPTHS,
     DEFAULT_LENGTHS,
@@ -23,13 +31,6 @@ from .tasks import (
     load_task_prompts,
     passkey_grid,
 )
-
-ALL_TEXT = ("stdlib-prose", "stdlib-code", "stdlib-mixed", "licenses")
-QUICK_TEXT = ("stdlib-prose", "stdlib-code")
-QUICK_TOKENS = 1024
-QUICK_LENGTHS = (1024,)
-QUICK_DEPTHS = (0.0, 0.5, 1.0)
-QUICK_MIN_BUDGET = 256  # tokens: at 1K the paper's 1024 keeps every block, and every method equals dense
 
 Warn = Callable[[str], None]
 

@@ -14,33 +14,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ...kernels.limits import ConfigError
 from ..files.records import AttentionRecord, check_compatible
 from ..method.coverage import clean_mass
-
-
-@dataclass(frozen=True)
-class AutoencoderConfig:
-    grid: int = 32  # maps are resampled to grid x grid; a multiple of 8
-    latent_dim: int = 16
-    epochs: int = 200
-    batch_size: int = 256
-    learning_rate: float = 2e-3
-    seed: int = 0
-    threads: int = 1  # intra-op CPU threads while training: these convolutions are too small to
-    # gain from more, and on a busy machine extra threads cost up to 30x in synchronisation
-
-    def __post_init__(self):
-        if self.grid < 8 or self.grid % 8:
-            raise ConfigError(f"grid must be a multiple of 8 and at least 8, got {self.grid}")
-        for name in ("latent_dim", "epochs", "batch_size", "threads"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        if not (0.0 < self.learning_rate < 1.0):
-            raise ConfigError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
-
-    def to_json(self) -> dict:
-        return vars(self).copy()
+from .cluster_config import AutoencoderConfig  # noqa: F401  (re-exported; torch-free for the CLI)
 
 
 def overlap_matrix(n: int, size: int) -> torch.Tensor:

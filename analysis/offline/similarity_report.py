@@ -16,6 +16,7 @@ import torch
 
 from ..files.atomic import write_text_atomic, write_with
 from ..method.method_config import check_fraction
+from .cluster_config import DEFAULT_ALIKE
 from .similarity import head_label, head_labels
 
 
@@ -111,7 +112,7 @@ def layer_scores(matrix: torch.Tensor, num_layers: int, num_heads: int, threshol
 
 
 def summarize(matrix: torch.Tensor, num_layers: int, num_heads: int, metric: str,
-              threshold: float = 0.5) -> SimilaritySummary:
+              threshold: float = DEFAULT_ALIKE) -> SimilaritySummary:
     """Summarise a ``[L*H, L*H]`` similarity matrix."""
     check_threshold(threshold)
     p = num_layers * num_heads

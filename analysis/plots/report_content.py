@@ -13,6 +13,7 @@ import numpy as np
 
 from ..files.records import AttentionRecord
 from ..method.method_config import DEFAULT_GAMMA
+from ..offline.cluster_config import DEFAULT_ALIKE
 from . import heatmaps, render, similarity_plots, summary
 from .report import ReportFigure, ReportSection, ReportTable, write_report
 
@@ -24,7 +25,7 @@ MAX_HEADS_LISTED = 12  # heads named per cluster row
 class ReportOptions:
     metric: str = "jaccard"
     gamma: float = DEFAULT_GAMMA
-    threshold: float = 0.5  # a pair is "alike" above this
+    threshold: float = DEFAULT_ALIKE  # a pair is "alike" above this
 
 
 @dataclass(frozen=True)

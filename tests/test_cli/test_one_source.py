@@ -163,3 +163,19 @@ def test_the_threshold_range_is_checked_by_the_library(tmp_path, command):
     res = CliRunner().invoke(app, [command, *TINY, "--threshold", "1.5", "-o", str(tmp_path / "o")])
     assert res.exit_code == 2, res.output
     assert _error_lines(res.output) == ["error: --threshold must be in [0, 1], got 1.5"]
+
+
+def test_autoencoder_threshold_and_suite_defaults_are_read_from_the_library():
+    from sharedattn.analysis.evaluation.suite_defaults import QUICK_TOKENS
+    from sharedattn.analysis.offline.autoencoder import AutoencoderConfig
+    from sharedattn.analysis.offline.cluster_config import DEFAULT_ALIKE
+    from sharedattn_cli.common import DEFAULT_TOKENS
+
+    cluster = _options("cluster")
+    for flag, field in (("--epochs", "epochs"), ("--latent-dim", "latent_dim"), ("--grid", "grid"), ("--seed", "seed")):
+        assert cluster[flag].default == getattr(AutoencoderConfig, field), flag
+    for command in ("similarity", "report"):
+        assert _options(command)["--threshold"].default == DEFAULT_ALIKE, command
+    assert _files_matching(r"ThresholdOpt\s*=\s*\d|threshold: float = \d", SOURCES) == []
+    assert _files_matching(r"(?m)^QUICK_TOKENS\s*=", SOURCES) == ["analysis/evaluation/suite_defaults.py"]
+    assert f"default {DEFAULT_TOKENS}; {QUICK_TOKENS} with --quick" in _options("compare")["--tokens"].help
