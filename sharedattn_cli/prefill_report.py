@@ -18,6 +18,20 @@ def sharing_line(doc: dict) -> str | None:
     return "sharing: no pivotal head (every candidate was query-aware, or the lookup shares no cluster)"
 
 
+def dense_layers_line(doc: dict) -> str | None:
+    """The layers that ran the model's own dense attention, and why (a feature the sparse path does
+    not honour: a sliding window shorter than the prompt, soft-capping, sinks, an odd head dim)."""
+    layers = doc.get("dense_layers")
+    if not layers:
+        return None
+    by_reason: dict[str, list[int]] = {}
+    for row in layers:
+        by_reason.setdefault(row["reason"], []).append(row["layer"])
+    parts = [f"{reason} (layer{'s' if len(ls) > 1 else ''} {', '.join(map(str, ls))})"
+             for reason, ls in by_reason.items()]
+    return f"{len(layers)} layer(s) ran the model's dense attention: " + "; ".join(parts)
+
+
 def _fmt_time(spread: dict) -> str:
     if spread["n"] == 1:
         return f"{spread['median'] * 1000:.1f} ms"
@@ -45,9 +59,9 @@ def print_report(console, doc: dict) -> None:
     console.print(f"density {s['density']:.3f}; heads: {shares}"
                   + (f"; decision step: {graphs['recorded']} CUDA graph(s) recorded, replayed "
                      f"{graphs['replayed']} times (last run)" if graphs.get("recorded") else ""))
-    sharing = sharing_line(doc)
-    if sharing:
-        console.print(sharing)
+    for line in (dense_layers_line(doc), sharing_line(doc)):
+        if line:
+            console.print(line, markup=False)
     f = doc["fidelity"]
     line = (f"fidelity vs dense: KL(final) {f['kl_last']:.2e}, KL(mean of last {f['positions']}) "
             f"{f['kl_mean']:.2e}, top-1 final {'same' if f['top1_last'] else 'DIFFERENT'}, "

@@ -1,8 +1,10 @@
 """Streamed attention capture through transformers' attention interface.
 
-A custom attention function runs the model's normal SDPA attention (so the model's outputs are
-exactly those of normal attention) and, beside it, reduces each layer's attention to block-mass
-maps and probe profiles, query chunk by query chunk: extra memory is O(H x chunk x N).
+A custom attention function runs the model's normal attention (SDPA, or the family's eager function
+where SDPA would drop soft-capping: family_attention.py), so the model's outputs are exactly those of
+normal attention, and, beside it, reduces each layer's attention to block-mass maps and probe
+profiles (honouring sliding windows and soft-capping), query chunk by query chunk: extra memory
+is O(H x chunk x N).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from ...kernels.limits import DEFAULT_CHUNK_SIZE, ConfigError, check_block_size
 from ..files.prompts import Prompt
 from ..files.records import AttentionRecord, PromptInfo, RecordMeta
 from ..method.method_config import default_block_size
+from .family_attention import family_dense, feature_maps, needs_feature_maps, refuse_for_capture
 from .models import LoadedModel
 
 CAPTURE_ATTENTION = "sharedattn_capture"
@@ -50,11 +53,17 @@ class _CaptureState:
         self.vertical: list[torch.Tensor | None] = [None] * num_layers
         self.slash: list[torch.Tensor | None] = [None] * num_layers
 
-    def observe(self, layer: int, query: torch.Tensor, key: torch.Tensor, scaling: float | None) -> None:
+    def observe(self, layer: int, query: torch.Tensor, key: torch.Tensor, scaling: float | None,
+                features: dict | None = None) -> None:
+        """Reduce one layer; ``features``: the family's attention keywords (family_attention.py)."""
         if query.shape[0] != 1:
             raise ValueError("capture runs one prompt at a time (batch size 1)")
-        bm = kernels.block_mass(query, key, self.block_size, scaling, self.chunk_size)
-        vertical, slash = kernels.last_block_profiles(query, key, self.block_size, scaling)
+        features = features or {}
+        if needs_feature_maps(query, key, features):  # soft-cap, a window hiding keys, odd head dim
+            bm, vertical, slash = feature_maps(query, key, self.block_size, scaling, self.chunk_size, features)
+        else:
+            bm = kernels.block_mass(query, key, self.block_size, scaling, self.chunk_size)
+            vertical, slash = kernels.last_block_profiles(query, key, self.block_size, scaling)
         self.block_mass[layer] = bm[0].float().cpu()
         self.vertical[layer] = vertical[0].float().cpu()
         self.slash[layer] = slash[0].float().cpu()
@@ -71,13 +80,12 @@ _STATE: contextvars.ContextVar[_CaptureState | None] = contextvars.ContextVar("c
 
 
 def _capture_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    out = sdpa_attention_forward(module, query, key, value, attention_mask,
-                                 scaling=scaling, dropout=dropout, **kwargs)
     state = _STATE.get()
     if state is not None:
-        state.observe(module.layer_idx, query, key, scaling)
+        refuse_for_capture(kwargs)
+    out = family_dense(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    if state is not None:
+        state.observe(module.layer_idx, query, key, scaling, kwargs)
     return out
 
 

@@ -6,7 +6,7 @@ This subpackage (`analysis.hf`) is the only place that imports transformers.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -30,13 +30,38 @@ class RandomShape:
     intermediate_size: int
     max_positions: int
     rope_theta: float
+    family: str = "llama"  # a key of RANDOM_FAMILIES
+    extra: tuple = ()  # (name, value) pairs: the family's own config fields (head_dim, windows, ...)
 
+
+# family -> (transformers config class, model class, attention implementation it is built with)
+RANDOM_FAMILIES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", "sdpa"),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", "sdpa"),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", "sdpa"),
+    "mistral": ("MistralConfig", "MistralForCausalLM", "sdpa"),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", "eager"),  # transformers: SDPA cannot soft-cap
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", "sdpa"),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", "sdpa"),
+}
 
 RANDOM_VOCAB_SIZE = 49152  # the bundled SmolLM2's, so embeddings and logits keep its size
 RANDOM_SHAPES = {
     "llama-tiny": RandomShape(2, 128, 4, 2, 256, 8192, 10000.0),
     "smollm2-shape": RandomShape(30, 576, 9, 3, 1536, 8192, 100000.0),
     "llama-3.1-8b-shape": RandomShape(32, 4096, 32, 8, 14336, 131072, 500000.0),
+    # one tiny model per family, each with the features of the family that reach attention
+    "qwen2-tiny": RandomShape(2, 128, 4, 2, 256, 8192, 10000.0, "qwen2",  # Q/K/V biases; window on layer 1
+                              (("use_sliding_window", True), ("sliding_window", 128), ("max_window_layers", 1))),
+    "qwen3-tiny": RandomShape(2, 128, 4, 2, 256, 8192, 10000.0, "qwen3", (("head_dim", 32),)),  # q/k norms
+    "mistral-tiny": RandomShape(2, 128, 4, 2, 256, 8192, 10000.0, "mistral", (("sliding_window", 4096),)),
+    "gemma2-tiny": RandomShape(2, 128, 4, 2, 256, 8192, 10000.0, "gemma2",  # soft-cap, window on layer 0
+                               (("head_dim", 32), ("query_pre_attn_scalar", 64), ("sliding_window", 128),
+                                ("attn_logit_softcapping", 50.0))),
+    "gemma3-tiny": RandomShape(2, 128, 2, 1, 256, 8192, 10000.0, "gemma3",  # head dim 256, window on layer 0
+                               (("head_dim", 256), ("query_pre_attn_scalar", 64), ("sliding_window", 128),
+                                ("sliding_window_pattern", 2))),
+    "phi3-tiny": RandomShape(2, 192, 2, 2, 256, 8192, 10000.0, "phi3", (("pad_token_id", 0),)),  # head dim 96
 }
 
 
@@ -98,20 +123,21 @@ def parse_random_shape(spec: str) -> tuple[str, RandomShape]:
     if layers:
         if not layers.isdigit() or int(layers) < 1:
             raise ModelLoadError(f"random-init shape {spec!r}: the layer count must be a positive integer")
-        shape = RandomShape(int(layers), *list(vars(shape).values())[1:])
+        shape = replace(shape, num_layers=int(layers))
     return name, shape
 
 
 def random_model(spec: str, dtype, device, seed: int = 0) -> LoadedModel:
-    """A randomly initialised Llama of a named shape, with a tokenizer built locally (no model
-    package, no download: analysis/hf/local_tokenizer.py)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """A randomly initialised model of a named shape (its family: ``RANDOM_FAMILIES``), with a
+    tokenizer built locally (no model package, no download: analysis/hf/local_tokenizer.py)."""
+    import transformers
 
     from .local_tokenizer import local_tokenizer
 
     name, shape = parse_random_shape(spec)
     tokenizer = local_tokenizer(RANDOM_VOCAB_SIZE)
-    config = LlamaConfig(
+    config_name, model_name, implementation = RANDOM_FAMILIES[shape.family]
+    config = getattr(transformers, config_name)(
         vocab_size=RANDOM_VOCAB_SIZE,
         hidden_size=shape.hidden_size,
         intermediate_size=shape.intermediate_size,
@@ -121,11 +147,12 @@ def random_model(spec: str, dtype, device, seed: int = 0) -> LoadedModel:
         max_position_embeddings=shape.max_positions,
         rope_theta=shape.rope_theta,
         tie_word_embeddings=True,
-        attn_implementation="sdpa",
+        attn_implementation=implementation,
+        **dict(shape.extra),
     )
     torch.manual_seed(seed)
     with torch.device(device):
-        model = LlamaForCausalLM(config).to(dtype).eval()
+        model = getattr(transformers, model_name)(config).to(dtype).eval()
     fp = fingerprint_of(config, f"random:{name}")
     return LoadedModel(model, tokenizer, fp, False, f"random init ({spec}, seed {seed})")
 

@@ -4,7 +4,10 @@ Importing ``sharedattn.analysis.hf`` registers one attention function per method
 (``dense``, ``a-shape``, ``vertical-slash``, ``flexprefill``, ``shareprefill``), each with the
 ``sdpa_mask`` builder, so ``model.set_attn_implementation("shareprefill")`` works. Settings (config,
 lookup) and the per-head trace live in a ``PrefillSession``; without an active session a method
-runs with its paper defaults and no lookup. Decoding (one query) always uses dense SDPA.
+runs with its paper defaults and no lookup. Decoding (one query) always uses the model's dense
+attention, and so does a layer call with a family feature the sparse path does not honour (a sliding
+window shorter than the keys, soft-capping, sinks, a head dim the Triton kernels do not take:
+family_attention.py); its trace says why.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from ...kernels.reference import causal_token_mask
 from ..method.method_config import MethodConfig, MethodName, make_config
 from ..method.sharing import SharingState, cluster_table
 from ..method.sparse_prefill import LayerTrace, SparsePrefill
+from .family_attention import dense_reason, family_dense
 
 
 @dataclass
@@ -110,13 +114,16 @@ def _session_for(method: MethodName, module) -> PrefillSession:
 
 def _key_spans(mask: torch.Tensor, nq: int, nk: int):
     """From a bool mask ``[B, 1, Nq, Nk]``: None if it is plain causal; else per batch element the
-    contiguous valid key span ``(start, end)``, or False if some element is not one span."""
+    contiguous valid key span ``(start, end)``, or False if some element is not one span or the
+    mask is more than causal plus padding (a sliding window, say)."""
     if mask.dtype != torch.bool:
         mask = mask == 0  # additive float mask: 0 where attended
     causal = causal_token_mask(nq, nk, mask.device)
     if bool((mask[:, 0] == causal).all()):
         return None
     valid = mask[:, 0].any(dim=1)  # [B, Nk]: keys some query sees
+    if not bool((mask[:, 0] == (causal & valid[:, None, :])).all()):
+        return False
     spans = []
     for row in valid.tolist():
         idx = [i for i, ok in enumerate(row) if ok]
@@ -164,20 +171,31 @@ def _timed(session: PrefillSession, fn):
     return result
 
 
+def _fall_back(session, module, reason, query, key, value, attention_mask, scaling, dropout, kwargs):
+    """Run the family's own dense attention for this layer and record why in its trace."""
+    out = _timed(session, lambda: family_dense(module, query, key, value, attention_mask,
+                                               scaling=scaling, dropout=dropout, **kwargs))
+    layer = module.layer_idx
+    session.traces[layer] = session.runner().dense_trace(layer, query, key, reason)
+    if session.compare_dense:  # it is the model's dense attention
+        session.layer_errors[layer] = torch.zeros((), device=query.device)
+    return out
+
+
 def make_attention_function(method: MethodName):
     def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-        if query.shape[2] == 1:  # decoding after prefill: ordinary dense attention
-            return sdpa_attention_forward(module, query, key, value, attention_mask,
-                                          scaling=scaling, dropout=dropout, **kwargs)
+        if query.shape[2] == 1:  # decoding after prefill: the model's own dense attention
+            return family_dense(module, query, key, value, attention_mask,
+                                scaling=scaling, dropout=dropout, **kwargs)
         session = _session_for(method, module)
         layer = module.layer_idx
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         spans = None if attention_mask is None else _key_spans(attention_mask, query.shape[2], key.shape[2])
-        if spans is False:  # not one contiguous span per element: dense with the mask
-            return sdpa_attention_forward(module, query, key, value, attention_mask,
-                                          scaling=scaling, dropout=dropout, **kwargs)
+        reason = dense_reason(query, key, kwargs)
+        if reason is None and spans is False:
+            reason = "attention mask is not causal with padding"
+        if reason is not None:
+            return _fall_back(session, module, reason, query, key, value, attention_mask, scaling, dropout, kwargs)
         if spans is None:
             out, trace = _timed(session, lambda: session.runner().attend(layer, query, key, value, scale))
         else:

@@ -56,6 +56,7 @@ class LayerTrace:
     source: torch.Tensor  # (layer, head) a shared head took its pattern from, else -1
     recall: torch.Tensor | None = None  # true attention mass inside the kept blocks (if measured)
     mask: torch.Tensor | None = None  # [B, H, nqb, nkb] kept blocks (if kept)
+    dense_reason: str | None = None  # why the layer ran the model's own dense attention (a family feature)
 
 
 @dataclass
@@ -104,6 +105,7 @@ class SparsePrefill:
         self.measure_recall = measure_recall  # costs one exact block-mass pass per layer
         self.keep_masks = keep_masks
         self.graphs = DecisionGraphs(enabled=use_graphs)
+        self._last_layer = 1 << 30  # the last layer SharePrefill ran the sparse path on
         if self.method is MethodName.SHAREPREFILL and sharing is None:
             raise ValueError("shareprefill needs a SharingState (a lookup; empty means no sharing)")
 
@@ -121,8 +123,9 @@ class SparsePrefill:
             inputs["pooled"] = kernels.pooled_block_estimate(q, k, bs, scale)  # [B, H, nqb, nkb]
         if self.method is MethodName.SHAREPREFILL:
             nqb, nkb = num_blocks(nq, bs), num_blocks(nk, bs)
-            if layer == 0:
+            if layer <= self._last_layer:  # a new forward pass (its first layers may have run dense)
                 self.sharing.reset(b, nqb, nkb, q.device)
+            self._last_layer = layer
             self.sharing.ensure(b, nqb, nkb, q.device)
             inputs["cluster"] = self.sharing.cluster_row(layer, q.device)
         key = (nq, nk, self.sharing.generation if self.sharing else 0,
@@ -133,16 +136,20 @@ class SparsePrefill:
 
     # ---- paths ---------------------------------------------------------------------------------
     def _dense(self, layer, q, k, v, scale):
-        out = _sdpa(q, k, v, scale)
+        return _sdpa(q, k, v, scale), self.dense_trace(layer, q, k)
+
+    def dense_trace(self, layer: int, q, k, reason: str | None = None) -> LayerTrace:
+        """The trace of a layer whose heads all ran dense (``reason``: why, when not by choice)."""
         b, h = q.shape[:2]
         ones = _full((b, h), 1.0, q.device, torch.float32)
         trace = LayerTrace(layer, _full((b, h), int(Decision.DENSE), q.device, torch.int8), ones, ones,
-                           _full((b, h, 2), -1, q.device, torch.long), ones if self.measure_recall else None)
+                           _full((b, h, 2), -1, q.device, torch.long), ones if self.measure_recall else None,
+                           dense_reason=reason)
         if self.keep_masks:
             nqb, nkb = num_blocks(q.shape[2], self.config.block_size), num_blocks(k.shape[2], self.config.block_size)
             trace.mask = causal_block_mask(q.shape[2], k.shape[2], self.config.block_size, q.device) \
                 .expand(b, h, nqb, nkb).cpu()
-        return out, trace
+        return trace
 
     def _decide(self, nq: int, nk: int, vertical, slash, estimate=None, pooled=None,
                 cluster=None) -> DecisionPlan:

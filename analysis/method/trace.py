@@ -21,6 +21,7 @@ class PrefillTrace:
     source: torch.Tensor  # [C, L, B, H, 2]
     recall: torch.Tensor | None = None  # true mass inside kept blocks, when measured
     masks: dict | None = None  # layer -> [B, H, nqb, nkb] bool of the last chunk, when kept
+    dense_reasons: dict | None = None  # layer -> why it ran the model's dense attention (last chunk that did)
 
     @classmethod
     def from_layers(cls, chunks: list[dict], num_layers: int) -> "PrefillTrace":
@@ -37,7 +38,13 @@ class PrefillTrace:
                                   for chunk in chunks]).cpu()
         masks = {layer: chunks[-1][layer].mask for layer in range(num_layers)
                  if chunks[-1][layer].mask is not None} or None
-        return cls(*stacked, recall=recall, masks=masks)
+        reasons = {layer: chunk[layer].dense_reason for chunk in chunks for layer in range(num_layers)
+                   if chunk[layer].dense_reason is not None}
+        return cls(*stacked, recall=recall, masks=masks, dense_reasons=reasons or None)
+
+    def dense_layers(self) -> list[dict]:
+        """``[{"layer", "reason"}]``: layers that ran dense for a feature the sparse path does not honour."""
+        return [{"layer": layer, "reason": reason} for layer, reason in sorted((self.dense_reasons or {}).items())]
 
     def mean_recall(self) -> float | None:
         return None if self.recall is None else float(self.recall.float().mean())
@@ -81,4 +88,5 @@ class PrefillTrace:
         return {"decision_shares": self.decision_shares(), "overall_density": self.overall_density(),
                 "mean_recall": self.mean_recall(),
                 "per_layer_density": self.per_layer_density(), "chunks": self.decision.shape[0],
+                "dense_layers": self.dense_layers(),
                 "heads": self.head_rows()}
