@@ -41,6 +41,11 @@ def _cache_key(loaded, prompt, config) -> str:
     payload = {"model": loaded.fingerprint.to_json(), "source": loaded.source, "prompt": prompt.sha256,
                "block": config.resolved_block_size(loaded.fingerprint.max_positions),
                "chunk": config.chunk_size, "dtype": str(model.dtype), "device": model.device.type}
+    from sharedattn.analysis.hf.models import layer_windows_of
+
+    windows = layer_windows_of(loaded.model.config)
+    if windows is not None:  # records of models with local layers carry them (older cached ones do not)
+        payload["layer_windows"] = list(windows)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 

@@ -179,6 +179,11 @@ def cluster(
         typer.echo(json.dumps({"lookup": str(path), **lookup.to_json()}))
         return
     console.print(clusters_table(lookup))
+    windows = lookup.calibration.windows(lookup.model.num_layers)
+    if len(set(windows)) > 1:
+        local = [i for i, w in enumerate(windows) if w is not None]
+        console.print(f"local (sliding-window) layers {local} and global layers were clustered separately: "
+                      "no cluster mixes them", soft_wrap=True)
     console.print(f"lookup: {path}", soft_wrap=True)
 
 

@@ -12,15 +12,13 @@ from .options import JsonOpt, LookupArg, ModelOpt, RandomInitOpt
 lookup_app = typer.Typer(no_args_is_help=True, help="Show and validate lookup files (from `sharedattn cluster`).")
 
 
-def model_fingerprint(model: Optional[str], random_init: Optional[str]):
-    """The fingerprint of a model from its configuration alone (no weights are loaded)."""
-    from sharedattn.analysis.files.fingerprint import ModelFingerprint
+def model_config(model: Optional[str], random_init: Optional[str]):
+    """(transformers config, model id) of a model from its configuration alone (no weights are loaded)."""
     from sharedattn.analysis.hf import models as hf_models
 
     if random_init:
-        name, shape = hf_models.parse_random_shape(random_init)
-        return ModelFingerprint(f"random:{name}", shape.num_layers, shape.num_heads, shape.num_kv_heads,
-                                shape.hidden_size // shape.num_heads, shape.max_positions)
+        name, _ = hf_models.parse_random_shape(random_init)
+        return hf_models.random_config(random_init), f"random:{name}"
     from transformers import AutoConfig
 
     from .common import quiet_transformers
@@ -29,14 +27,14 @@ def model_fingerprint(model: Optional[str], random_init: Optional[str]):
     spec = model or hf_models.BUNDLED_MODEL
     if spec in hf_models.NAMED_MODELS:  # converted on first use; not installed: one line, exit 2
         folder = hf_models.model_dir(hf_models.NAMED_MODELS[spec], hf_models.cache_root())
-        return hf_models.fingerprint_of(AutoConfig.from_pretrained(folder), spec)
+        return AutoConfig.from_pretrained(folder), spec
     path = Path(spec)
     try:
         if path.exists():
             if not (path / "config.json").is_file():
                 raise UserError(f"model {spec!r}: not a Hugging Face model folder (no config.json)")
-            return hf_models.fingerprint_of(AutoConfig.from_pretrained(path), path.resolve().name)
-        return hf_models.fingerprint_of(AutoConfig.from_pretrained(spec, local_files_only=True), spec)
+            return AutoConfig.from_pretrained(path), path.resolve().name
+        return AutoConfig.from_pretrained(spec, local_files_only=True), spec
     except (OSError, ValueError) as exc:
         raise UserError(f"model {spec!r}: its configuration cannot be read ({str(exc).splitlines()[0]})") from None
 
@@ -89,13 +87,14 @@ def validate(
     ignore_id: Annotated[bool, typer.Option(
         "--ignore-id", help="Compare only the shape, not the model id.")] = False,
 ) -> None:
-    """Check a lookup file and that it fits a model (exit 2 naming the field if not).
+    """Check a lookup file and that it fits a model, local (sliding-window) layers included
+    (exit 2 naming the field if not).
 
     Examples: `sharedattn lookup validate lookup.json` (the bundled model),
     `sharedattn lookup validate lookup.json --model ./my-model`,
     `sharedattn lookup validate lookup.json --record recs/stdlib-code-4096.json`.
     """
-    from sharedattn.analysis.offline.lookup import check_lookup_model, load_lookup
+    from sharedattn.analysis.offline.lookup import check_lookup_model, check_lookup_windows, load_lookup
 
     lookup = load_lookup(path)
     if record is not None:
@@ -103,10 +102,15 @@ def validate(
             raise UserError("give either --record or a model, not both")
         from sharedattn.analysis.files.records import load_record
 
-        fingerprint = load_record(record).meta.model
+        meta = load_record(record).meta
+        fingerprint, windows = meta.model, meta.layer_windows
     else:
-        fingerprint = model_fingerprint(model, random_init)
+        from sharedattn.analysis.hf.models import fingerprint_of, layer_windows_of
+
+        config, model_id = model_config(model, random_init)
+        fingerprint, windows = fingerprint_of(config, model_id), layer_windows_of(config)
     check_lookup_model(lookup, fingerprint, check_id=not ignore_id)
+    check_lookup_windows(lookup, windows)
     shared = lookup.shared_clusters
     console.print(f"{path}: valid lookup for {fingerprint.model_id} ({len(lookup.clusters)} clusters, "
                   f"{len(shared)} shared, {sum(c.size for c in shared)} heads shared)", soft_wrap=True)

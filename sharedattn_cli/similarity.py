@@ -138,7 +138,8 @@ def similarity(
     with err_console.status(f"{metric.value} similarity of {fp.num_layers * fp.num_heads} heads..."):
         matrices = similarity_matrices(recs, config)
         matrix = mean_similarity(matrices)
-        summary = summarize(matrix, fp.num_layers, fp.num_heads, metric.value, threshold)
+        windows = recs[0].meta.windows
+        summary = summarize(matrix, fp.num_layers, fp.num_heads, metric.value, threshold, windows)
         report = consistency(recs, matrices, top_k=top_k, gamma=gamma) if across else None
     from sharedattn.analysis.offline.similarity_report import save_similarity
 
@@ -152,6 +153,9 @@ def similarity(
                "files": files}
         typer.echo(json.dumps(doc))
         return
+    if len(set(windows)) > 1:
+        console.print(f"local (sliding-window) layers {list(summary.local_layers)}: heads are compared only "
+                      "with heads of the same kind of layer (cross-kind pairs: similarity 0, left out below)")
     console.print(_summary_table(summary, len(recs)))
     console.print(_layers_table(summary))
     console.print(_partners_table(summary))

@@ -43,10 +43,17 @@ class RecordMeta:
     packages: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    # per layer: the sliding window in tokens of a local layer, None for a global one; None: all global
+    layer_windows: tuple[int | None, ...] | None = None
 
     @property
     def num_blocks(self) -> int:
         return (self.num_tokens + self.block_size - 1) // self.block_size
+
+    @property
+    def windows(self) -> tuple[int | None, ...]:
+        """Every layer's window (None: global); a record without the field has only global layers."""
+        return self.layer_windows or (None,) * self.model.num_layers
 
     def to_json(self) -> dict:
         return {
@@ -58,6 +65,7 @@ class RecordMeta:
             "prompt": vars(self.prompt),
             "packages": self.packages,
             "config": self.config,
+            **({"layer_windows": list(self.layer_windows)} if self.layer_windows is not None else {}),
         }
 
 
@@ -119,6 +127,18 @@ def _require(data: dict, key: str, kind: type, where: str):
     return value
 
 
+def parse_layer_windows(value: object, num_layers: int, where: str) -> tuple[int | None, ...] | None:
+    """Validate an optional ``layer_windows`` list: one positive int (local) or null (global) per layer."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != num_layers:
+        raise FormatError(f"{where}: expected a list of {num_layers} windows (int or null), got {value!r}")
+    for i, w in enumerate(value):
+        if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 1):
+            raise FormatError(f"{where}[{i}]: expected a positive int or null, got {w!r}")
+    return tuple(value)
+
+
 def parse_meta(data: object) -> RecordMeta:
     if not isinstance(data, dict):
         raise FormatError("sidecar: expected a JSON object")
@@ -135,14 +155,16 @@ def parse_meta(data: object) -> RecordMeta:
         raise FormatError(f"num_tokens: must be positive, got {num_tokens}")
     prompt = _require(data, "prompt", dict, "")
     info = PromptInfo(*(_require(prompt, k, str, "prompt.") for k in ("name", "sha256", "preview")))
+    model = ModelFingerprint.from_json(data.get("model"), "model")
     return RecordMeta(
-        model=ModelFingerprint.from_json(data.get("model"), "model"),
+        model=model,
         block_size=block_size,
         num_tokens=num_tokens,
         prompt=info,
         packages=data.get("packages", {}),
         config=data.get("config", {}),
         schema_version=version,
+        layer_windows=parse_layer_windows(data.get("layer_windows"), model.num_layers, "layer_windows"),
     )
 
 
@@ -178,3 +200,6 @@ def check_compatible(records: list[AttentionRecord]) -> None:
             raise FormatError(
                 f"records use different block sizes ({first.block_size} != {rec.meta.block_size})"
             )
+        if rec.meta.windows != first.windows:
+            raise FormatError(f"records use different local layers (layer_windows {list(first.windows)} "
+                              f"!= {list(rec.meta.windows)})")

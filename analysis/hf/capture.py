@@ -22,7 +22,7 @@ from ..files.prompts import Prompt
 from ..files.records import AttentionRecord, PromptInfo, RecordMeta
 from ..method.method_config import default_block_size
 from .family_attention import family_dense, feature_maps, needs_feature_maps, refuse_for_capture
-from .models import LoadedModel
+from .models import LoadedModel, layer_windows_of
 
 CAPTURE_ATTENTION = "sharedattn_capture"
 
@@ -148,5 +148,6 @@ def capture_prompt(loaded: LoadedModel, prompt: Prompt, config: CaptureConfig,
         config={**asdict(config), "block_size": block_size,
                 "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
                 "device": device.type, "realistic_model": loaded.realistic},
+        layer_windows=layer_windows_of(model.config),
     )
     return AttentionRecord(meta, block_mass, vertical, slash), logits.float().cpu()

@@ -92,6 +92,22 @@ def fingerprint_of(config, model_id: str) -> ModelFingerprint:
     )
 
 
+def layer_windows_of(config) -> tuple[int | None, ...] | None:
+    """Each layer's sliding window from a transformers config (None: a global layer), or None when
+    every layer is global. ``layer_types`` (Gemma2/3, Qwen2/3, ...) names each layer's kind; without
+    it a ``sliding_window`` applies to every layer (Mistral) unless ``use_sliding_window`` is false."""
+    window = getattr(config, "sliding_window", None)
+    num_layers = config.num_hidden_layers
+    types = getattr(config, "layer_types", None)
+    if types is not None:
+        windows = tuple(window if t == "sliding_attention" and window else None for t in types)
+    elif window and getattr(config, "use_sliding_window", True) is not False:
+        windows = (int(window),) * num_layers
+    else:
+        windows = (None,) * num_layers
+    return windows if any(w is not None for w in windows) else None
+
+
 def bundled_model_dir() -> Path:
     """The converted bundled model, converting it on first use."""
     return model_dir(NAMED_MODELS[BUNDLED_MODEL], cache_root())
@@ -127,17 +143,13 @@ def parse_random_shape(spec: str) -> tuple[str, RandomShape]:
     return name, shape
 
 
-def random_model(spec: str, dtype, device, seed: int = 0) -> LoadedModel:
-    """A randomly initialised model of a named shape (its family: ``RANDOM_FAMILIES``), with a
-    tokenizer built locally (no model package, no download: analysis/hf/local_tokenizer.py)."""
+def random_config(spec: str):
+    """The transformers config of a random-init shape (no weights)."""
     import transformers
 
-    from .local_tokenizer import local_tokenizer
-
-    name, shape = parse_random_shape(spec)
-    tokenizer = local_tokenizer(RANDOM_VOCAB_SIZE)
-    config_name, model_name, implementation = RANDOM_FAMILIES[shape.family]
-    config = getattr(transformers, config_name)(
+    _, shape = parse_random_shape(spec)
+    config_name, _, implementation = RANDOM_FAMILIES[shape.family]
+    return getattr(transformers, config_name)(
         vocab_size=RANDOM_VOCAB_SIZE,
         hidden_size=shape.hidden_size,
         intermediate_size=shape.intermediate_size,
@@ -150,6 +162,19 @@ def random_model(spec: str, dtype, device, seed: int = 0) -> LoadedModel:
         attn_implementation=implementation,
         **dict(shape.extra),
     )
+
+
+def random_model(spec: str, dtype, device, seed: int = 0) -> LoadedModel:
+    """A randomly initialised model of a named shape (its family: ``RANDOM_FAMILIES``), with a
+    tokenizer built locally (no model package, no download: analysis/hf/local_tokenizer.py)."""
+    import transformers
+
+    from .local_tokenizer import local_tokenizer
+
+    name, shape = parse_random_shape(spec)
+    tokenizer = local_tokenizer(RANDOM_VOCAB_SIZE)
+    model_name = RANDOM_FAMILIES[shape.family][1]
+    config = random_config(spec)
     torch.manual_seed(seed)
     with torch.device(device):
         model = getattr(transformers, model_name)(config).to(dtype).eval()

@@ -11,10 +11,14 @@ The tree is cut either at a distance threshold or into a number of clusters. A c
 in sharing only if it has at least ``min_cluster_size`` heads and its mean within-cluster
 similarity (always measured with the similarity metric, whatever the features) reaches
 ``min_similarity``; singletons are the heads unlike any other and are never shared.
+
+Models with local (sliding-window) and global layers: each kind of layer is clustered on its own
+(``kinds``), so no cluster mixes heads of different kinds; ``n_clusters`` is split over the kinds in
+proportion to their head counts (at least one each).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -86,6 +90,36 @@ def cut_labels(condensed: np.ndarray, num: int, config: ClusterConfig) -> np.nda
     return labels.astype(np.int64) - 1
 
 
+def cluster_shares(sizes: list[int], n_clusters: int | None) -> list[int | None]:
+    """``n_clusters`` split over groups of ``sizes`` items, in proportion (at least 1, at most the size)."""
+    if n_clusters is None:
+        return [None] * len(sizes)
+    total = sum(sizes)
+    return [min(size, max(1, round(n_clusters * size / total))) for size in sizes]
+
+
+def cut_within_kinds(condensed: np.ndarray, kinds: list[int], config: ClusterConfig) -> np.ndarray:
+    """Flat labels as ``cut_labels``, but each kind of head cut on its own (labels never span kinds)."""
+    from scipy.spatial.distance import squareform
+
+    groups: dict[int, list[int]] = {}
+    for i, kind in enumerate(kinds):
+        groups.setdefault(kind, []).append(i)
+    if len(groups) < 2:
+        return cut_labels(condensed, len(kinds), config)
+    square = squareform(condensed, checks=False)
+    labels = np.empty(len(kinds), dtype=np.int64)
+    offset = 0
+    members = list(groups.values())
+    for group, share in zip(members, cluster_shares([len(m) for m in members], config.n_clusters)):
+        idx = np.array(group)
+        sub = squareform(square[np.ix_(idx, idx)], checks=False)
+        part = cut_labels(sub, len(group), config if share is None else replace(config, n_clusters=share))
+        labels[idx] = part + offset
+        offset += int(part.max()) + 1
+    return labels
+
+
 def mean_within(similarity: torch.Tensor, members: list[int]) -> float | None:
     if len(members) < 2:
         return None
@@ -115,12 +149,13 @@ def build_clusters(raw: np.ndarray, similarity: torch.Tensor, num_heads: int,
 
 
 def cluster_heads(similarity: torch.Tensor, num_heads: int, config: ClusterConfig,
-                  codes: torch.Tensor | None = None) -> Clustering:
+                  codes: torch.Tensor | None = None, kinds: list[int] | None = None) -> Clustering:
     """Cluster ``P = L * H`` heads.
 
     ``similarity`` is the ``[P, P]`` calibration aggregate (mean over prompts); it drives the
     clustering for ``features=similarity`` and the statistics always. ``codes`` (``[P, d]``) are
-    required for ``features=autoencoder``.
+    required for ``features=autoencoder``. ``kinds`` (one int per head, e.g.
+    ``similarity.head_kinds``) keeps heads of different kinds in different clusters.
     """
     num = similarity.shape[0]
     if num % num_heads:
@@ -131,7 +166,10 @@ def cluster_heads(similarity: torch.Tensor, num_heads: int, config: ClusterConfi
         condensed = feature_distance(codes)
     else:
         condensed = similarity_distance(similarity)
-    return build_clusters(cut_labels(condensed, num, config), similarity, num_heads, config)
+    if kinds is not None and len(kinds) != num:
+        raise ValueError(f"{len(kinds)} head kinds for {num} heads")
+    raw = cut_within_kinds(condensed, kinds, config) if kinds is not None else cut_labels(condensed, num, config)
+    return build_clusters(raw, similarity, num_heads, config)
 
 
 def _comb2(x: np.ndarray) -> float:

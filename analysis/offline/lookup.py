@@ -20,10 +20,10 @@ from pathlib import Path
 
 from ..files.atomic import write_text_atomic
 from ..files.fingerprint import FormatError, ModelFingerprint
-from ..files.records import AttentionRecord
+from ..files.records import AttentionRecord, parse_layer_windows
 from .cluster_config import ClusterConfig
 from .clustering import Clustering, HeadCluster, cluster_heads
-from .similarity import SimilarityConfig, mean_similarity, similarity_matrices
+from .similarity import SimilarityConfig, head_kinds, mean_similarity, similarity_matrices
 
 SCHEMA_VERSION = 1
 LOOKUP_KIND = "sharedattn.lookup"
@@ -44,11 +44,16 @@ class Calibration:
     metric: str
     options: dict = field(default_factory=dict)  # clustering (and autoencoder) options used
     packages: dict = field(default_factory=dict)
+    layer_windows: tuple[int | None, ...] | None = None  # the records' local layers; None: all global
+
+    def windows(self, num_layers: int) -> tuple[int | None, ...]:
+        return self.layer_windows or (None,) * num_layers
 
     def to_json(self) -> dict:
         return {"prompts": [vars(p).copy() for p in self.prompts], "block_size": self.block_size,
                 "gamma": self.gamma, "metric": self.metric, "options": self.options,
-                "packages": self.packages}
+                "packages": self.packages,
+                **({"layer_windows": list(self.layer_windows)} if self.layer_windows is not None else {})}
 
 
 @dataclass(frozen=True)
@@ -86,8 +91,9 @@ def calibration_from_records(records: list[AttentionRecord], gamma: float, metri
                              options: dict) -> Calibration:
     prompts = tuple(CalibrationPrompt(r.meta.prompt.name, r.meta.prompt.sha256, r.meta.num_tokens)
                     for r in records)
-    return Calibration(prompts, records[0].meta.block_size, gamma, metric, dict(options),
-                       dict(records[0].meta.packages))
+    meta = records[0].meta
+    return Calibration(prompts, meta.block_size, gamma, metric, dict(options), dict(meta.packages),
+                       meta.layer_windows)
 
 
 def build_lookup(records: list[AttentionRecord], clustering: Clustering, *, gamma: float,
@@ -103,7 +109,9 @@ def lookup_from_records(records: list[AttentionRecord], sim_config: SimilarityCo
     ``codes`` are the heads' latent codes (``autoencoder.latent_codes``) when the clustering runs on
     autoencoder features; ``autoencoder`` is their ``AutoencoderConfig``, recorded in the options."""
     sim = mean_similarity(similarity_matrices(records, sim_config))
-    clustering = cluster_heads(sim, records[0].meta.model.num_heads, cluster_config, codes=codes)
+    meta = records[0].meta
+    kinds = head_kinds(meta.windows, meta.model.num_heads).tolist()
+    clustering = cluster_heads(sim, meta.model.num_heads, cluster_config, codes=codes, kinds=kinds)
     options = {**sim_config.to_json(), **cluster_config.to_json()}
     if autoencoder is not None:
         options["autoencoder"] = autoencoder.to_json()
@@ -134,7 +142,7 @@ def _get(data: dict, key: str, kind: type | tuple, where: str):
     return value
 
 
-def parse_calibration(data: object) -> Calibration:
+def parse_calibration(data: object, num_layers: int) -> Calibration:
     if not isinstance(data, dict):
         raise FormatError("calibration: expected an object")
     w = "calibration."
@@ -151,8 +159,9 @@ def parse_calibration(data: object) -> Calibration:
     gamma = float(_get(data, "gamma", (float, int), w))
     if not (0.0 < gamma <= 1.0):
         raise FormatError(f"{w}gamma: must be in (0, 1], got {gamma}")
+    windows = parse_layer_windows(data.get("layer_windows"), num_layers, f"{w}layer_windows")
     return Calibration(tuple(prompts), block_size, gamma, _get(data, "metric", str, w),
-                       _get(data, "options", dict, w), data.get("packages", {}))
+                       _get(data, "options", dict, w), data.get("packages", {}), windows)
 
 
 def _parse_head(value: object, where: str, model: ModelFingerprint) -> tuple[int, int]:
@@ -217,7 +226,7 @@ def parse_lookup(data: object) -> Lookup:
     if version != SCHEMA_VERSION:
         raise FormatError(f"schema_version: {version} is not supported (this build reads {SCHEMA_VERSION})")
     model = ModelFingerprint.from_json(data.get("model"), "model")
-    return Lookup(model, parse_calibration(data.get("calibration")),
+    return Lookup(model, parse_calibration(data.get("calibration"), model.num_layers),
                   parse_clusters(data.get("clusters"), model), version)
 
 
@@ -238,3 +247,17 @@ def check_lookup_model(lookup: Lookup, model: ModelFingerprint, *, check_id: boo
     diff = lookup.model.mismatch(model, check_id=check_id)
     if diff:
         raise FormatError(f"lookup was made for another model (model.{diff})")
+
+
+def check_lookup_windows(lookup: Lookup, windows: tuple[int | None, ...] | None) -> None:
+    """Raise ``FormatError`` naming ``calibration.layer_windows`` when the model's local layers
+    (``windows``: one window or None per layer; None: all global) differ from the lookup's."""
+    num = lookup.model.num_layers
+    ours, theirs = lookup.calibration.windows(num), tuple(windows or (None,) * num)
+    if ours != theirs:
+        raise FormatError(f"lookup was made for another model (calibration.layer_windows: lookup "
+                          f"{_windows_text(ours)}, model {_windows_text(theirs)})")
+
+
+def _windows_text(windows: tuple[int | None, ...]) -> str:
+    return "[" + ", ".join("global" if w is None else str(w) for w in windows) + "]"

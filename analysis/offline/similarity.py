@@ -11,6 +11,10 @@ Three metrics (``Metric``):
   pass the online sharing test at ``tau_s``, so "similarity > 0.5" means "shareable at 0.5".
 * ``cosine``: cosine similarity of the block-mass maps.
 
+Layers of different kinds (global, or local with a sliding window of w tokens: the record's
+``layer_windows``) see different keys, so a pair of heads from layers of different kinds has
+similarity 0 by definition (``separate_kinds``): such heads are never shared.
+
 NaN-safety, the same for all three: a head's similarity with itself is 1; two heads with no
 mass at all are identical (1); a head with no mass and one with mass share nothing (0); NaN or
 negative inputs count as zero mass.
@@ -156,10 +160,30 @@ def js_similarity(record: AttentionRecord, config: SimilarityConfig) -> torch.Te
     return _finish(1.0 - dist)
 
 
+def head_kinds(windows: tuple[int | None, ...], num_heads: int) -> torch.Tensor:
+    """Kind of every head, layer-major: one int per distinct layer window (global is a kind too)."""
+    ids = {w: i for i, w in enumerate(dict.fromkeys(windows))}
+    return torch.tensor([ids[w] for w in windows]).repeat_interleave(num_heads)
+
+
+def cross_kind_pairs(windows: tuple[int | None, ...], num_heads: int) -> torch.Tensor:
+    """Bool ``[P, P]``: True where the two heads come from layers of different kinds."""
+    kinds = head_kinds(windows, num_heads)
+    return kinds[:, None] != kinds[None, :]
+
+
+def separate_kinds(sim: torch.Tensor, windows: tuple[int | None, ...], num_heads: int) -> torch.Tensor:
+    """Set the similarity of every cross-kind pair to 0 (a copy; unchanged when all layers are alike)."""
+    if len(set(windows)) < 2:
+        return sim
+    return sim.masked_fill(cross_kind_pairs(windows, num_heads), 0.0)
+
+
 def similarity_matrix(record: AttentionRecord, config: SimilarityConfig = SimilarityConfig()) -> torch.Tensor:
     """``[L*H, L*H]`` float32 similarity of every pair of heads of one record, in [0, 1].
 
-    The work runs on the record's device; the (small) result comes back on the CPU.
+    The work runs on the record's device; the (small) result comes back on the CPU. Pairs of heads
+    from layers of different kinds (``record.meta.windows``) are 0.
     """
     if config.metric is Metric.JACCARD:
         sim = jaccard_from_masks(head_masks(record, config.gamma, config.head_chunk), config.cell_chunk)
@@ -169,7 +193,7 @@ def similarity_matrix(record: AttentionRecord, config: SimilarityConfig = Simila
         sim = cosine_from_maps(maps, config.cell_chunk)
     else:
         sim = js_similarity(record, config)
-    return sim.cpu()
+    return separate_kinds(sim.cpu(), record.meta.windows, record.meta.model.num_heads)
 
 
 def similarity_matrices(records: list[AttentionRecord], config: SimilarityConfig) -> list[torch.Tensor]:

@@ -4,6 +4,9 @@ The summary answers the paper's first observation for one matrix: how many head 
 alike (above a threshold, default 0.5) within a layer and across layers, which head is each
 head's closest partner, and which layers are most and least shareable. A layer's shareability
 is the mean, over its heads, of each head's best similarity to any other head.
+
+With local (sliding-window) and global layers (``windows``), pairs of heads from layers of different
+kinds are left out of every share, mean and partner: only heads of the same kind are compared.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import torch
 from ..files.atomic import write_text_atomic, write_with
 from ..method.method_config import check_fraction
 from .cluster_config import DEFAULT_ALIKE
-from .similarity import head_label, head_labels
+from .similarity import cross_kind_pairs, head_label, head_labels
 
 
 def check_threshold(threshold: float, name: str = "threshold") -> float:
@@ -59,9 +62,11 @@ class SimilaritySummary:
     mean_across: float
     partners: tuple[Partner, ...]
     layers: tuple[LayerScore, ...]  # sorted, most shareable first
+    local_layers: tuple[int, ...] = ()  # layers with a sliding window (compared only with their kind)
 
     def to_json(self) -> dict:
         return {
+            "local_layers": list(self.local_layers),
             "metric": self.metric, "threshold": self.threshold,
             "num_layers": self.num_layers, "num_heads": self.num_heads,
             "share_within": self.share_within, "share_across": self.share_across,
@@ -112,19 +117,26 @@ def layer_scores(matrix: torch.Tensor, num_layers: int, num_heads: int, threshol
 
 
 def summarize(matrix: torch.Tensor, num_layers: int, num_heads: int, metric: str,
-              threshold: float = DEFAULT_ALIKE) -> SimilaritySummary:
-    """Summarise a ``[L*H, L*H]`` similarity matrix."""
+              threshold: float = DEFAULT_ALIKE, windows: tuple[int | None, ...] | None = None) -> SimilaritySummary:
+    """Summarise a ``[L*H, L*H]`` similarity matrix; ``windows`` (one per layer, None: global) leaves
+    cross-kind pairs out."""
     check_threshold(threshold)
     p = num_layers * num_heads
     if tuple(matrix.shape) != (p, p):
         raise ValueError(f"matrix shape {tuple(matrix.shape)} does not fit {num_layers} x {num_heads} heads")
     within, across = pair_masks(num_layers, num_heads)
+    windows = tuple(windows or (None,) * num_layers)
+    local = tuple(i for i, w in enumerate(windows) if w is not None)
+    if len(set(windows)) > 1:
+        cross = cross_kind_pairs(windows, num_heads)
+        across = across & ~cross
+        matrix = matrix.float().masked_fill(cross, float("nan"))
     return SimilaritySummary(
         metric=metric, threshold=threshold, num_layers=num_layers, num_heads=num_heads,
         share_within=_share(matrix[within], threshold), share_across=_share(matrix[across], threshold),
         mean_within=_mean(matrix[within]), mean_across=_mean(matrix[across]),
-        partners=best_partners(matrix, num_heads),
-        layers=layer_scores(matrix, num_layers, num_heads, threshold),
+        partners=best_partners(torch.nan_to_num(matrix, nan=-1.0), num_heads),
+        layers=layer_scores(matrix, num_layers, num_heads, threshold), local_layers=local,
     )
 
 
