@@ -16,11 +16,11 @@ models_app = typer.Typer(help="List and install the named real models.", no_args
 def list_models(json_out: JsonOpt = False) -> None:
     """List the named models, whether their parts are installed and whether they are converted."""
     from sharedattn.analysis.hf.models import cache_root
-    from sharedattn.analysis.hf.named_models import NAMED_MODELS, part_paths
+    from sharedattn.analysis.hf.named_models import NAMED_MODELS, converted_folder, part_paths
 
     rows = []
     for model in NAMED_MODELS.values():
-        converted = (cache_root() / "models" / model.name / "config.json").is_file()
+        converted = (converted_folder(model, cache_root()) / "config.json").is_file()
         rows.append({"name": model.name, "description": model.description, "bundled": model.bundled,
                      "installed": part_paths(model) is not None, "converted": converted,
                      "install": model.install_command()})

@@ -147,9 +147,14 @@ def convert(model: NamedModel, gguf: Path, target: Path) -> None:
     os.replace(tmp, target)
 
 
+def converted_folder(model: NamedModel, cache: Path) -> Path:
+    """Where the converted model lives under ``cache`` (complete once it holds ``config.json``)."""
+    return cache / "models" / model.name
+
+
 def model_dir(model: NamedModel, cache: Path) -> Path:
     """The converted model's folder under ``cache``, converting it on first use."""
-    target = cache / "models" / model.name
+    target = converted_folder(model, cache)
     if (target / "config.json").is_file():
         return target
     paths = part_paths(model)
