@@ -66,15 +66,16 @@ def select_backend(t: torch.Tensor) -> Backend:
 
 def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockLayout, *,
                      scale: float | None = None, return_block_mass: bool = False,
-                     mass_heads: torch.Tensor | None = None):
+                     mass_heads: torch.Tensor | None = None, num_mass_heads: int | None = None):
     """Block-sparse causal attention: q ``[B, H, Nq, D]``, k/v ``[B, H_kv, Nk, D]`` -> out
     ``[B, H, Nq, D]`` (q's dtype), plus the mass map ``[B, H, nqb, nkb]`` fp32 when asked
-    (only for the heads of the bool ``[B, H]`` ``mass_heads`` if given; zeros elsewhere)."""
+    (only for the heads of the bool ``[B, H]`` ``mass_heads`` if given; zeros elsewhere;
+    ``num_mass_heads``: how many those are, when the caller knows, which saves a host sync)."""
     if select_backend(q) is Backend.TRITON:
         from .block_sparse import block_sparse_attention
 
         return block_sparse_attention(q, k, v, layout, scale=scale, return_block_mass=return_block_mass,
-                                      mass_heads=mass_heads)
+                                      mass_heads=mass_heads, num_mass_heads=num_mass_heads)
     if not return_block_mass:
         return _masked_sdpa(q, k, v, layout, scale)
     if mass_heads is None:

@@ -17,7 +17,7 @@ import triton
 from .attn_fwd import AttnConfig, attn_fwd_kernel, default_config
 from .layout import BlockLayout
 from .limits import HEAD_DIMS, check_block_size, one_of
-from .mass_pass import launch_block_mass, mass_from_tile_lse
+from .mass_pass import launch_block_mass
 
 __all__ = ["AttnConfig", "block_mass_map", "block_sparse_attention", "default_config"]
 
@@ -66,28 +66,39 @@ def _check_mass_heads(mass_heads, q) -> None:
         raise ValueError(f"mass_heads must be [B, H] = {tuple(q.shape[:2])}, got {tuple(mass_heads.shape)}")
 
 
-def _one_pass_slots(layout: BlockLayout, cfg: AttnConfig, mass_heads, mode: str, device):
-    """Flat ids of the heads whose maps the forward pass records itself, or None for two passes.
+def _one_pass_slots(layout: BlockLayout, cfg: AttnConfig, mass_heads, mode: str, device,
+                    num_mass_heads: int | None = None):
+    """``(slots, n)``: each head's slot in the one-pass scratch (``[B * H]`` int32, -1 = no map)
+    and the number of slots, or None for two passes.
 
     The one-pass scratch is ``slots x kept tiles x rows`` fp32; "auto" takes it when it fits in
-    an eighth of the free device memory (512 MiB on CPU)."""
+    an eighth of the free device memory (512 MiB on CPU) and a kept block is one key tile (with
+    sub-tiles the two-pass map is faster: docs/benchmarks.md). ``num_mass_heads``: the number of
+    True entries of ``mass_heads`` when the caller knows it (no host sync here then)."""
     if mode == "two":
         return None
     bsz, heads = layout.counts.shape[:2]
+    if mode == "auto" and cfg.block_n != layout.block_size:
+        return None
     wanted = torch.ones(bsz, heads, dtype=torch.bool, device=device) if mass_heads is None else mass_heads
-    ids = torch.nonzero(wanted.to(device).reshape(-1)).flatten()  # one host sync
-    need = ids.numel() * layout.indices.shape[-1] * (layout.block_size // cfg.block_n) \
+    wanted = wanted.to(device).reshape(-1)
+    n = wanted.numel() if mass_heads is None else num_mass_heads
+    if n is None:
+        n = int(wanted.sum())  # one host sync
+    need = n * layout.indices.shape[-1] * (layout.block_size // cfg.block_n) \
         * layout.num_q_blocks * layout.block_size * 4
     if mode == "auto":
         free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 4 << 30
         if need > free // 8:
             return None
-    return ids
+    slots = torch.where(wanted, torch.cumsum(wanted, 0, dtype=torch.int32) - 1, -1).to(torch.int32)
+    return slots, n
 
 
 def _launch_attention(q, k, v, layout: BlockLayout, scale: float, return_block_mass: bool,
                       out: torch.Tensor | None, config: AttnConfig | None, store_out: bool = True,
-                      mass_heads: torch.Tensor | None = None, mass_pass: str = "auto"):
+                      mass_heads: torch.Tensor | None = None, mass_pass: str = "auto",
+                      num_mass_heads: int | None = None):
     """Checked launch. q ``[B, H, Nq, D]``, k/v ``[B, H_kv, Nk, D]`` -> (out, mass or None)."""
     _check_inputs(q, k, v, layout)
     orig_dtype = q.dtype
@@ -106,41 +117,40 @@ def _launch_attention(q, k, v, layout: BlockLayout, scale: float, return_block_m
     if store_out:
         kernel_out = out if out.dtype == q.dtype else torch.empty_like(q)
     stats = torch.empty((bsz, heads, 2, nq), dtype=torch.float32, device=q.device)
-    ids = _one_pass_slots(layout, cfg, mass_heads, mass_pass, q.device) if return_block_mass else None
+    one_pass = _one_pass_slots(layout, cfg, mass_heads, mass_pass, q.device, num_mass_heads) \
+        if return_block_mass else None
     sub = layout.block_size // cfg.block_n
     kt, nqp = layout.indices.shape[-1] * sub, layout.num_q_blocks * layout.block_size
-    slots = lse = stats  # placeholders when no tile sums are recorded
-    if ids is not None:
-        lse = torch.empty((max(ids.numel(), 1), kt, nqp), dtype=torch.float32, device=q.device)
-        slots = torch.full((bsz * heads,), -1, dtype=torch.int32, device=q.device)
-        slots[ids] = torch.arange(ids.numel(), dtype=torch.int32, device=q.device)
+    slots = lse = mass = stats  # placeholders when no tile sums are recorded
+    if one_pass is not None:
+        slots, n_slots = one_pass
+        lse = torch.empty((max(n_slots, 1), kt, nqp), dtype=torch.float32, device=q.device)
+        mass = torch.zeros(layout.shape, dtype=torch.float32, device=q.device)
     descs = _kv_descriptors(k, v, cfg) if cfg.tma else None
     num_m = triton.cdiv(nq, cfg.block_m)
     qk_scale = scale * LOG2E
     attn_fwd_kernel[(bsz * heads * num_m,)](
         q, k, v, kernel_out, stats, layout.counts, layout.indices, layout.num_full,
-        *(descs or (k, v)), lse, slots,
+        *(descs or (k, v)), lse, slots, mass,
         *q.stride(), *k.stride(), *v.stride(), *kernel_out.stride(),
         layout.counts.stride(0), layout.counts.stride(1), *layout.indices.stride(),
-        heads, heads // k.shape[1], nq, k.shape[2], num_m, nqp, kt, qk_scale,
+        heads, heads // k.shape[1], nq, k.shape[2], num_m, nqp, kt, layout.num_kv_blocks, qk_scale,
         BLOCK_SIZE=layout.block_size, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=dim,
         STORE_OUT=store_out, STORE_STATS=return_block_mass, WARP_SPEC=cfg.warp_specialize,
-        USE_TMA=descs is not None, ORDER_KV=cfg.order == "kv", TILE_LSE=ids is not None,
+        USE_TMA=descs is not None, ORDER_KV=cfg.order == "kv", TILE_LSE=one_pass is not None,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if store_out and kernel_out is not out:
         out.copy_(kernel_out)
-    mass = None
-    if ids is not None:
-        mass = mass_from_tile_lse(lse, stats, layout, ids, sub)
-    elif return_block_mass:
-        mass = launch_block_mass(q, k, stats, layout, qk_scale, cfg, mass_heads)
+    if one_pass is None:
+        mass = launch_block_mass(q, k, stats, layout, qk_scale, cfg, mass_heads) if return_block_mass else None
     return out, mass
 
 
 def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockLayout,
                            *, scale: float | None = None, return_block_mass: bool = False,
                            out: torch.Tensor | None = None, config: AttnConfig | None = None,
-                           mass_heads: torch.Tensor | None = None, mass_pass: str = "auto"):
+                           mass_heads: torch.Tensor | None = None, mass_pass: str = "auto",
+                           num_mass_heads: int | None = None):
     """Causal attention restricted to the layout's kept blocks.
 
     Args:
@@ -154,10 +164,13 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
         mass_heads: optional bool ``[B, H]``: with ``return_block_mass``, only these heads' maps
             are computed (the others are zero and cost nothing), e.g. SharePrefill's pivotals.
         mass_pass: how the map is made. ``"one"``: the forward pass records each kept tile's
-            row sums (a scratch of ``mapped heads x kept tiles x rows`` fp32) and a few torch ops
-            turn them into the map, with no second pass over K. ``"two"``: a second kernel
-            re-reads the kept K blocks (no scratch). ``"auto"``: one pass when the scratch fits
-            in an eighth of the free device memory.
+            row sums (a scratch of ``mapped heads x kept tiles x rows`` fp32) and, once a
+            program's rows are final, turns them into its row of the map, with no second pass
+            over K. ``"two"``: a second kernel re-reads the kept K blocks (no scratch).
+            ``"auto"``: one pass when the scratch fits in an eighth of the free device memory
+            and each kept block is one key tile.
+        num_mass_heads: the number of True entries of ``mass_heads``, when known, which saves
+            the one host sync that sizes the one-pass scratch.
         config: optional launch shape (benchmarks and tests); default from :func:`default_config`.
 
     Returns:
@@ -169,7 +182,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     if mass_pass not in ("auto", "one", "two"):
         raise ValueError(f"mass_pass must be auto, one or two, got {mass_pass!r}")
     out, mass = _launch_attention(q, k, v, layout, scale, return_block_mass, out, config,
-                                  mass_heads=mass_heads, mass_pass=mass_pass)
+                                  mass_heads=mass_heads, mass_pass=mass_pass, num_mass_heads=num_mass_heads)
     return (out, mass) if return_block_mass else out
 
 
