@@ -83,7 +83,7 @@ def _attn_tile(acc, m_i, l_i, q, k_base, v_base, k_desc, v_desc, b, kvh, idx_ptr
 
     With ``TILE_LSE`` it also stores, for each query row, the tile's log2-sum-exp2 of the scaled
     logits (``m + log2(sum p)``) at ``lse_ptr + it * NQP`` (rows where ``lse_mask``): the one-pass
-    block-mass map is built from these and the final row statistics (``_tile_mass``)."""
+    block-mass map is built from these and the final row statistics."""
     SUB: tl.constexpr = BLOCK_SIZE // BLOCK_N
     c = tl.load(idx_ptr + (it // SUB) * stride_ik)
     start = c * BLOCK_SIZE + (it % SUB) * BLOCK_N
@@ -143,13 +143,13 @@ def load_query_tile(Q, b, h, pid_m, stride_qb, stride_qh, stride_qm, stride_qd, 
 
 
 @triton.jit
-def attn_fwd_kernel(Q, K, V, O, Stats, Counts, Indices, NumFull, KDesc, VDesc, Lse, Slots, Mass,
+def attn_fwd_kernel(Q, K, V, O, Stats, Counts, Indices, NumFull, KDesc, VDesc, Lse, Slots,
                     stride_qb, stride_qh, stride_qm, stride_qd,
                     stride_kb, stride_kh, stride_kn, stride_kd,
                     stride_vb, stride_vh, stride_vn, stride_vd,
                     stride_ob, stride_oh, stride_om, stride_od,
                     stride_cb, stride_ch, stride_ib, stride_ih, stride_ir, stride_ik,
-                    H, GROUP, NQ, NK, NUM_M, NQP, KT, NKB, qk_scale,
+                    H, GROUP, NQ, NK, NUM_M, NQP, KT, qk_scale,
                     BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     HEAD_DIM: tl.constexpr, STORE_OUT: tl.constexpr, STORE_STATS: tl.constexpr,
                     WARP_SPEC: tl.constexpr, USE_TMA: tl.constexpr, ORDER_KV: tl.constexpr,
@@ -173,7 +173,6 @@ def attn_fwd_kernel(Q, K, V, O, Stats, Counts, Indices, NumFull, KDesc, VDesc, L
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     lse_ptr = Lse + offs_m  # Lse: [slots, KT, NQP] fp32; Slots: [B * H] int32, -1 = no map
     lse_mask = offs_m < 0
-    slot = -1
     if TILE_LSE:
         slot = tl.load(Slots + b * H + h)
         lse_ptr = Lse + tl.maximum(slot, 0).to(tl.int64) * KT * NQP + offs_m
@@ -200,26 +199,3 @@ def attn_fwd_kernel(Q, K, V, O, Stats, Counts, Indices, NumFull, KDesc, VDesc, L
         s_base = Stats + ((b * H + h) * 2) * NQ
         tl.store(s_base + offs_m, m_i, mask=row_ok)
         tl.store(s_base + NQ + offs_m, l_i, mask=row_ok)
-    if TILE_LSE:
-        if slot >= 0:
-            _tile_mass(lse_ptr, lse_mask, m_i, l_i, idx_ptr, stride_ik, count, r, NQ, NQP, NKB,
-                       Mass + ((b * H + h) * tl.cdiv(NQ, BLOCK_SIZE) + r) * NKB, BLOCK_SIZE, BLOCK_N)
-
-
-@triton.jit
-def _tile_mass(lse_ptr, lse_mask, m_i, l_i, idx_ptr, stride_ik, count, r, NQ, NQP, NKB, mass_row,
-               BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr):
-    """One-pass block mass of this program's rows (``TILE_LSE``): each kept tile's row sums, stored
-    by the main loop, normalised by the final row statistics, averaged over the query block's rows
-    and added into ``mass_row`` (``[NKB]`` fp32, the block row of the map; several programs share
-    a block row when ``BLOCK_M < BLOCK_SIZE``). Twin: ``reference.block_sparse_attention_ref``."""
-    SUB: tl.constexpr = BLOCK_SIZE // BLOCK_N
-    tl.debug_barrier()  # the tile sums were stored by other threads of this program
-    ok = lse_mask & (l_i > 0)
-    row_lse = tl.where(ok, m_i + tl.math.log2(tl.where(ok, l_i, 1.0)), 0.0)
-    n_rows = tl.minimum(NQ - r * BLOCK_SIZE, BLOCK_SIZE).to(tl.float32)
-    for it in range(0, count * SUB):
-        c = tl.load(idx_ptr + (it // SUB) * stride_ik)
-        t = tl.load(lse_ptr + it * NQP, mask=ok, other=float("-inf"))
-        share = tl.where(ok, tl.math.exp2(t - row_lse), 0.0)
-        tl.atomic_add(mass_row + c, tl.sum(share, 0) / n_rows)

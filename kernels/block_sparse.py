@@ -17,7 +17,7 @@ import triton
 from .attn_fwd import AttnConfig, attn_fwd_kernel, default_config
 from .layout import BlockLayout
 from .limits import HEAD_DIMS, check_block_size, one_of
-from .mass_pass import launch_block_mass
+from .mass_pass import launch_block_mass, mass_from_tile_lse
 
 __all__ = ["AttnConfig", "block_mass_map", "block_sparse_attention", "default_config"]
 
@@ -68,8 +68,8 @@ def _check_mass_heads(mass_heads, q) -> None:
 
 def _one_pass_slots(layout: BlockLayout, cfg: AttnConfig, mass_heads, mode: str, device,
                     num_mass_heads: int | None = None):
-    """``(slots, n)``: each head's slot in the one-pass scratch (``[B * H]`` int32, -1 = no map)
-    and the number of slots, or None for two passes.
+    """``(slots, ids)``: each head's slot in the one-pass scratch (``[B * H]`` int32, -1 = no map)
+    and the flat ids of the mapped heads in slot order, or None for two passes.
 
     The one-pass scratch is ``slots x kept tiles x rows`` fp32; "auto" takes it when it fits in
     an eighth of the free device memory (512 MiB on CPU) and a kept block is one key tile (with
@@ -92,7 +92,7 @@ def _one_pass_slots(layout: BlockLayout, cfg: AttnConfig, mass_heads, mode: str,
         if need > free // 8:
             return None
     slots = torch.where(wanted, torch.cumsum(wanted, 0, dtype=torch.int32) - 1, -1).to(torch.int32)
-    return slots, n
+    return slots, torch.nonzero_static(wanted, size=n).flatten()
 
 
 def _launch_attention(q, k, v, layout: BlockLayout, scale: float, return_block_mass: bool,
@@ -121,28 +121,30 @@ def _launch_attention(q, k, v, layout: BlockLayout, scale: float, return_block_m
         if return_block_mass else None
     sub = layout.block_size // cfg.block_n
     kt, nqp = layout.indices.shape[-1] * sub, layout.num_q_blocks * layout.block_size
-    slots = lse = mass = stats  # placeholders when no tile sums are recorded
+    slots = lse = stats  # placeholders when no tile sums are recorded
     if one_pass is not None:
-        slots, n_slots = one_pass
-        lse = torch.empty((max(n_slots, 1), kt, nqp), dtype=torch.float32, device=q.device)
-        mass = torch.zeros(layout.shape, dtype=torch.float32, device=q.device)
+        slots, ids = one_pass
+        lse = torch.empty((max(ids.numel(), 1), kt, nqp), dtype=torch.float32, device=q.device)
     descs = _kv_descriptors(k, v, cfg) if cfg.tma else None
     num_m = triton.cdiv(nq, cfg.block_m)
     qk_scale = scale * LOG2E
     attn_fwd_kernel[(bsz * heads * num_m,)](
         q, k, v, kernel_out, stats, layout.counts, layout.indices, layout.num_full,
-        *(descs or (k, v)), lse, slots, mass,
+        *(descs or (k, v)), lse, slots,
         *q.stride(), *k.stride(), *v.stride(), *kernel_out.stride(),
         layout.counts.stride(0), layout.counts.stride(1), *layout.indices.stride(),
-        heads, heads // k.shape[1], nq, k.shape[2], num_m, nqp, kt, layout.num_kv_blocks, qk_scale,
+        heads, heads // k.shape[1], nq, k.shape[2], num_m, nqp, kt, qk_scale,
         BLOCK_SIZE=layout.block_size, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=dim,
         STORE_OUT=store_out, STORE_STATS=return_block_mass, WARP_SPEC=cfg.warp_specialize,
         USE_TMA=descs is not None, ORDER_KV=cfg.order == "kv", TILE_LSE=one_pass is not None,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if store_out and kernel_out is not out:
         out.copy_(kernel_out)
-    if one_pass is None:
-        mass = launch_block_mass(q, k, stats, layout, qk_scale, cfg, mass_heads) if return_block_mass else None
+    mass = None
+    if one_pass is not None:
+        mass = mass_from_tile_lse(lse, stats, layout, one_pass[1], sub)
+    elif return_block_mass:
+        mass = launch_block_mass(q, k, stats, layout, qk_scale, cfg, mass_heads)
     return out, mass
 
 
@@ -164,11 +166,10 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
         mass_heads: optional bool ``[B, H]``: with ``return_block_mass``, only these heads' maps
             are computed (the others are zero and cost nothing), e.g. SharePrefill's pivotals.
         mass_pass: how the map is made. ``"one"``: the forward pass records each kept tile's
-            row sums (a scratch of ``mapped heads x kept tiles x rows`` fp32) and, once a
-            program's rows are final, turns them into its row of the map, with no second pass
-            over K. ``"two"``: a second kernel re-reads the kept K blocks (no scratch).
-            ``"auto"``: one pass when the scratch fits in an eighth of the free device memory
-            and each kept block is one key tile.
+            row sums (a scratch of ``mapped heads x kept tiles x rows`` fp32) and a few torch ops
+            turn them into the map, with no second pass over K. ``"two"``: a second kernel
+            re-reads the kept K blocks (no scratch). ``"auto"``: one pass when the scratch
+            fits in an eighth of the free device memory and each kept block is one key tile.
         num_mass_heads: the number of True entries of ``mass_heads``, when known, which saves
             the one host sync that sizes the one-pass scratch.
         config: optional launch shape (benchmarks and tests); default from :func:`default_config`.

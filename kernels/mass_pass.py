@@ -80,3 +80,37 @@ def launch_block_mass(q: torch.Tensor, k: torch.Tensor, stats: torch.Tensor, lay
         BLOCK_SIZE=layout.block_size, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=dim,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return mass
+
+
+def mass_from_tile_lse(lse: torch.Tensor, stats: torch.Tensor, layout: BlockLayout, heads: torch.Tensor,
+                       sub: int, max_temp_bytes: int = 1 << 30) -> torch.Tensor:
+    """One-pass block-mass map ``[B, H, nqb, nkb]`` from the forward kernel's per-tile row sums.
+
+    ``lse`` ``[S, KT, NQP]`` holds, for each mapped head (slot s, flat head id ``heads[s]`` =
+    ``b * H + h``), kept tile ``t`` (``sub`` tiles per kept block) and query row ``i``, the
+    log2-sum-exp2 of the tile's scaled logits; ``stats`` ``[B, H, 2, NQ]`` the final row max
+    (log2 domain) and sum. A row's mass on a tile is ``2^(lse - m - log2 l)``; block mass is the
+    mean over the block's valid rows of the sum over its tiles. Entries the kernel did not write
+    (rows past NQ, tiles past a row's count) are masked out. Works on slots in chunks so the
+    temporaries stay under ``max_temp_bytes``."""
+    bsz, nh, nqb = layout.counts.shape
+    nkb, bs, nq = layout.num_kv_blocks, layout.block_size, layout.nq
+    mass = torch.zeros((bsz * nh, nqb, nkb + 1), dtype=torch.float32, device=lse.device)
+    n_slots, kt, nqp = lse.shape
+    rows_in_block = torch.clamp(nq - torch.arange(nqb, device=lse.device) * bs, max=bs).float()
+    step = max(1, max_temp_bytes // max(1, kt * nqp * 4))
+    for s0 in range(0, n_slots, step):
+        ids = heads[s0:s0 + step]
+        st = stats.reshape(bsz * nh, 2, nq)[ids]  # [s, 2, NQ]
+        row_lse = st[:, 0] + torch.log2(st[:, 1])  # [s, NQ]; -inf where a row sees nothing
+        row_lse = torch.nn.functional.pad(row_lse, (0, nqp - nq), value=float("inf"))
+        part = torch.exp2(lse[s0:s0 + step] - row_lse[:, None, :])  # [s, KT, NQP]
+        counts = layout.counts.reshape(bsz * nh, nqb)[ids]  # [s, nqb]
+        valid = torch.arange(kt, device=lse.device)[None, :, None] < (counts * sub)[:, None, :]
+        part = part.reshape(len(ids), kt, nqb, bs).nan_to_num_(0.0, 0.0, 0.0)
+        part = torch.where(valid[..., None], part, 0.0).sum(-1)  # [s, KT, nqb]
+        part = part.reshape(len(ids), kt // sub, sub, nqb).sum(2) / rows_in_block  # [s, K, nqb]
+        cols = layout.indices.reshape(bsz * nh, nqb, -1)[ids].long()  # [s, nqb, K]
+        cols = torch.where(cols >= 0, cols, nkb)
+        mass[ids] = mass[ids].scatter_add_(-1, cols, part.transpose(1, 2))
+    return mass[..., :nkb].reshape(bsz, nh, nqb, nkb)

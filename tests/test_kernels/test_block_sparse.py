@@ -167,3 +167,23 @@ def test_mass_one_pass_and_two_pass_agree_with_twin(mass_pass, config):
         assert bool((m[~sel] == 0).all()) and not torch.isnan(m).any()
     with pytest.raises(ValueError, match="mass_pass"):
         block_sparse_attention(q, k, v, lay, return_block_mass=True, mass_pass="three")
+
+
+def test_mass_heads_count_hint_and_auto_rule(monkeypatch):
+    """``num_mass_heads`` (the caller's count, no host sync) gives the same map as counting here;
+    ``auto`` takes one pass only when a kept block is one key tile."""
+    from sharedattn.kernels import block_sparse as bsa
+
+    q, k, v = make_qkv(1, 4, 2, 192, 192, 32, torch.float32, seed=29)
+    lay = random_layout(1, 4, 192, 192, 64, 0.6, seed=29)
+    wanted = torch.tensor([[False, True, False, True]])
+    _, counted = block_sparse_attention(q, k, v, lay, return_block_mass=True, mass_heads=wanted, mass_pass="one")
+    _, hinted = block_sparse_attention(q, k, v, lay, return_block_mass=True, mass_heads=wanted, mass_pass="one",
+                                       num_mass_heads=2)
+    assert torch.equal(counted, hinted)
+    chosen = []
+    real = bsa.mass_from_tile_lse
+    monkeypatch.setattr(bsa, "mass_from_tile_lse", lambda *a, **kw: chosen.append("one") or real(*a, **kw))
+    for config in (AttnConfig(64, 64), AttnConfig(64, 32)):
+        block_sparse_attention(q, k, v, lay, return_block_mass=True, mass_heads=wanted, config=config)
+    assert chosen == ["one"]  # the sub-tiled launch (block 64, tiles of 32) made two passes
