@@ -1,22 +1,26 @@
-"""CUDA graphs for the per-layer decision step of sparse prefill.
+"""CUDA graphs for the per-layer steps of sparse prefill that are many small launches.
 
-Deciding what a layer keeps (budgets, top-k, sharing tests, masks, the layout draft) is a few
-hundred small tensor operations whose cost on the GPU is their launches, not their work
-(docs/benchmarks.md, "Where the fixed per-layer cost goes"). Every layer of one forward pass has
-the same geometry, so the step is recorded once per geometry as a CUDA graph and replayed for the
-other layers: one launch instead of hundreds.
+Deciding what a layer keeps (the probe and estimation kernels, budgets, top-k, sharing tests,
+masks, the layout draft) and recording SharePrefill's pivotal heads afterwards are many small
+kernels whose cost on the GPU is their launches, not their work (docs/benchmarks.md, "Where the
+fixed per-layer cost goes"). Every layer of one forward pass has the same geometry, so each step
+is recorded once per geometry as a CUDA graph and replayed for the other layers: one launch
+instead of hundreds.
 
 ``DecisionGraphs.run(key, fn, inputs)`` calls ``fn(**inputs)`` and returns its result: tensors in
-a dict or a tuple (sparse prefill's ``DecisionPlan``, a NamedTuple whose optional fields may be None).
-On CUDA, the first call for ``key`` runs ``fn`` eagerly (that warms every cache ``fn`` fills) and
-then records it into a graph that reads static copies of ``inputs``; later calls copy their
-inputs into those and replay. ``fn`` must depend only on ``inputs``, on tensors whose storage
-stays put between calls (the sharing state) and on what ``key`` fixes; it must not synchronise
-with the host. Returned tensors are the graph's own outputs: valid until the next replay of the
-same key, so callers clone what they keep. A graph also reads the geometry tensors that
-``fn`` took from caches (``functools.lru_cache``, 64 entries each); ``capacity`` stays far below
-that, so a kept graph's tensors are never evicted. If recording runs out of GPU memory, the
-cache turns itself off and every later step runs eagerly.
+a dict or a tuple (sparse prefill's ``DecisionPlan``, a NamedTuple whose optional fields may be
+None), or None for a step that only writes state in place (``SharingState.record_pivotals``).
+On CUDA, the first call for ``key`` copies ``inputs`` into static tensors, runs ``fn`` eagerly on
+them (that warms every cache ``fn`` fills and compiles its Triton kernels for exactly the tensors
+the recording will use) and then records it into a graph that reads those static copies; later
+calls copy their inputs into them and replay. ``fn`` must depend only on ``inputs``, on tensors
+whose storage stays put between calls (the sharing state) and on what ``key`` fixes; it must not
+synchronise with the host. Returned tensors are the graph's own outputs: valid until the next
+replay of the same key, so callers clone what they keep. A graph also reads the geometry tensors
+that ``fn`` took from caches (``functools.lru_cache``, 64 entries each); ``capacity`` stays far
+below that, so a kept graph's tensors are never evicted. A kept graph holds its static inputs and
+its intermediates (its own memory pool) until it is evicted. If recording runs out of GPU
+memory, the cache turns itself off and every later step runs eagerly.
 """
 from __future__ import annotations
 
@@ -56,8 +60,11 @@ class DecisionGraphs:
             return fn(**inputs)
         entry = self._graphs.get(key)
         if entry is None:
-            out = fn(**inputs)  # eager: this layer's result, and the warm-up of the recording
-            self._record(key, fn, inputs)
+            # static copies of the inputs (strides kept where dense), so that the eager call and the
+            # recording launch the same specialisations of every kernel (none compiles in capture)
+            static = {name: t.clone() for name, t in inputs.items()}
+            out = fn(**static)  # eager: this layer's result, and the warm-up of the recording
+            self._record(key, fn, static)
             return out
         self._graphs.move_to_end(key)
         for name, tensor in inputs.items():
@@ -66,16 +73,15 @@ class DecisionGraphs:
         self.replays += 1
         return entry.outputs
 
-    def _record(self, key, fn, inputs: Inputs) -> None:
+    def _record(self, key, fn, static: Inputs) -> None:
         # CUDAGraph.capture_begin/end on a side stream, as torch.cuda.graph does, but without its
         # torch.cuda.empty_cache(): that would hand the forward pass's cached memory back to the
         # driver, and the rest of the pass would pay for fresh allocations.
-        static = {name: t.clone() for name, t in inputs.items()}
         graph = torch.cuda.CUDAGraph()
         main = torch.cuda.current_stream()
         if self._stream is None:
             self._stream = torch.cuda.Stream()
-        self._stream.wait_stream(main)  # the static copies are made on the main stream
+        self._stream.wait_stream(main)  # the static copies and the eager call ran on the main stream
         try:
             with torch.cuda.stream(self._stream):
                 graph.capture_begin()

@@ -4,7 +4,9 @@ State lives for one forward pass: per (batch element, cluster) the pivotal head'
 its pooled profiles, whether its own vertical-slash mask already covers tau_fb of its mass, and
 where it came from. Decisions for a whole layer are tensor operations; no per-head Python loop.
 The state tensors keep their storage for a given geometry (reset and updates write in place), so
-a CUDA graph of ``decide`` (analysis/method/decision_graphs.py) reads the current state on every replay.
+CUDA graphs of ``decide`` and ``record_pivotals`` (analysis/method/decision_graphs.py) read and
+write the current state on every replay. Both take the layer as tensors (its row of the cluster
+table, its number as a 0-d tensor), so one graph per geometry serves every layer.
 """
 from __future__ import annotations
 
@@ -46,19 +48,26 @@ class SharingState:
         self.num_clusters = int(table.max().item()) + 1 if table.numel() else 0
         self._shape = None
         self.generation = 0
-        self._on_device: dict = {}  # device -> (table [L, H], earlier-head mask [H, H])
+        self._on_device: dict = {}  # device -> (table [L, H], earlier-head mask [H, H], layers [L])
 
-    def _tables(self, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """The cluster table and the strict lower-triangular head order, moved to ``device`` once."""
+    def _tables(self, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The cluster table, the strict lower-triangular head order and the layer numbers, moved
+        to ``device`` once."""
         if device not in self._on_device:
-            h = self.table.shape[1]
+            num_layers, h = self.table.shape
             self._on_device[device] = (self.table.to(device),
-                                       torch.ones(h, h, dtype=torch.bool, device=device).tril(-1))
+                                       torch.ones(h, h, dtype=torch.bool, device=device).tril(-1),
+                                       torch.arange(num_layers, device=device))
         return self._on_device[device]
 
     def cluster_row(self, layer: int, device) -> torch.Tensor:
         """``[H]``: the shared cluster of each head of ``layer`` (-1: none), on ``device``."""
         return self._tables(device)[0][layer]
+
+    def layer_index(self, layer: int, device) -> torch.Tensor:
+        """0-d int64 tensor holding ``layer``, on ``device`` (a view of a cached tensor: no copy
+        from the host, so no sync)."""
+        return self._tables(device)[2][layer]
 
     def reset(self, batch: int, nqb: int, nkb: int, device) -> None:
         """Empty state for a new forward pass; the tensors of one geometry are reused in place."""
@@ -105,16 +114,22 @@ class SharingState:
         source = torch.where(shared[..., None], source, torch.full_like(source, -1))
         return SharingDecision(pivotal, shared, pattern, source)
 
-    def record_pivotals(self, layer: int, pivotal: torch.Tensor, block_mass: torch.Tensor,
-                        own_vs_mask: torch.Tensor, v_blocks: torch.Tensor, s_blocks: torch.Tensor,
-                        gamma: float, tau_fb: float, fallback_needs_sparser: bool = False) -> None:
+    def record_pivotals(self, cluster: torch.Tensor, layer: torch.Tensor, pivotal: torch.Tensor,
+                        block_mass: torch.Tensor, own_vs_mask: torch.Tensor, v_blocks: torch.Tensor,
+                        s_blocks: torch.Tensor, gamma: float, tau_fb: float,
+                        fallback_needs_sparser: bool = False) -> None:
         """Store the pivotal heads' exact patterns (coverage at gamma of their block-mass maps).
+
+        ``cluster`` ``[H]``: the layer's row of the table (``cluster_row``); ``layer``: its number,
+        a 0-d int64 tensor (``layer_index``), stored as the source of the pivotal's pattern;
+        ``pivotal`` ``[B, H]`` bool; ``block_mass`` and ``own_vs_mask`` ``[B, H, nqb, nkb]``;
+        pooled profiles ``[B, H, nkb]``. Writes the state in place, no host sync.
 
         A cluster falls back to vertical-slash when the pivotal's own vertical-slash mask covers
         ``tau_fb`` of its mass (the paper) and, with ``fallback_needs_sparser``, also keeps no more
         blocks than the pivotal's pattern (ours)."""
         b, h = pivotal.shape
-        cid = self._tables(pivotal.device)[0][layer].clamp(min=0)[None, :].expand(b, h)
+        cid = cluster.clamp(min=0)[None, :].expand(b, h)
         slot = torch.where(pivotal, cid, torch.full_like(cid, self.pattern.shape[1]))  # dump slot
         c = self.pattern.shape[1]
 
@@ -134,4 +149,4 @@ class SharingState:
         put(self.vs_enough, covered)
         put(self.exists, torch.ones_like(pivotal))
         heads = torch.arange(h, device=pivotal.device)[None, :].expand(b, h)
-        put(self.source, torch.stack([torch.full_like(heads, layer), heads], dim=-1))
+        put(self.source, torch.stack([layer.to(heads.dtype).expand(b, h), heads], dim=-1))

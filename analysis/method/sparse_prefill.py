@@ -2,7 +2,9 @@
 
 ``SparsePrefill.attend`` takes q ``[B, H, Nq, D]`` and k/v ``[B, H_kv, Nk, D]`` (GQA is read
 through the group index by the kernels) and returns the output ``[B, H, Nq, D]`` plus a
-``LayerTrace``. Decisions are batched tensor operations (a CUDA graph per geometry on CUDA); the
+``LayerTrace``. The probe, the estimation kernels and the decisions run as one step from q and k
+(batched tensor operations and Triton launches; on CUDA a CUDA graph per geometry, fed copies of
+q and k); SharePrefill's recording of its pivotal heads after the kernel is a second graph. The
 host syncs once per layer, to size the layout.
 """
 from __future__ import annotations
@@ -39,9 +41,10 @@ from .patterns import (
 )
 from .sharing import SharingState
 
-# Longest prompt (keys) whose decision step is recorded as a CUDA graph. Beyond it the step's
-# launches cost under 1% of the layer (H200: 0.2-0.6 ms of 53-180 ms at 128K), while the graph
-# would keep its intermediates (the pooled estimate and its sort) allocated for the whole pass.
+# Longest prompt (keys) whose decision step (and pivotal record) is recorded as a CUDA graph.
+# Beyond it the steps' launches cost under 1% of the layer (H200: 0.2-0.6 ms of 53-180 ms at 128K),
+# while a graph keeps its intermediates (the probe's workspace, the pooled estimate and its sort)
+# and its static copies of q and k allocated for as long as it is kept.
 GRAPHS_UP_TO = 65536
 
 
@@ -59,16 +62,10 @@ class LayerTrace:
     dense_reason: str | None = None  # why the layer ran the model's own dense attention (a family feature)
 
 
-@dataclass
-class _Probe:
-    vertical: torch.Tensor  # [B, H, nkb] pooled vertical profile
-    slash: torch.Tensor  # [B, H, nkb] pooled slash profile
-
-
 class DecisionPlan(NamedTuple):
-    """What the decision step hands to the kernel step: tensors only, so that on CUDA they can be
-    a recorded graph's own outputs (valid until that graph's next replay; the trace keeps copies).
-    ``[B, H]`` unless said otherwise."""
+    """What the decision step (probe, estimates, decisions, layout draft) hands to the kernel
+    step: tensors only, so that on CUDA they can be a recorded graph's own outputs (valid until
+    that graph's next replay; the trace keeps copies). ``[B, H]`` unless said otherwise."""
 
     mask: torch.Tensor  # [B, H, nqb, nkb] bool: the blocks each head keeps
     decision: torch.Tensor  # int8 Decision codes
@@ -79,7 +76,9 @@ class DecisionPlan(NamedTuple):
     coverage: torch.Tensor  # estimated covered mass of the probe rows (1.0 for pivotal heads)
     source: torch.Tensor  # [B, H, 2] (layer, head) a shared head took its pattern from, else -1
     host_flags: torch.Tensor  # [3] long, fetched in one transfer: widest row, keeps every block,
-    #                           has pivotal heads
+    #                           number of pivotal heads
+    vertical: torch.Tensor  # [B, H, nkb] the probe's pooled vertical profile
+    slash: torch.Tensor  # [B, H, nkb] the probe's pooled slash profile
     pivotal: torch.Tensor | None = None  # shareprefill: bool, heads that run dense and are mapped
     own_pattern: torch.Tensor | None = None  # shareprefill: [B, H, nqb, nkb] each head's own
     #                                          vertical-slash mask (kept for its pivotal record)
@@ -92,10 +91,11 @@ def _full(shape, value, device, dtype) -> torch.Tensor:
 class SparsePrefill:
     """A method and its config, applied layer by layer; holds SharePrefill's per-forward state.
 
-    A layer runs in three steps: the probe and estimation kernels (Triton on CUDA), the decision
-    step (pure tensor operations from their results to the block mask and the layout draft,
-    recorded as a CUDA graph per geometry on CUDA: ``use_graphs``), then one host sync, the
-    block-sparse kernel and the trace."""
+    A layer runs in two steps. The decision step goes from q and k to the block mask and the
+    layout draft: the probe and estimation kernels (Triton on CUDA), then pure tensor operations;
+    on CUDA it is recorded as a CUDA graph per geometry (``graphs``; ``use_graphs``) and replayed
+    on copies of q and k. Then one host sync, the block-sparse kernel, SharePrefill's record of its
+    pivotal heads (a second graph per geometry on CUDA: ``record_graphs``) and the trace."""
 
     def __init__(self, method: MethodName, config: MethodConfig, sharing: SharingState | None = None,
                  measure_recall: bool = False, keep_masks: bool = False, use_graphs: bool = True):
@@ -104,7 +104,8 @@ class SparsePrefill:
         self.sharing = sharing
         self.measure_recall = measure_recall  # costs one exact block-mass pass per layer
         self.keep_masks = keep_masks
-        self.graphs = DecisionGraphs(enabled=use_graphs)
+        self.graphs = DecisionGraphs(enabled=use_graphs)  # the decision step
+        self.record_graphs = DecisionGraphs(enabled=use_graphs)  # SharingState.record_pivotals
         self._last_layer = 1 << 30  # the last layer SharePrefill ran the sparse path on
         if self.method is MethodName.SHAREPREFILL and sharing is None:
             raise ValueError("shareprefill needs a SharingState (a lookup; empty means no sharing)")
@@ -116,11 +117,7 @@ class SparsePrefill:
         bs = self.config.block_size
         if self.method is MethodName.DENSE or nk < max(self.config.dense_below, 1) or nk <= bs:
             return self._dense(layer, q, k, v, scale)
-        probe = _Probe(*pooled_profiles(*kernels.last_block_profiles(q, k, bs, scale), bs))
-        inputs = {"vertical": probe.vertical, "slash": probe.slash}
-        if self.method in (MethodName.FLEXPREFILL, MethodName.SHAREPREFILL):
-            inputs["estimate"] = kernels.probe_column_estimate(q, k, bs, scale)  # [B, H, nkb]
-            inputs["pooled"] = kernels.pooled_block_estimate(q, k, bs, scale)  # [B, H, nqb, nkb]
+        inputs = {"q": q, "k": k}
         if self.method is MethodName.SHAREPREFILL:
             nqb, nkb = num_blocks(nq, bs), num_blocks(nk, bs)
             if layer <= self._last_layer:  # a new forward pass (its first layers may have run dense)
@@ -128,11 +125,11 @@ class SparsePrefill:
             self._last_layer = layer
             self.sharing.ensure(b, nqb, nkb, q.device)
             inputs["cluster"] = self.sharing.cluster_row(layer, q.device)
-        key = (nq, nk, self.sharing.generation if self.sharing else 0,
-               tuple((name, t.shape, t.dtype, t.device) for name, t in inputs.items()))
-        plan = self.graphs.run(key, lambda **t: self._decide(nq, nk, **t), inputs,
+        key = (scale, kernels.select_backend(q), self.sharing.generation if self.sharing else 0,
+               _signature(inputs))
+        plan = self.graphs.run(key, lambda **t: self._step(scale=scale, **t), inputs,
                                record=nk <= GRAPHS_UP_TO)
-        return self._run(layer, q, k, v, scale, plan, probe)
+        return self._run(layer, q, k, v, scale, plan)
 
     # ---- paths ---------------------------------------------------------------------------------
     def _dense(self, layer, q, k, v, scale):
@@ -150,6 +147,19 @@ class SparsePrefill:
             trace.mask = causal_block_mask(q.shape[2], k.shape[2], self.config.block_size, q.device) \
                 .expand(b, h, nqb, nkb).cpu()
         return trace
+
+    def _step(self, q, k, scale: float, cluster=None) -> DecisionPlan:
+        """The decision step from q ``[B, H, Nq, D]`` and k ``[B, H_kv, Nk, D]`` (and SharePrefill's
+        ``cluster`` row ``[H]``): the probe's pooled profiles and, for FlexPrefill and SharePrefill,
+        the estimates (docs/method.md, steps 1-3), then ``_decide``. What ``DecisionGraphs`` records:
+        no host sync."""
+        bs = self.config.block_size
+        vertical, slash = pooled_profiles(*kernels.last_block_profiles(q, k, bs, scale), bs)  # [B, H, nkb]
+        estimate = pooled = None
+        if self.method in (MethodName.FLEXPREFILL, MethodName.SHAREPREFILL):
+            estimate = kernels.probe_column_estimate(q, k, bs, scale)  # [B, H, nkb]
+            pooled = kernels.pooled_block_estimate(q, k, bs, scale)  # [B, H, nqb, nkb]
+        return self._decide(q.shape[2], k.shape[2], vertical, slash, estimate, pooled, cluster)
 
     def _decide(self, nq: int, nk: int, vertical, slash, estimate=None, pooled=None,
                 cluster=None) -> DecisionPlan:
@@ -180,14 +190,14 @@ class SparsePrefill:
                                                         qa, cluster)
             mask = with_exact_tail(mask, cfg.exact_tail, nq, nk, bs)
         draft = kernels.BlockLayout.draft(mask, bs, nq, nk)
-        wanted = share.pivotal.any() if share is not None else torch.zeros((), dtype=torch.bool, device=dev)
-        flags = torch.stack([draft.counts.max().long(), draft.keeps_all().long(), wanted.long()])
+        n_pivotal = share.pivotal.sum() if share is not None else torch.zeros((), dtype=torch.long, device=dev)
+        flags = torch.stack([draft.counts.max().long(), draft.keeps_all().long(), n_pivotal.long()])
         coverage = torch.where(decision == int(Decision.PIVOTAL), 1.0, probe_coverage(mask, vertical))
         source = _full((b, h, 2), -1, dev, torch.long) if share is None else share.source  # -1: not shared
         return DecisionPlan(
             mask=mask, decision=decision, counts=draft.counts, ordered=draft.ordered,
             num_full=draft.num_full, density=draft.density(), coverage=coverage, source=source,
-            host_flags=flags, pivotal=None if share is None else share.pivotal,
+            host_flags=flags, vertical=vertical, slash=slash, pivotal=None if share is None else share.pivotal,
             own_pattern=None if share is None else own)
 
     def _share(self, nq, nk, mask, decision, vertical, slash, minimal, qa, cluster):
@@ -219,24 +229,22 @@ class SparsePrefill:
         return vertical_slash_mask(vertical, slash, v_count, s_count, nq, nk, bs)
 
     # ---- kernel and trace --------------------------------------------------------------------
-    def _run(self, layer, q, k, v, scale, plan: DecisionPlan, probe: _Probe):
+    def _run(self, layer, q, k, v, scale, plan: DecisionPlan):
         bs = self.config.block_size
-        max_kept, keeps_all, want_mass = plan.host_flags.tolist()  # the layer's one host sync
+        max_kept, keeps_all, n_pivotal = plan.host_flags.tolist()  # the layer's one host sync
         draft = LayoutDraft(plan.counts, plan.ordered, plan.num_full, bs, q.shape[2], k.shape[2])
-        layout, want_mass = draft.finish(max_kept), bool(want_mass)
+        layout, want_mass = draft.finish(max_kept), n_pivotal > 0
         pivotal = plan.pivotal
         if keeps_all:  # nothing skipped: dense SDPA, bit-equal to dense
             out = _sdpa(q, k, v, scale)
             mass = kernels.block_mass(q, k, bs, scale) if want_mass else None
         else:
             result = kernels.sparse_attention(q, k, v, layout, scale=scale, return_block_mass=want_mass,
-                                              mass_heads=pivotal if want_mass else None)
+                                              mass_heads=pivotal if want_mass else None,
+                                              num_mass_heads=n_pivotal if want_mass else None)
             out, mass = result if want_mass else (result, None)
         if want_mass:
-            cfg: SharePrefillConfig = self.config
-            self.sharing.record_pivotals(layer, pivotal, mass, plan.own_pattern, probe.vertical, probe.slash,
-                                         cfg.gamma, cfg.tau_fb,
-                                         cfg.fallback is FallbackRule.COVERS_AND_SPARSER)
+            self._record_pivotals(layer, k.shape[2], plan, mass)
         recall = None
         if self.measure_recall:
             recall = mass_covered(plan.mask, kernels.block_mass(q, k, bs, scale))
@@ -244,6 +252,29 @@ class SparsePrefill:
         # the plan's tensors belong to the recorded graph: the trace keeps copies
         return out, LayerTrace(layer, plan.decision.clone(), plan.density.clone(), plan.coverage.clone(),
                                plan.source.clone(), recall, kept)
+
+    def _record_pivotals(self, layer: int, nk: int, plan: DecisionPlan, mass: torch.Tensor) -> None:
+        """``SharingState.record_pivotals`` of the plan's pivotal heads from their block-mass maps
+        ``mass`` ``[B, H, nqb, nkb]``; on CUDA a graph per geometry that serves every layer (the
+        layer's cluster row and number are inputs, the state keeps its storage)."""
+        cfg: SharePrefillConfig = self.config
+        needs_sparser = cfg.fallback is FallbackRule.COVERS_AND_SPARSER
+        dev = mass.device
+        inputs = {"cluster": self.sharing.cluster_row(layer, dev), "layer": self.sharing.layer_index(layer, dev),
+                  "pivotal": plan.pivotal, "block_mass": mass, "own_vs_mask": plan.own_pattern,
+                  "v_blocks": plan.vertical, "s_blocks": plan.slash}
+
+        def record(cluster, layer, pivotal, block_mass, own_vs_mask, v_blocks, s_blocks):
+            self.sharing.record_pivotals(cluster, layer, pivotal, block_mass, own_vs_mask, v_blocks, s_blocks,
+                                         cfg.gamma, cfg.tau_fb, needs_sparser)
+
+        key = (self.sharing.generation, cfg.gamma, cfg.tau_fb, needs_sparser, _signature(inputs))
+        self.record_graphs.run(key, record, inputs, record=nk <= GRAPHS_UP_TO)
+
+
+def _signature(inputs: dict[str, torch.Tensor]) -> tuple:
+    """What a recorded graph fixes about its inputs: names, shapes, dtypes, devices."""
+    return tuple((name, t.shape, t.dtype, t.device) for name, t in inputs.items())
 
 
 def _sdpa(q, k, v, scale):

@@ -74,12 +74,11 @@ class Watch:
             watch._classify(state, cluster, candidates, v_blocks, s_blocks, tau_s, result)
             return result
 
-        def record_watched(state, layer, pivotal, block_mass, own_vs_mask, *rest):
-            if not watch.watch_sharing:
-                return record(state, layer, pivotal, block_mass, own_vs_mask, *rest)
-            cover = mass_covered(own_vs_mask, block_mass)[pivotal]
-            watch.pivotal_vs_cover += cover.float().cpu().tolist()
-            return record(state, layer, pivotal, block_mass, own_vs_mask, *rest)
+        def record_watched(state, cluster, layer, pivotal, block_mass, own_vs_mask, *rest, **kw):
+            if watch.watch_sharing and not (pivotal.is_cuda and torch.cuda.is_current_stream_capturing()):
+                cover = mass_covered(own_vs_mask, block_mass)[pivotal]  # not while recording a graph
+                watch.pivotal_vs_cover += cover.float().cpu().tolist()
+            return record(state, cluster, layer, pivotal, block_mass, own_vs_mask, *rest, **kw)
 
         sharing_mod.SharingState.decide = decide_watched
         sharing_mod.SharingState.record_pivotals = record_watched

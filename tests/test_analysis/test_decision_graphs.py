@@ -3,7 +3,9 @@
 (tests/test_gpu/test_prefill_gpu.py)."""
 import torch
 
+from sharedattn.analysis.method.coverage import coverage_mask
 from sharedattn.analysis.method.decision_graphs import DecisionGraphs
+from sharedattn.analysis.method.patterns import mass_covered
 from sharedattn.analysis.method.sharing import SharingState
 
 
@@ -31,7 +33,8 @@ def test_sharing_state_keeps_its_storage_for_one_geometry():
     mass = torch.eye(4).expand(1, 3, 4, 4).contiguous()
     prof = torch.full((1, 3, 4), 0.25)
     own = torch.zeros(1, 3, 4, 4, dtype=torch.bool)
-    state.record_pivotals(0, pivotal, mass, own, prof, prof, 0.9, 0.95)
+    state.record_pivotals(state.cluster_row(0, "cpu"), state.layer_index(0, "cpu"), pivotal, mass, own, prof, prof,
+                          0.9, 0.95)
     assert bool(state.exists[0, 0]) and state.source[0, 0].tolist() == [0, 0]
     assert bool(state.pattern[0, 0].diagonal().all())
     state.reset(1, 4, 4, "cpu")  # next forward, same geometry: emptied in place
@@ -40,3 +43,38 @@ def test_sharing_state_keeps_its_storage_for_one_geometry():
     state.reset(1, 5, 5, "cpu")  # another geometry: new storage, and graphs of the old one are stale
     assert state.generation == gen + 1 and state.pattern.shape == (1, 2, 5, 5)
     assert state.cluster_row(1, "cpu").tolist() == [0, 0, 1]
+
+
+def test_record_pivotals_takes_the_layer_as_tensors():
+    """Two layers, two batch elements: each pivotal's map, profiles, fallback flag and source land
+    in its cluster's slot, with the layer read from the 0-d tensor; other slots stay empty."""
+    table = torch.tensor([[0, 0, -1], [1, -1, 1]])
+    state = SharingState(table)
+    state.reset(2, 4, 4, "cpu")
+    g = torch.Generator().manual_seed(0)
+    causal = torch.ones(4, 4, dtype=torch.bool).tril()
+    masses = [torch.rand(2, 3, 4, 4, generator=g).masked_fill(~causal, 0) for _ in range(2)]
+    masses = [m / m.sum(-1, keepdim=True) for m in masses]
+    own = [torch.rand(2, 3, 4, 4, generator=g) < 0.5 for _ in range(2)]
+    v = [torch.rand(2, 3, 4, generator=g) for _ in range(2)]
+    s = [torch.rand(2, 3, 4, generator=g) for _ in range(2)]
+    pivotal = [torch.tensor([[True, False, False], [False, True, False]]),
+               torch.tensor([[False, False, True], [False, False, False]])]
+    for layer in (0, 1):
+        state.record_pivotals(state.cluster_row(layer, "cpu"), state.layer_index(layer, "cpu"), pivotal[layer],
+                              masses[layer], own[layer], v[layer], s[layer], 0.9, 0.8)
+    # (batch, cluster) <- (layer, head)
+    written = {(0, 0): (0, 0), (1, 0): (0, 1), (0, 1): (1, 2)}
+    for b in range(2):
+        for c in range(2):
+            if (b, c) not in written:
+                assert not bool(state.exists[b, c]) and state.source[b, c].tolist() == [-1, -1]
+                assert not bool(state.pattern[b, c].any()) and not bool(state.v[b, c].any())
+                continue
+            layer, head = written[b, c]
+            mass = masses[layer][b, head]
+            assert bool(state.exists[b, c]) and state.source[b, c].tolist() == [layer, head]
+            assert torch.equal(state.pattern[b, c], coverage_mask(mass, 0.9))
+            assert torch.equal(state.v[b, c], v[layer][b, head]) and torch.equal(state.s[b, c], s[layer][b, head])
+            assert bool(state.vs_enough[b, c]) is bool(mass_covered(own[layer][b, head], mass) >= 0.8)
+    assert state.layer_index(1, "cpu").dim() == 0 and int(state.layer_index(1, "cpu")) == 1

@@ -91,6 +91,36 @@ def test_sharing_pivotal_then_shared_in_a_later_layer():
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("method", ["vertical-slash", "shareprefill"])
+def test_the_step_takes_q_and_k_and_its_plan_carries_the_probe(method, monkeypatch):
+    """The recorded step's inputs are q and k (and the cluster row); its plan carries the probe's
+    pooled profiles and the number of pivotal heads, which reaches the kernel as num_mass_heads."""
+    from sharedattn import kernels
+    from sharedattn.analysis.method.patterns import pooled_profiles
+
+    calls = []
+    real_kernel = kernels.sparse_attention
+    monkeypatch.setattr("sharedattn.kernels.sparse_attention",
+                        lambda *a, **kw: calls.append(kw) or real_kernel(*a, **kw))
+    q, k, v = qkv(nq=1024, nk=1024)
+    run = runner(method, lookup_of([(0, 0), (0, 1), (1, 0), (1, 1)]), gamma=0.5, tau_fb=1.0, tau_qa=0.0)
+    steps = []
+    real_run = run.graphs.run
+    run.graphs.run = lambda key, fn, inputs, **kw: steps.append((inputs, real_run(key, fn, inputs, **kw))) \
+        or steps[-1][1]
+    _, trace = run.attend(0, q, k, v, 0.2)
+    inputs, plan = steps[0]
+    assert set(inputs) == ({"q", "k", "cluster"} if method == "shareprefill" else {"q", "k"})
+    vertical, slash = pooled_profiles(*kernels.last_block_profiles(q, k, 64, 0.2), 64)
+    assert torch.equal(plan.vertical, vertical) and torch.equal(plan.slash, slash)
+    pivotal = int((trace.decision == Decision.PIVOTAL).sum())
+    assert plan.host_flags.tolist()[2] == pivotal == (1 if method == "shareprefill" else 0)
+    assert calls[0]["num_mass_heads"] == (pivotal or None) and calls[0]["return_block_mass"] is (pivotal > 0)
+    if pivotal:
+        assert torch.equal(calls[0]["mass_heads"], plan.pivotal)
+        assert torch.equal(run.sharing.v[0, 0], vertical[0, 0]) and torch.equal(run.sharing.s[0, 0], slash[0, 0])
+
+
 def test_no_sharing_when_profiles_differ_or_vertical_slash_suffices():
     q, k, v = qkv(nq=1024, nk=1024)
     lookup = lookup_of([(0, 0), (1, 0)])
@@ -190,7 +220,8 @@ def test_fallback_rule(own_blocks, needs_sparser, falls_back):
     own = (causal if own_blocks == "causal" else torch.eye(4, dtype=torch.bool)).expand(1, 2, 4, 4)
     prof = torch.full((1, 2, 4), 0.25)
     pivotal = torch.tensor([[True, False]])
-    state.record_pivotals(0, pivotal, mass, own, prof, prof, 0.9, 0.95, fallback_needs_sparser=needs_sparser)
+    state.record_pivotals(state.cluster_row(0, "cpu"), state.layer_index(0, "cpu"), pivotal, mass, own, prof, prof,
+                          0.9, 0.95, fallback_needs_sparser=needs_sparser)
     assert bool(state.vs_enough[0, 0]) is falls_back
     assert int(state.pattern[0, 0].sum()) == 4  # the pivotal's pattern: the diagonal
 

@@ -19,10 +19,11 @@ N = 4096
 SPARSE = [MethodName.A_SHAPE, MethodName.VERTICAL_SLASH, MethodName.FLEXPREFILL, MethodName.SHAREPREFILL]
 
 
-def _runner(method, **kw):
+def _runner(method, table=None, use_graphs=True, **kw):
     cfg = make_config(method, dense_below=0, **kw)
-    sharing = SharingState(planted_cluster_table(SPEC, 2)) if method is MethodName.SHAREPREFILL else None
-    return SparsePrefill(method, cfg, sharing, measure_recall=True, keep_masks=True)
+    table = planted_cluster_table(SPEC, 2) if table is None else table
+    sharing = SharingState(table) if method is MethodName.SHAREPREFILL else None
+    return SparsePrefill(method, cfg, sharing, measure_recall=True, keep_masks=True, use_graphs=use_graphs)
 
 
 def _two_layers(runner, layers):
@@ -72,23 +73,43 @@ def test_planted_output_is_close_to_dense(layers):
 
 @pytest.mark.parametrize("method", SPARSE)
 def test_decision_graphs_replay_what_eager_decides(layers, method):
-    """Two forward passes over the planted layers, another geometry in between: the recorded
-    decision step gives the eager step's outputs and traces, bit for bit."""
-    short = [tuple(t[:, :, -2048:].contiguous() for t in layer) for layer in layers]
+    """Forward passes over three planted layers (layer 2's clusters are new, so it can have pivotal
+    heads of its own), the same length twice, another geometry, the first again: the recorded steps
+    (probe, estimates and decisions; SharePrefill's pivotal record) give the eager steps' outputs,
+    traces and sharing state, bit for bit."""
+    three = [*layers, planted_layer(SPEC, N, 2, DEV)]
+    table = planted_cluster_table(SPEC, 3)
+    table[2] = torch.where(table[2] >= 0, table[2] + int(table.max()) + 1, -1)  # fresh clusters
+    short = [tuple(t[:, :, -2048:].contiguous() for t in layer) for layer in three]
     runs = {}
     for graphs in (True, False):
-        runner = _runner(method)
-        runner.graphs.enabled = graphs
-        passes = [_two_layers(runner, layers), _two_layers(runner, short), _two_layers(runner, layers)]
-        runs[graphs] = (passes, runner.graphs)
+        runner = _runner(method, table, use_graphs=graphs)
+        passes = []
+        for inputs in (three, three, short, three):
+            passes.append(_two_layers(runner, inputs))
+            state = runner.sharing
+            passes[-1].append(None if state is None else
+                              [t.clone() for t in (state.pattern, state.v, state.s, state.vs_enough, state.exists,
+                                                   state.source)])
+        runs[graphs] = (passes, runner)
     for got, want in zip(runs[True][0], runs[False][0]):
-        for (o, t), (ro, rt) in zip(got, want):
+        for (o, t), (ro, rt) in zip(got[:-1], want[:-1]):
             assert torch.equal(o, ro)
             for name in ("decision", "density", "coverage", "source", "recall", "mask"):
                 assert torch.equal(getattr(t, name), getattr(rt, name)), name
-    graphs = runs[True][1]
-    assert graphs.captures >= 2 and graphs.replays >= 2  # recorded once per geometry, then replayed
-    assert runs[False][1].captures == 0
+        if want[-1] is not None:
+            assert all(torch.equal(a, b) for a, b in zip(got[-1], want[-1]))  # the sharing state
+    graphed, eager = runs[True][1], runs[False][1]
+    assert graphed.graphs.captures >= 2 and graphed.graphs.replays >= 2  # once per geometry, then replayed
+    assert eager.graphs.captures == eager.record_graphs.captures == 0
+    if method is MethodName.SHAREPREFILL:
+        first_pass = [t.decision for _, t in runs[True][0][0][:-1]]
+        assert bool((first_pass[0] == int(Decision.PIVOTAL)).any())
+        # recorded at the first pivotal layer of a geometry, replayed by later ones (layer 2) and by
+        # the second pass of the same length (same state storage)
+        assert graphed.record_graphs.captures >= 1 and graphed.record_graphs.replays >= 1
+    else:
+        assert graphed.record_graphs.captures == 0
 
 
 @pytest.fixture(scope="module")
