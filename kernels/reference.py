@@ -68,8 +68,8 @@ def pool_rows_mean(x: torch.Tensor, block_size: int) -> torch.Tensor:
     pad = nb * block_size - n
     padded = torch.nn.functional.pad(x.float(), (0, 0, 0, pad))
     sums = padded.reshape(*x.shape[:-2], nb, block_size, x.shape[-1]).sum(-2)
-    counts = torch.full((nb,), float(block_size), device=x.device)
-    counts[-1] = block_size - pad
+    # rows per block, built on the device (no host-to-device copy: CUDA graphs record this twin)
+    counts = torch.clamp(n - torch.arange(nb, device=x.device) * block_size, max=block_size).float()
     return sums / counts[:, None]
 
 
