@@ -133,11 +133,14 @@ class BlockLayout(_KeptCounts):
             raise ValueError(f"mask {tuple(mask.shape)} does not match nq={nq}, nk={nk}, B={block_size}")
         keep = mask.bool() & causal_block_mask(nq, nk, block_size, mask.device)  # [B, H, nqb, nkb]
         counts = keep.sum(dim=-1, dtype=torch.int32)  # [B, H, nqb]
-        cols = torch.arange(nkb, device=mask.device, dtype=torch.int32)
-        keyed = torch.where(keep, cols, torch.full_like(cols, nkb))  # kept first once sorted
+        # kept columns first, ascending, then nkb: each kept column goes to its rank among the kept
+        # ones (a running count), the dropped ones to a spare last slot (no sort)
+        cols = torch.arange(nkb, device=mask.device, dtype=torch.int32).expand_as(keep)
+        slot = torch.where(keep, torch.cumsum(keep, dim=-1) - 1, nkb)
+        ordered = torch.full((*keep.shape[:-1], nkb + 1), nkb, dtype=torch.int32, device=mask.device)
+        ordered = ordered.scatter_(-1, slot, cols)[..., :nkb]
         num_full = (keep & _full_block_mask(nq, nk, block_size, mask.device)).sum(dim=-1, dtype=torch.int32)
-        return LayoutDraft(counts.contiguous(), torch.sort(keyed, dim=-1).values, num_full.contiguous(),
-                           block_size, nq, nk)
+        return LayoutDraft(counts.contiguous(), ordered, num_full.contiguous(), block_size, nq, nk)
 
     @classmethod
     def from_indices(cls, indices, block_size: int, nq: int, nk: int,

@@ -7,6 +7,7 @@ loops over heads or moves data to the host. Block conventions are those of
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 
@@ -41,22 +42,40 @@ def always_kept(nq: int, nk: int, block_size: int, device) -> torch.Tensor:
     return mask & causal_block_mask(nq, nk, block_size, device)
 
 
+class Ranked(NamedTuple):
+    """One descending sort of a batch of scores ``[..., n]``, shared by a budget and a top-k."""
+
+    ordered: torch.Tensor  # the scores in descending order (NaN counted as -1), fp32
+    ranks: torch.Tensor  # rank of each entry (0 = highest; ties: lower index first), int64
+
+
+def rank_desc(scores: torch.Tensor) -> Ranked:
+    """Sort each row of ``scores`` ``[..., n]`` once, descending and stable (NaN as -1)."""
+    ordered, order = torch.sort(torch.nan_to_num(scores.float(), nan=-1.0), dim=-1, descending=True,
+                                stable=True)
+    ranks = torch.empty_like(order).scatter_(-1, order, torch.arange(scores.shape[-1], device=scores.device)
+                                             .expand_as(order).contiguous())
+    return Ranked(ordered, ranks)
+
+
+def budget_of(ranked: Ranked, gamma: float, min_count: int) -> torch.Tensor:
+    """``gamma_budget`` from a shared sort: the scores are masses, NaN and negatives count as zero."""
+    ordered = ranked.ordered.clamp_min(0)
+    before = torch.cumsum(ordered, dim=-1) - ordered
+    count = (before < gamma * ordered.sum(-1, keepdim=True)).sum(-1)
+    n = ordered.shape[-1]
+    return count.clamp(min=min(min_count, n), max=n)
+
+
 def gamma_budget(pooled: torch.Tensor, gamma: float, min_count: int) -> torch.Tensor:
     """Fewest entries of each distribution ``[..., n]`` whose mass reaches ``gamma`` of its total,
     at least ``min_count`` (and at most n): int64 ``[...]``. NaN-safe: NaN counts as zero."""
-    p = torch.nan_to_num(pooled.float(), nan=0.0).clamp_min(0)
-    ordered = torch.sort(p, dim=-1, descending=True).values
-    before = torch.cumsum(ordered, dim=-1) - ordered
-    count = (before < gamma * p.sum(-1, keepdim=True)).sum(-1)
-    return count.clamp(min=min(min_count, p.shape[-1]), max=p.shape[-1])
+    return budget_of(rank_desc(pooled), gamma, min_count)
 
 
 def top_k_mask(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Bool ``[..., n]``: the ``counts[...]`` highest entries of each row (ties: lower index)."""
-    order = torch.sort(torch.nan_to_num(scores.float(), nan=-1.0), dim=-1, descending=True, stable=True).indices
-    ranks = torch.empty_like(order).scatter_(-1, order, torch.arange(scores.shape[-1], device=scores.device)
-                                             .expand_as(order).contiguous())
-    return ranks < counts[..., None]
+    return rank_desc(scores).ranks < counts[..., None]
 
 
 def slash_to_blocks(diagonals: torch.Tensor, nq: int, nk: int, block_size: int) -> torch.Tensor:
@@ -77,15 +96,18 @@ def slash_to_blocks(diagonals: torch.Tensor, nq: int, nk: int, block_size: int) 
     return keep
 
 
-def vertical_slash_mask(v_blocks: torch.Tensor, s_blocks: torch.Tensor, v_count: torch.Tensor,
+def vertical_slash_mask(v_blocks: torch.Tensor | Ranked, s_blocks: torch.Tensor | Ranked, v_count: torch.Tensor,
                         s_count: torch.Tensor, nq: int, nk: int, block_size: int) -> torch.Tensor:
     """Top ``v_count`` key-block columns and top ``s_count`` block diagonals, plus sink and
-    diagonal: bool ``[B, H, nqb, nkb]``. ``v_blocks``/``s_blocks`` are pooled profiles ``[B, H, nkb]``."""
-    columns = top_k_mask(v_blocks, v_count)  # [B, H, nkb]
-    diagonals = top_k_mask(s_blocks, s_count)  # [B, H, nkb]
+    diagonal: bool ``[B, H, nqb, nkb]``. ``v_blocks``/``s_blocks`` are pooled profiles ``[B, H, nkb]``
+    or their ``rank_desc`` (a caller that also needs their budgets sorts them once)."""
+    v_ranked = v_blocks if isinstance(v_blocks, Ranked) else rank_desc(v_blocks)
+    s_ranked = s_blocks if isinstance(s_blocks, Ranked) else rank_desc(s_blocks)
+    columns = v_ranked.ranks < v_count[..., None]  # [B, H, nkb]
+    diagonals = s_ranked.ranks < s_count[..., None]  # [B, H, nkb]
     mask = columns[:, :, None, :] | slash_to_blocks(diagonals, nq, nk, block_size)
-    causal = causal_block_mask(nq, nk, block_size, v_blocks.device)
-    return (mask | always_kept(nq, nk, block_size, v_blocks.device)) & causal
+    dev = columns.device
+    return (mask | always_kept(nq, nk, block_size, dev)) & causal_block_mask(nq, nk, block_size, dev)
 
 
 def with_exact_tail(mask: torch.Tensor, tokens: int, nq: int, nk: int, block_size: int) -> torch.Tensor:

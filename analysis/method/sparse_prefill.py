@@ -30,12 +30,14 @@ from .method_config import (
     VerticalSlashConfig,
 )
 from .patterns import (
+    Ranked,
     a_shape_mask,
-    gamma_budget,
+    budget_of,
     js_distance,
     mass_covered,
     pooled_profiles,
     probe_coverage,
+    rank_desc,
     vertical_slash_mask,
     with_exact_tail,
 )
@@ -176,11 +178,12 @@ class SparsePrefill:
             decision = _full((b, h), int(Decision.A_SHAPE), dev, torch.int8)
         else:
             cfg: VerticalSlashConfig = self.config
-            own = self._vertical_slash(vertical, slash, nq, nk, cfg.gamma, fixed=True)
+            ranked = rank_desc(vertical), rank_desc(slash)  # one sort each, shared by every mask below
+            own = self._vertical_slash(*ranked, nq, nk, cfg.gamma, fixed=True)
             mask, decision = own, _full((b, h), int(Decision.VERTICAL_SLASH), dev, torch.int8)
             if self.method is not MethodName.VERTICAL_SLASH:
                 fcfg: FlexPrefillConfig = cfg
-                minimal = self._vertical_slash(vertical, slash, nq, nk, 0.0, fixed=False)
+                minimal = self._vertical_slash(*ranked, nq, nk, 0.0, fixed=False)
                 qa = js_distance(estimate, vertical) < fcfg.tau_qa  # [B, H]
                 qa_mask = coverage_mask(pooled, cfg.gamma) | minimal
                 mask = torch.where(qa[..., None, None], qa_mask, own)
@@ -215,13 +218,14 @@ class SparsePrefill:
         decision = torch.where(share.pivotal, int(Decision.PIVOTAL), decision).to(torch.int8)
         return mask, decision, share
 
-    def _vertical_slash(self, vertical, slash, nq: int, nk: int, gamma: float, fixed: bool):
+    def _vertical_slash(self, vertical: Ranked, slash: Ranked, nq: int, nk: int, gamma: float, fixed: bool):
         cfg: VerticalSlashConfig = self.config
         bs = cfg.block_size
         min_blocks = num_blocks(cfg.min_budget, bs)
-        v_count = gamma_budget(vertical, gamma, min_blocks) if gamma > 0 else \
-            _full(vertical.shape[:2], min(min_blocks, vertical.shape[-1]), vertical.device, torch.long)
-        s_count = gamma_budget(slash, gamma, min_blocks) if gamma > 0 else v_count.clone()
+        shape, dev = vertical.ranks.shape, vertical.ranks.device
+        v_count = budget_of(vertical, gamma, min_blocks) if gamma > 0 else \
+            _full(shape[:2], min(min_blocks, shape[-1]), dev, torch.long)
+        s_count = budget_of(slash, gamma, min_blocks) if gamma > 0 else v_count.clone()
         if fixed and cfg.vertical_tokens is not None:
             v_count = torch.full_like(v_count, num_blocks(cfg.vertical_tokens, bs))
         if fixed and cfg.slash_tokens is not None:

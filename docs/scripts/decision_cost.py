@@ -22,7 +22,7 @@ from sharedattn.analysis.method.method_config import MethodName, make_config
 from sharedattn.analysis.method.sharing import SharingState
 from sharedattn.kernels.bench import time_ms
 
-WRAPPED = {sp: ("a_shape_mask", "gamma_budget", "js_distance", "coverage_mask", "with_exact_tail",
+WRAPPED = {sp: ("a_shape_mask", "rank_desc", "budget_of", "js_distance", "coverage_mask", "with_exact_tail",
                 "vertical_slash_mask", "pooled_profiles", "probe_coverage"),
            kernels: ("last_block_profiles", "probe_column_estimate", "pooled_block_estimate")}
 

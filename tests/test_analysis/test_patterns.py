@@ -76,3 +76,28 @@ def test_pooled_profiles_keep_mass():
     x = torch.rand(1, 2, 130)
     assert torch.allclose(pool_cols_sum(x, 64).sum(-1), x.sum(-1))
     assert causal_token_mask(2, 3, torch.device("cpu")).tolist() == [[True, True, False], [True, True, True]]
+
+
+def test_one_sort_serves_budget_and_top_k():
+    """``rank_desc`` + ``budget_of`` give the budget of sorting the cleaned masses (NaN and negative
+    entries count as zero) and the stable top-k of the raw scores."""
+    from sharedattn.analysis.method.patterns import budget_of, rank_desc, top_k_mask
+
+    torch.manual_seed(5)
+    scores = torch.rand(3, 4, 40) ** 3
+    scores[0, 0, 5] = float("nan")
+    scores[1, 2, :3] = -0.5
+    scores[2, 1, 10:14] = 0.25  # ties
+    ranked = rank_desc(scores)
+    for gamma in (0.5, 0.9, 0.99):
+        p = torch.nan_to_num(scores, nan=0.0).clamp_min(0)
+        ordered = torch.sort(p, dim=-1, descending=True).values
+        want = ((torch.cumsum(ordered, -1) - ordered) < gamma * p.sum(-1, keepdim=True)).sum(-1).clamp(2, 40)
+        assert torch.equal(budget_of(ranked, gamma, 2), want)
+    counts = torch.randint(0, 41, (3, 4))
+    top = top_k_mask(scores, counts)
+    assert torch.equal(top.sum(-1), counts)
+    assert torch.equal(top, ranked.ranks < counts[..., None])
+    kept_min = torch.where(top, torch.nan_to_num(scores, nan=-1.0), float("inf")).amin(-1)
+    dropped_max = torch.where(top, float("-inf"), torch.nan_to_num(scores, nan=-1.0)).amax(-1)
+    assert bool((kept_min >= dropped_max).all())

@@ -61,3 +61,19 @@ def test_draft_then_finish_equals_from_dense():
     full = BlockLayout.dense_causal(2, 3, 300, 360, 64, torch.device("cpu"))
     assert int(full.counts.sum()) == int(draft.causal_blocks()) * 6 and full.keeps_every_block()
     assert not whole.keeps_every_block()
+
+
+def test_draft_orders_kept_columns_like_a_sort():
+    """The draft places each row's kept key blocks first, ascending, then nkb (built without a sort)."""
+    from sharedattn.kernels.reference import causal_block_mask
+
+    torch.manual_seed(3)
+    for nq, nk, bs in ((1500, 1536, 64), (256, 256, 32), (100, 700, 64)):
+        nqb, nkb = -(-nq // bs), -(-nk // bs)
+        mask = torch.rand(2, 3, nqb, nkb) < 0.4
+        draft = BlockLayout.draft(mask, bs, nq, nk)
+        keep = mask & causal_block_mask(nq, nk, bs, mask.device)
+        cols = torch.arange(nkb, dtype=torch.int32)
+        want = torch.sort(torch.where(keep, cols, torch.full_like(cols, nkb)), dim=-1).values
+        assert torch.equal(draft.ordered, want)
+        assert torch.equal(draft.counts, keep.sum(-1, dtype=torch.int32))
