@@ -53,7 +53,10 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 
 
 def fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    from rich.markup import escape
+
+    # escaped: messages quote user values and lists ("[128, global]") that rich would read as markup
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(2)
 
 

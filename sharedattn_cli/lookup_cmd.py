@@ -54,6 +54,9 @@ def _describe(lookup, path: Path) -> None:
                                 f"metric {cal.metric}")
     for p in cal.prompts:
         info.add_row("  prompt", f"{p.name} ({p.num_tokens} tokens, sha256 {p.sha256[:12]})")
+    if cal.layer_windows is not None:
+        local = [f"{layer}: {w}" for layer, w in enumerate(cal.layer_windows) if w is not None]
+        info.add_row("local layers", f"{len(local)} of {m.num_layers} (layer: window tokens) " + ", ".join(local))
     options = ", ".join(f"{k}={v}" for k, v in cal.options.items() if not isinstance(v, dict))
     info.add_row("options", options or "-")
     console.print(info)

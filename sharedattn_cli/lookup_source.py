@@ -29,10 +29,14 @@ def _cache_path(loaded) -> Path:
 
 
 def _load_checked(path: Path, loaded):
-    from sharedattn.analysis.offline.lookup import check_lookup_model, load_lookup
+    """The lookup at ``path``, refused (``FormatError``) when it was made for another model: other
+    shapes, or other local (sliding-window) layers."""
+    from sharedattn.analysis.hf.models import layer_windows_of
+    from sharedattn.analysis.offline.lookup import check_lookup_model, check_lookup_windows, load_lookup
 
     lookup = load_lookup(path)
     check_lookup_model(lookup, loaded.fingerprint, check_id=False)
+    check_lookup_windows(lookup, layer_windows_of(loaded.model.config))
     return lookup
 
 

@@ -130,3 +130,23 @@ def test_lookup_validate_checks_the_local_layers(records, tmp_path):
     path.write_text(json.dumps(data))
     broken = runner.invoke(app, ["lookup", "validate", str(path), "--random-init", SHAPE])
     assert broken.exit_code == 2 and "calibration.layer_windows: expected a list of 4" in broken.output
+
+
+def test_prefill_refuses_a_lookup_with_other_local_layers_and_show_lists_them(records, tmp_path):
+    recs = [load_record(r) for r in records]
+    path = save_lookup(lookup_from_records(recs, SimilarityConfig(), ClusterConfig()), tmp_path / "l.json")
+    shown = runner.invoke(app, ["lookup", "show", str(path)])
+    assert shown.exit_code == 0, shown.output
+    assert "local layers" in shown.stdout and "0: 128" in shown.stdout and "2: 128" in shown.stdout
+    data = json.loads(path.read_text())
+    data["calibration"]["layer_windows"] = [None, 128, None, 128]
+    path.write_text(json.dumps(data))
+    out = tmp_path / "run"
+    bad = runner.invoke(app, ["prefill", "--random-init", SHAPE, "passkey", "--tokens", "320", "--method",
+                              "shareprefill", "--lookup", str(path), "--dense-below", "0", "--block-size", "32",
+                              "-o", str(out)])
+    assert bad.exit_code == 2, bad.output
+    error = [line for line in bad.output.splitlines() if line.startswith("error:")]
+    assert error == ["error: lookup was made for another model (calibration.layer_windows: lookup "
+                     "[global, 128, global, 128], model [128, global, 128, global])"], bad.output
+    assert not out.exists()  # nothing half-written
