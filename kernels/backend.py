@@ -167,3 +167,23 @@ def probe_column_estimate(q: torch.Tensor, k: torch.Tensor, block_size: int,
 
         return fn(q, k, block_size, scale)
     return ref.probe_column_estimate_ref(q, k, block_size, scale)
+
+
+def assemble_layout(v_rank: torch.Tensor, s_rank: torch.Tensor, v_count: torch.Tensor, s_count: torch.Tensor,
+                    nq: int, nk: int, block_size: int, *, minimal=None, query_aware=None, share=None,
+                    tail_first: int | None = None, want_own: bool = False):
+    """One layer's block mask, its own vertical-slash mask (``want_own``) and layout draft from
+    ranks and counts (arguments: ``reference.assemble_masks_ref``): ``(mask, own or None, draft)``.
+    One Triton launch on the Triton backend (``decide.assemble_kernel``), the twins elsewhere."""
+    from .layout import BlockLayout, LayoutDraft
+
+    if select_backend(v_rank) is Backend.TRITON:
+        from .decide import assemble_triton
+
+        mask, own, counts, ordered, num_full = assemble_triton(
+            v_rank, s_rank, v_count, s_count, nq, nk, block_size, minimal=minimal, query_aware=query_aware,
+            share=share, tail_first=tail_first, want_own=want_own)
+        return mask, own, LayoutDraft(counts, ordered, num_full, block_size, nq, nk)
+    mask, own = ref.assemble_masks_ref(v_rank, s_rank, v_count, s_count, nq, nk, block_size, minimal=minimal,
+                                       query_aware=query_aware, share=share, tail_first=tail_first)
+    return mask, (own if want_own else None), BlockLayout.draft(mask, block_size, nq, nk)

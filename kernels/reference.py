@@ -203,3 +203,91 @@ def probe_column_estimate_ref(q, k, block_size, scale=None) -> torch.Tensor:
     kp = expand_kv(pool_rows_mean(k, block_size), q.shape[1])  # [B, H, nkb, D]
     logits = torch.matmul(qm, kp.transpose(-1, -2)) * _scale(q, scale)  # [B, H, 1, nkb]
     return torch.softmax(logits, dim=-1)[:, :, 0]
+
+
+# Block geometry, cached per (lengths, block size, device): every layer of a forward pass
+# asks for the same tensors, and rebuilding them costs kernel launches. Never modify their results.
+@functools.lru_cache(maxsize=64)
+def query_block_positions(nq: int, nk: int, block_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Absolute key-block index of the first and last query of each query block: ``[nqb]`` x 2."""
+    nqb = num_blocks(nq, block_size)
+    first = torch.arange(nqb, device=device) * block_size
+    last = torch.clamp(first + block_size, max=nq) - 1
+    offset = nk - nq
+    return (first + offset) // block_size, (last + offset) // block_size
+
+
+@functools.lru_cache(maxsize=64)
+def diagonal_block_mask(nq: int, nk: int, block_size: int, device) -> torch.Tensor:
+    """Bool ``[nqb, nkb]``: the key blocks that hold each query block's own positions."""
+    lo, hi = query_block_positions(nq, nk, block_size, device)
+    cols = torch.arange(num_blocks(nk, block_size), device=device)
+    return (cols[None, :] >= lo[:, None]) & (cols[None, :] <= hi[:, None])
+
+
+@functools.lru_cache(maxsize=64)
+def always_kept(nq: int, nk: int, block_size: int, device) -> torch.Tensor:
+    """Bool ``[nqb, nkb]``: key block 0 (the attention sink) and the block diagonal."""
+    mask = diagonal_block_mask(nq, nk, block_size, device).clone()
+    mask[:, 0] = True
+    return mask & causal_block_mask(nq, nk, block_size, device)
+
+
+def slash_to_blocks(diagonals: torch.Tensor, nq: int, nk: int, block_size: int) -> torch.Tensor:
+    """Kept block diagonals ``[B, H, nd]`` (offset blocks d: token offsets [dB, (d+1)B)) ->
+    bool ``[B, H, nqb, nkb]``. Offset block d reaches key blocks (r - d - 1) and (r - d) of a
+    query block whose positions lie in key block r."""
+    lo, hi = query_block_positions(nq, nk, block_size, diagonals.device)
+    cols = torch.arange(num_blocks(nk, block_size), device=diagonals.device)
+    nd = diagonals.shape[-1]
+    keep = torch.zeros(*diagonals.shape[:2], lo.shape[0], cols.shape[0], dtype=torch.bool,
+                       device=diagonals.device)
+    for row_block, shift in ((lo, 0), (lo, -1), (hi, 0)):
+        d = row_block[:, None] - cols[None, :] + shift  # [nqb, nkb]
+        valid = (d >= 0) & (d < nd)
+        picked = diagonals.gather(-1, d.clamp(0, nd - 1).reshape(1, 1, -1)
+                                  .expand(*diagonals.shape[:2], -1)).reshape(keep.shape)
+        keep |= picked & valid
+    return keep
+
+
+def assemble_masks_ref(v_rank, s_rank, v_count, s_count, nq: int, nk: int, block_size: int, *,
+                       minimal=None, query_aware=None, share=None, tail_first: int | None = None):
+    """Twin of ``decide.assemble_kernel``'s masks: ``(mask, own)``, bool ``[B, H, nqb, nkb]``.
+
+    ``own``: the vertical-slash mask of ranks ``v_rank``/``s_rank`` ``[B, H, nkb]`` (0 = highest
+    column / block diagonal) cut at ``v_count``/``s_count`` ``[B, H]``, plus sink and diagonal,
+    causal. ``mask`` starts as ``own``; then, each optional and in this order:
+    ``minimal`` = ``(v_count, s_count)`` of the minimal vertical-slash mask that the two below add
+    to; ``query_aware`` = ``(flag [B, H], rank [B, H, nqb, nkb], count [B, H, nqb])``: flagged heads
+    keep each row's blocks of rank below its count, plus the minimal mask; ``share`` =
+    ``(shared [B, H], pivotal [B, H], pattern [B, H, nqb, nkb], last_row)``: shared heads keep the
+    pattern plus the minimal mask (and, in the last row, the blocks of ``last_row`` =
+    ``(rank [B, H, nkb], count [B, H])`` when given), pivotal heads every causal block. Rows from
+    ``tail_first`` on keep every causal block."""
+    causal = causal_block_mask(nq, nk, block_size, v_rank.device)
+    base = always_kept(nq, nk, block_size, v_rank.device)
+
+    def vertical_slash(vc, sc):
+        columns = v_rank < vc[..., None]
+        diagonals = s_rank < sc[..., None]
+        return (columns[:, :, None, :] | slash_to_blocks(diagonals, nq, nk, block_size) | base) & causal
+
+    own = vertical_slash(v_count, s_count)
+    mask = own
+    if minimal is not None:
+        least = vertical_slash(*minimal)
+        if query_aware is not None:
+            flag, rank, count = query_aware
+            mask = torch.where(flag[..., None, None], (rank < count[..., None]) | least, mask)
+        if share is not None:
+            shared, pivotal, pattern, last_row = share
+            borrowed = pattern | least
+            if last_row is not None:
+                borrowed[:, :, -1, :] |= last_row[0] < last_row[1][..., None]
+            mask = torch.where(shared[..., None, None], borrowed, mask)
+            mask = torch.where(pivotal[..., None, None], causal, mask)
+    if tail_first is not None:
+        rows = torch.arange(mask.shape[-2], device=mask.device) >= tail_first
+        mask = mask | (causal & rows[:, None])
+    return mask, own

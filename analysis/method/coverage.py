@@ -22,20 +22,29 @@ def clean_mass(x: torch.Tensor) -> torch.Tensor:
     return x.clamp_min(0.0)
 
 
+def coverage_counts(block_mass: torch.Tensor, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ranks, count)``: each block's rank in its row (descending mass, ties towards the lower
+    key-block index; ``[..., nkb]``) and how many of the top-ranked blocks the coverage keeps
+    (``[...]``). ``coverage_mask`` is ``ranks < count``."""
+    check_gamma(gamma)
+    mass = clean_mass(block_mass)
+    ordered, order = torch.sort(mass, dim=-1, descending=True, stable=True)
+    before = torch.cumsum(ordered, dim=-1) - ordered
+    target = gamma * mass.sum(dim=-1, keepdim=True)
+    count = ((before < target) & (ordered > 0)).sum(-1)  # a prefix of the sorted row
+    ranks = torch.empty_like(order).scatter_(-1, order, torch.arange(mass.shape[-1], device=mass.device)
+                                             .expand_as(order).contiguous())
+    return ranks, count
+
+
 def coverage_mask(block_mass: torch.Tensor, gamma: float) -> torch.Tensor:
     """Bool mask ``[..., nqb, nkb]``: per row, the fewest blocks whose mass reaches ``gamma``.
 
     Ties are broken towards the lower key-block index (stable sort), so the result is
     deterministic. ``block_mass`` may have any leading dimensions (layers, heads, prompts).
     """
-    check_gamma(gamma)
-    mass = clean_mass(block_mass)
-    ordered, order = torch.sort(mass, dim=-1, descending=True, stable=True)
-    before = torch.cumsum(ordered, dim=-1) - ordered
-    target = gamma * mass.sum(dim=-1, keepdim=True)
-    keep_sorted = (before < target) & (ordered > 0)
-    mask = torch.zeros_like(keep_sorted)
-    return mask.scatter_(-1, order, keep_sorted)
+    ranks, count = coverage_counts(block_mass, gamma)
+    return ranks < count[..., None]
 
 
 def causal_block_count(num_q_blocks: int, num_k_blocks: int | None = None) -> int:

@@ -6,40 +6,18 @@ loops over heads or moves data to the host. Block conventions are those of
 """
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import torch
 
-from ...kernels.reference import causal_block_mask, num_blocks, pool_cols_sum
-
-
-# Geometry helpers are cached per (lengths, block size, device): every layer of a forward pass
-# asks for the same tensors, and rebuilding them costs kernel launches. Never modify their results.
-@functools.lru_cache(maxsize=64)
-def query_block_positions(nq: int, nk: int, block_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Absolute key-block index of the first and last query of each query block: ``[nqb]`` x 2."""
-    nqb = num_blocks(nq, block_size)
-    first = torch.arange(nqb, device=device) * block_size
-    last = torch.clamp(first + block_size, max=nq) - 1
-    offset = nk - nq
-    return (first + offset) // block_size, (last + offset) // block_size
-
-
-@functools.lru_cache(maxsize=64)
-def diagonal_block_mask(nq: int, nk: int, block_size: int, device) -> torch.Tensor:
-    """Bool ``[nqb, nkb]``: the key blocks that hold each query block's own positions."""
-    lo, hi = query_block_positions(nq, nk, block_size, device)
-    cols = torch.arange(num_blocks(nk, block_size), device=device)
-    return (cols[None, :] >= lo[:, None]) & (cols[None, :] <= hi[:, None])
-
-
-@functools.lru_cache(maxsize=64)
-def always_kept(nq: int, nk: int, block_size: int, device) -> torch.Tensor:
-    """Bool ``[nqb, nkb]``: key block 0 (the attention sink) and the block diagonal."""
-    mask = diagonal_block_mask(nq, nk, block_size, device).clone()
-    mask[:, 0] = True
-    return mask & causal_block_mask(nq, nk, block_size, device)
+from ...kernels.reference import (  # block geometry lives with the kernels' conventions
+    always_kept,
+    assemble_masks_ref,
+    causal_block_mask,
+    num_blocks,
+    pool_cols_sum,
+    query_block_positions,
+)
 
 
 class Ranked(NamedTuple):
@@ -78,24 +56,6 @@ def top_k_mask(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     return rank_desc(scores).ranks < counts[..., None]
 
 
-def slash_to_blocks(diagonals: torch.Tensor, nq: int, nk: int, block_size: int) -> torch.Tensor:
-    """Kept block diagonals ``[B, H, nd]`` (offset blocks d: token offsets [dB, (d+1)B)) ->
-    bool ``[B, H, nqb, nkb]``. Offset block d reaches key blocks (r - d - 1) and (r - d) of a
-    query block whose positions lie in key block r."""
-    lo, hi = query_block_positions(nq, nk, block_size, diagonals.device)
-    cols = torch.arange(num_blocks(nk, block_size), device=diagonals.device)
-    nd = diagonals.shape[-1]
-    keep = torch.zeros(*diagonals.shape[:2], lo.shape[0], cols.shape[0], dtype=torch.bool,
-                       device=diagonals.device)
-    for row_block, shift in ((lo, 0), (lo, -1), (hi, 0)):
-        d = row_block[:, None] - cols[None, :] + shift  # [nqb, nkb]
-        valid = (d >= 0) & (d < nd)
-        picked = diagonals.gather(-1, d.clamp(0, nd - 1).reshape(1, 1, -1)
-                                  .expand(*diagonals.shape[:2], -1)).reshape(keep.shape)
-        keep |= picked & valid
-    return keep
-
-
 def vertical_slash_mask(v_blocks: torch.Tensor | Ranked, s_blocks: torch.Tensor | Ranked, v_count: torch.Tensor,
                         s_count: torch.Tensor, nq: int, nk: int, block_size: int) -> torch.Tensor:
     """Top ``v_count`` key-block columns and top ``s_count`` block diagonals, plus sink and
@@ -103,19 +63,20 @@ def vertical_slash_mask(v_blocks: torch.Tensor | Ranked, s_blocks: torch.Tensor 
     or their ``rank_desc`` (a caller that also needs their budgets sorts them once)."""
     v_ranked = v_blocks if isinstance(v_blocks, Ranked) else rank_desc(v_blocks)
     s_ranked = s_blocks if isinstance(s_blocks, Ranked) else rank_desc(s_blocks)
-    columns = v_ranked.ranks < v_count[..., None]  # [B, H, nkb]
-    diagonals = s_ranked.ranks < s_count[..., None]  # [B, H, nkb]
-    mask = columns[:, :, None, :] | slash_to_blocks(diagonals, nq, nk, block_size)
-    dev = columns.device
-    return (mask | always_kept(nq, nk, block_size, dev)) & causal_block_mask(nq, nk, block_size, dev)
+    return assemble_masks_ref(v_ranked.ranks, s_ranked.ranks, v_count, s_count, nq, nk, block_size)[1]
+
+
+def tail_first_row(tokens: int, nq: int, block_size: int) -> int | None:
+    """The first query-block row that holds one of the final ``tokens`` queries (None for 0)."""
+    return max(nq - tokens, 0) // block_size if tokens > 0 else None  # query blocks count from the first query
 
 
 def with_exact_tail(mask: torch.Tensor, tokens: int, nq: int, nk: int, block_size: int) -> torch.Tensor:
     """``mask`` ``[B, H, nqb, nkb]`` with its last query-block rows that hold the final ``tokens``
     queries set to every causal key block (a new tensor; ``tokens`` 0 returns ``mask``)."""
-    if tokens <= 0:
+    first = tail_first_row(tokens, nq, block_size)
+    if first is None:
         return mask
-    first = max(nq - tokens, 0) // block_size  # query blocks count from the first query
     tail = torch.arange(mask.shape[-2], device=mask.device) >= first
     return mask | (causal_block_mask(nq, nk, block_size, mask.device) & tail[:, None])
 

@@ -17,7 +17,7 @@ import torch
 from ... import kernels
 from ...kernels.layout import LayoutDraft
 from ...kernels.reference import causal_block_mask, num_blocks
-from .coverage import coverage_mask
+from .coverage import coverage_counts
 from .decision_graphs import DecisionGraphs
 from .method_config import (
     AShapeConfig,
@@ -38,8 +38,7 @@ from .patterns import (
     pooled_profiles,
     probe_coverage,
     rank_desc,
-    vertical_slash_mask,
-    with_exact_tail,
+    tail_first_row,
 )
 from .sharing import SharingState
 
@@ -176,23 +175,26 @@ class SparsePrefill:
             cfg: AShapeConfig = self.config
             mask = a_shape_mask(b, h, nq, nk, bs, cfg.sink_tokens, cfg.local_tokens, dev)
             decision = _full((b, h), int(Decision.A_SHAPE), dev, torch.int8)
+            draft = kernels.BlockLayout.draft(mask, bs, nq, nk)
         else:
             cfg: VerticalSlashConfig = self.config
             ranked = rank_desc(vertical), rank_desc(slash)  # one sort each, shared by every mask below
-            own = self._vertical_slash(*ranked, nq, nk, cfg.gamma, fixed=True)
-            mask, decision = own, _full((b, h), int(Decision.VERTICAL_SLASH), dev, torch.int8)
+            decision = _full((b, h), int(Decision.VERTICAL_SLASH), dev, torch.int8)
+            minimal = query_aware = share_args = None
             if self.method is not MethodName.VERTICAL_SLASH:
                 fcfg: FlexPrefillConfig = cfg
-                minimal = self._vertical_slash(*ranked, nq, nk, 0.0, fixed=False)
+                minimal = self._budgets(*ranked, 0.0, fixed=False)
                 qa = js_distance(estimate, vertical) < fcfg.tau_qa  # [B, H]
-                qa_mask = coverage_mask(pooled, cfg.gamma) | minimal
-                mask = torch.where(qa[..., None, None], qa_mask, own)
+                query_aware = (qa, *coverage_counts(pooled, cfg.gamma))
                 decision = torch.where(qa, int(Decision.QUERY_AWARE), decision).to(torch.int8)
                 if self.method is MethodName.SHAREPREFILL:
-                    mask, decision, share = self._share(nq, nk, mask, decision, vertical, slash, minimal,
-                                                        qa, cluster)
-            mask = with_exact_tail(mask, cfg.exact_tail, nq, nk, bs)
-        draft = kernels.BlockLayout.draft(mask, bs, nq, nk)
+                    decision, share, share_args = self._share(decision, vertical, slash, qa, cluster)
+            # the masks (own vertical-slash, query-aware, borrowed, pivotal, exact tail) and the
+            # layout draft: one launch on the Triton backend (kernels/decide.py)
+            mask, own, draft = kernels.assemble_layout(
+                ranked[0].ranks, ranked[1].ranks, *self._budgets(*ranked, cfg.gamma, fixed=True), nq, nk, bs,
+                minimal=minimal, query_aware=query_aware, share=share_args,
+                tail_first=tail_first_row(cfg.exact_tail, nq, bs), want_own=share is not None)
         n_pivotal = share.pivotal.sum() if share is not None else torch.zeros((), dtype=torch.long, device=dev)
         flags = torch.stack([draft.counts.max().long(), draft.keeps_all().long(), n_pivotal.long()])
         coverage = torch.where(decision == int(Decision.PIVOTAL), 1.0, probe_coverage(mask, vertical))
@@ -203,22 +205,20 @@ class SparsePrefill:
             host_flags=flags, vertical=vertical, slash=slash, pivotal=None if share is None else share.pivotal,
             own_pattern=None if share is None else own)
 
-    def _share(self, nq, nk, mask, decision, vertical, slash, minimal, qa, cluster):
+    def _share(self, decision, vertical, slash, qa, cluster):
         """SharePrefill's step on top of FlexPrefill's: shared heads borrow their cluster's pivotal
-        pattern, new pivotal heads run dense. Returns the mask, the decisions and the sharing test."""
+        pattern (plus the minimal vertical-slash mask and, with ``own_last_row``, their own coverage
+        of the probe row), new pivotal heads run dense. Returns the decisions, the sharing test and
+        the ``share`` argument of ``kernels.assemble_layout``."""
         cfg: SharePrefillConfig = self.config
         share = self.sharing.decide(cluster, ~qa, vertical, slash, cfg.tau_s)
-        full = causal_block_mask(nq, nk, cfg.block_size, vertical.device)
-        borrowed = share.pattern | minimal  # a new tensor: the pivotal's pattern stays untouched
-        if cfg.own_last_row:
-            borrowed[:, :, -1, :] |= coverage_mask(vertical, cfg.gamma)
-        mask = torch.where(share.shared[..., None, None], borrowed, mask)
-        mask = torch.where(share.pivotal[..., None, None], full, mask)
+        last_row = coverage_counts(vertical, cfg.gamma) if cfg.own_last_row else None
         decision = torch.where(share.shared, int(Decision.SHARED), decision)
         decision = torch.where(share.pivotal, int(Decision.PIVOTAL), decision).to(torch.int8)
-        return mask, decision, share
+        return decision, share, (share.shared, share.pivotal, share.pattern, last_row)
 
-    def _vertical_slash(self, vertical: Ranked, slash: Ranked, nq: int, nk: int, gamma: float, fixed: bool):
+    def _budgets(self, vertical: Ranked, slash: Ranked, gamma: float, fixed: bool):
+        """``(v_count, s_count)`` ``[B, H]``: the vertical-slash budgets (gamma 0: the minimal ones)."""
         cfg: VerticalSlashConfig = self.config
         bs = cfg.block_size
         min_blocks = num_blocks(cfg.min_budget, bs)
@@ -230,7 +230,7 @@ class SparsePrefill:
             v_count = torch.full_like(v_count, num_blocks(cfg.vertical_tokens, bs))
         if fixed and cfg.slash_tokens is not None:
             s_count = torch.full_like(s_count, num_blocks(cfg.slash_tokens, bs))
-        return vertical_slash_mask(vertical, slash, v_count, s_count, nq, nk, bs)
+        return v_count, s_count
 
     # ---- kernel and trace --------------------------------------------------------------------
     def _run(self, layer, q, k, v, scale, plan: DecisionPlan):

@@ -2,14 +2,19 @@ import torch
 
 from sharedattn.analysis.method.patterns import (
     a_shape_mask,
-    always_kept,
     gamma_budget,
     js_distance,
-    slash_to_blocks,
     top_k_mask,
     vertical_slash_mask,
 )
-from sharedattn.kernels.reference import block_mask_to_token_mask, causal_block_mask, causal_token_mask, pool_cols_sum
+from sharedattn.kernels.reference import (
+    always_kept,
+    block_mask_to_token_mask,
+    causal_block_mask,
+    causal_token_mask,
+    pool_cols_sum,
+    slash_to_blocks,
+)
 
 
 def test_gamma_budget_counts_fewest_entries():
