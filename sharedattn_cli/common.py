@@ -154,6 +154,18 @@ def similarity_config(metric, gamma: float, js_combine):
     return SimilarityConfig(metric=metric, gamma=gamma, js_combine=js_combine)
 
 
+def check_kernel(kernel, device: Optional[str]) -> None:
+    """``--kernel flash`` where flash-attn-4 cannot run: one line and exit 2 (``ConfigError``),
+    before any model is loaded. ``device``: the ``--device`` option (default: cuda if present)."""
+    if getattr(kernel, "value", kernel) != "flash":
+        return
+    import torch
+
+    from sharedattn.kernels.backend import require_flash
+
+    require_flash(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def gpu_or_cpu_note(loaded) -> bool:
     """True when the model is on a GPU; on the CPU, notes that times there say nothing about GPU speed."""
     on_gpu = next(loaded.model.parameters()).device.type == "cuda"
