@@ -23,11 +23,12 @@ Recompiling per prompt length (``COMPILE``, or ``SHAREDATTN_FLASH_COMPILE=dynami
 
 * ``dynamic`` (default): ``torch.compile(dynamic=True)``; the BlockMask is built inside the compiled
   function from the lengths of q and k, so no length, no list width and no block count is baked
-  into the graph. Queries shorter than the keys get their offset as a 0-d device tensor (FLASH
-  cannot inline a symbolic Python int into its template). One graph for equal lengths, one or two
-  for chunked prefill; flash-attn-4 caches its kernel by dtype, head dim and mask, not by length.
+  into the graph. Queries shorter than the keys get their offset as a one-element device tensor
+  (FLASH cannot inline a symbolic Python int into its template; it loads captured tensors). One
+  graph for equal lengths, one or two for chunked prefill; flash-attn-4 caches its kernel by dtype,
+  head dim and mask, not by length.
 * ``static``: ``dynamic=False``, one graph per (Nq, Nk) (about 0.4 s each on the H200, measured with
-  FLASH: docs/benchmarks.md); the full lists are padded to ``nkb`` columns so a layer's
+  FLASH: docs/platform notes, issue 15); the full lists are padded to ``nkb`` columns so a layer's
   ``max_kept`` does not recompile, and dynamo's recompile limit is raised to ``STATIC_GRAPHS``
   for these calls (past the limit dynamo would fall back to eager FlexAttention, which
   materialises the scores).
@@ -122,7 +123,7 @@ def call_unsupported(q: torch.Tensor, layout: BlockLayout) -> str | None:
 
 def _call(q, k, v, num_part, part_idx, num_full, full_idx, offset, block_size: int, scale: float):
     """The compiled body: the BlockMask is made here so its lengths are q's and k's own (symbolic
-    under ``dynamic=True``). ``offset`` is None (equal lengths), an int (static) or a 0-d tensor."""
+    under ``dynamic=True``). ``offset`` is None (equal lengths), an int (static) or a [1] tensor."""
     from torch.nn.attention.flex_attention import flex_attention
 
     mask_mod = end_aligned_causal(0 if offset is None else offset)
@@ -179,6 +180,6 @@ def flash_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     tensors = block_mask_tensors(layout, full_width=layout.num_kv_blocks if mode == "static" else None)
     offset = None
     if nk != nq:
-        offset = nk - nq if mode == "static" else torch.full((), nk - nq, dtype=torch.int32, device=q.device)
+        offset = nk - nq if mode == "static" else torch.full((1,), nk - nq, dtype=torch.int32, device=q.device)
     with _dynamo_settings(mode):
         return _compiled(mode)(q, k, v, *tensors, offset, layout.block_size, scale)

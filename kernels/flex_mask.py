@@ -76,10 +76,16 @@ def _causal(b, h, q_idx, kv_idx):
 
 def end_aligned_causal(offset):
     """The partial blocks' ``mask_mod``: query row ``i`` sees keys ``j <= i + offset`` (offset
-    ``Nk - Nq``: an int, or a 0-d integer tensor on the device for a compiled call whose lengths
-    are dynamic). Offset 0 gives the plain causal mask, which captures nothing."""
+    ``Nk - Nq``: an int, or a one-element integer tensor on the device, read as ``offset[0]``, for a
+    compiled call whose lengths are dynamic: FLASH's template loads it like any captured buffer).
+    Offset 0 gives the plain causal mask, which captures nothing."""
     if isinstance(offset, int) and offset == 0:
         return _causal
+    if isinstance(offset, torch.Tensor):
+        def end_aligned_tensor(b, h, q_idx, kv_idx):
+            return q_idx + offset[0] >= kv_idx
+
+        return end_aligned_tensor
 
     def end_aligned(b, h, q_idx, kv_idx):
         return q_idx + offset >= kv_idx

@@ -146,7 +146,8 @@ def test_compiled_call_graphs(mode, monkeypatch):
             q, k, v = make_qkv(1, 4, 2, nq, nk, 64, torch.float32, seed=nq)
             lay = BlockLayout.dense_causal(1, 4, nq, nk, 64, q.device)
             tensors = flash.block_mask_tensors(lay, full_width=lay.num_kv_blocks if mode == "static" else None)
-            offset = None if nq == nk else (nk - nq if mode == "static" else torch.full((), nk - nq, dtype=torch.int32))
+            offset = None if nq == nk else (
+                nk - nq if mode == "static" else torch.full((1,), nk - nq, dtype=torch.int32))
             with flash._dynamo_settings(mode):
                 out = call(q, k, v, *tensors, offset, 64, 0.125)
             assert (out - ref.attention_ref(q, k, v, 0.125)).abs().max().item() < 1e-5

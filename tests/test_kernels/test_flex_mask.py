@@ -124,7 +124,7 @@ def test_fixed_widths():
 
 def test_tensor_offset_mask_mod():
     q_idx, kv_idx = torch.arange(4)[:, None], torch.arange(12)[None, :]
-    for off in (7, torch.tensor(7)):  # an int (static compile) or a 0-d tensor (dynamic compile)
+    for off in (7, torch.tensor([7])):  # an int (static compile) or a [1] tensor (dynamic compile)
         assert torch.equal(fm.end_aligned_causal(off)(None, None, q_idx, kv_idx), kv_idx <= q_idx + 7)
     assert fm.end_aligned_causal(0) is fm._causal
 
