@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import importlib
 
-_BACKEND_NAMES = ("Backend", "assemble_layout", "block_mass", "dense_attention", "last_block_profiles",
-                  "pool_blocks_mean", "pooled_block_estimate", "probe_column_estimate", "select_backend", "set_backend",
+_BACKEND_NAMES = ("Backend", "assemble_layout", "attention_backend", "block_mass", "dense_attention",
+                  "flash_unavailable", "last_block_profiles", "pool_blocks_mean", "pooled_block_estimate",
+                  "probe_column_estimate", "record_backends", "require_flash", "select_backend", "set_backend",
                   "sparse_attention", "use_backend")
 _LAZY = {
     **{name: "backend" for name in _BACKEND_NAMES},

@@ -1,18 +1,31 @@
-"""One place that chooses Triton or the plain-torch reference twin, and the dispatching functions.
+"""One place that chooses the kernels: Triton, flash-attn-4 (``flash``) or the plain-torch twin.
 
-Rule (``select_backend``): an explicit override wins (``set_backend`` / ``use_backend``, or the
-environment variable ``SHAREDATTN_KERNEL_BACKEND=triton|reference`` read at call time); otherwise
-CUDA tensors use Triton and CPU tensors the reference twin. Interpreted Triton on CPU
+Rule. An explicit choice wins (``set_backend`` / ``use_backend``, or the environment variable
+``SHAREDATTN_KERNEL_BACKEND=triton|reference|flash|auto`` read at call time); without one, CUDA
+tensors get ``auto`` and CPU tensors the reference twin. Interpreted Triton on CPU
 (``TRITON_INTERPRET=1``) is for kernel tests, which ask for it explicitly (``use_backend``); the
-analysis code on CPU always gets the fast torch twin, even inside a test session that interprets. Triton modules
-are imported lazily, so importing this module never imports triton.
+analysis code on CPU always gets the fast torch twin, even inside a test session that interprets.
 
-Every dispatching function returns the same shapes and dtypes on both backends: attention output
+* The estimation kernels, the block-mass map and the probe profiles have two implementations:
+  ``select_backend`` gives Triton on CUDA and the twin on CPU unless ``triton`` or ``reference``
+  is asked for (``flash`` and ``auto`` mean "the device's default" for them).
+* Block-sparse attention (``sparse_attention``) also has ``flash``: flash-attn-4 through
+  FlexAttention (``flash.py``). ``attention_backend`` decides per call: ``auto`` takes flash
+  where ``auto_backend``'s measured rule says it is faster, and Triton otherwise, also wherever
+  flash cannot run (not installed, not a Hopper GPU, a head dim or block size it does not take);
+  ``flash`` asked for where it cannot run is a ``ConfigError``. A call that wants the block-mass
+  map (SharePrefill's pivotal heads) runs on Triton, whose forward pass makes it.
+* ``record_backends()`` counts, inside a ``with`` block, the attention calls each backend ran
+  (``prefill`` reports them per layer).
+
+Triton and flash modules are imported lazily, so importing this module never imports triton.
+Every dispatching function returns the same shapes and dtypes on every backend: attention output
 in q's dtype, maps and profiles in fp32.
 """
 from __future__ import annotations
 
 import os
+from collections import Counter
 from contextlib import contextmanager
 from enum import Enum
 from typing import Iterator
@@ -21,7 +34,7 @@ import torch
 
 from . import reference as ref
 from .layout import BlockLayout
-from .limits import DEFAULT_BLOCK_SIZE, DEFAULT_CHUNK_SIZE
+from .limits import DEFAULT_BLOCK_SIZE, DEFAULT_CHUNK_SIZE, ConfigError
 
 ENV_VAR = "SHAREDATTN_KERNEL_BACKEND"
 
@@ -29,9 +42,21 @@ ENV_VAR = "SHAREDATTN_KERNEL_BACKEND"
 class Backend(str, Enum):
     TRITON = "triton"
     REFERENCE = "reference"
+    FLASH = "flash"  # flash-attn-4 through FlexAttention; attention only (flash.py)
+    AUTO = "auto"  # a choice, not a kernel: each attention call by auto_backend's rule
 
+
+# ---- auto's rule, in one place: re-measure with docs/scripts/flash_bench.py ------------------------
+# On the H200 (Llama-3.1-8B attention: 32/8 heads, head dim 128, bf16, block 128, random per-head
+# masks; docs/benchmarks.md) flash-attn-4 beat our kernel from 24K keys at every density and dense
+# at 32K+, while ours won at 8K-16K with density <= 0.35; at head dim 64 (Qwen2.5-0.5B: 14/2 heads)
+# ours won at densities 0.3-0.5 and flash only dense at 32K.
+AUTO_FLASH_HEAD_DIMS = (128,)
+AUTO_FLASH_MIN_KEYS = 24576
+AUTO_FLASH_BLOCK_SIZES = (128,)
 
 _override: Backend | None = None
+_recorders: list[Counter] = []
 
 
 def set_backend(backend: Backend | str | None) -> None:
@@ -52,16 +77,80 @@ def use_backend(backend: Backend | str) -> Iterator[None]:
         _override = saved
 
 
-def select_backend(t: torch.Tensor) -> Backend:
-    """The backend for a call whose inputs live where ``t`` lives (see the module docstring)."""
+def requested_backend() -> Backend | None:
+    """The explicit choice (override, else the environment variable), or None."""
     if _override is not None:
         return _override
     env = os.environ.get(ENV_VAR)
-    if env:
-        return Backend(env)
-    if t.is_cuda:
+    return Backend(env) if env else None
+
+
+def select_backend(t: torch.Tensor) -> Backend:
+    """Triton or the twin for the kernels other than attention, on ``t``'s device (module docstring)."""
+    chosen = requested_backend()
+    if chosen in (Backend.TRITON, Backend.REFERENCE):
+        return chosen
+    return Backend.TRITON if t.is_cuda else Backend.REFERENCE
+
+
+def flash_unavailable(device: torch.device | str | None = None) -> str | None:
+    """Why the flash backend cannot run on ``device`` (a CUDA device, by default the current one),
+    or None. Never raises; on CPU it says so."""
+    device = torch.device("cuda" if device is None else device)
+    if device.type != "cuda":
+        return "the flash backend needs a CUDA GPU"
+    from .flash import flash_unavailable as why
+
+    return why(device)
+
+
+def require_flash(device: torch.device | str | None = None) -> None:
+    """``ConfigError`` (one line) unless the flash backend can run on ``device``."""
+    reason = flash_unavailable(device)
+    if reason:
+        raise ConfigError(f"kernel flash: {reason}")
+
+
+def auto_backend(q: torch.Tensor, layout: BlockLayout, return_block_mass: bool = False) -> Backend:
+    """``auto`` on a CUDA attention call: flash-attn-4 where it measured faster (the constants
+    above), Triton otherwise and wherever flash cannot run."""
+    if return_block_mass or q.shape[-1] not in AUTO_FLASH_HEAD_DIMS or layout.nk < AUTO_FLASH_MIN_KEYS \
+            or layout.block_size not in AUTO_FLASH_BLOCK_SIZES:
         return Backend.TRITON
-    return Backend.REFERENCE
+    from . import flash
+
+    if flash.flash_unavailable(q.device) or flash.call_unsupported(q, layout):
+        return Backend.TRITON
+    return Backend.FLASH
+
+
+def attention_backend(q: torch.Tensor, layout: BlockLayout, return_block_mass: bool = False) -> Backend:
+    """The kernel one ``sparse_attention`` call runs on: triton, reference or flash (module docstring)."""
+    chosen = requested_backend()
+    if chosen is None:
+        chosen = Backend.AUTO if q.is_cuda else Backend.REFERENCE
+    if chosen is Backend.AUTO:
+        return auto_backend(q, layout, return_block_mass) if q.is_cuda else Backend.REFERENCE
+    if chosen is Backend.FLASH:
+        require_flash(q.device)
+        from .flash import call_unsupported
+
+        reason = call_unsupported(q, layout)
+        if reason:
+            raise ConfigError(f"kernel flash: {reason}")
+        return Backend.TRITON if return_block_mass else Backend.FLASH
+    return chosen
+
+
+@contextmanager
+def record_backends() -> Iterator[Counter]:
+    """Count the attention calls per backend (``{"triton": 2, "flash": 1}``) inside the block."""
+    counts: Counter = Counter()
+    _recorders.append(counts)
+    try:
+        yield counts
+    finally:
+        _recorders[:] = [c for c in _recorders if c is not counts]
 
 
 def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockLayout, *,
@@ -70,8 +159,16 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: 
     """Block-sparse causal attention: q ``[B, H, Nq, D]``, k/v ``[B, H_kv, Nk, D]`` -> out
     ``[B, H, Nq, D]`` (q's dtype), plus the mass map ``[B, H, nqb, nkb]`` fp32 when asked
     (only for the heads of the bool ``[B, H]`` ``mass_heads`` if given; zeros elsewhere;
-    ``num_mass_heads``: how many those are, when the caller knows, which saves a host sync)."""
-    if select_backend(q) is Backend.TRITON:
+    ``num_mass_heads``: how many those are, when the caller knows, which saves a host sync).
+    The backend: ``attention_backend``."""
+    backend = attention_backend(q, layout, return_block_mass)
+    for counts in _recorders:
+        counts[backend.value] += 1
+    if backend is Backend.FLASH:
+        from .flash import flash_sparse_attention
+
+        return flash_sparse_attention(q, k, v, layout, scale=scale)
+    if backend is Backend.TRITON:
         from .block_sparse import block_sparse_attention
 
         return block_sparse_attention(q, k, v, layout, scale=scale, return_block_mass=return_block_mass,

@@ -237,9 +237,20 @@ def tune_configs(shape: BenchShape, n: int, device: torch.device, configs=DEFAUL
     return sorted(rows, key=lambda r: r["ms_density_1"] + 5 * r["ms_density_0.1"])
 
 
+def backend_ms(name: str, q, k, v, layout: BlockLayout) -> float:
+    """Median ms of ``sparse_attention`` with backend ``name`` asked for (flash, auto, triton)."""
+    from .backend import sparse_attention, use_backend
+
+    def run():
+        with use_backend(name):
+            return sparse_attention(q, k, v, layout)
+    return time_ms(run)
+
+
 def run_length(shape: BenchShape, n: int, densities, patterns, device, config, peak_tflops,
-               log=print) -> tuple[dict, list[CaseResult]]:
-    """Dense baselines at length ``n``, then ours and FlexAttention per (pattern, density)."""
+               log=print, backends: tuple[str, ...] = ()) -> tuple[dict, list[CaseResult]]:
+    """Dense baselines at length ``n``, then ours (Triton), FlexAttention and the other attention
+    ``backends`` (flash, auto: ``kernels/backend.py``) per (pattern, density)."""
     from .block_sparse import block_sparse_attention
 
     q, k, v = make_inputs(shape, n, device)
@@ -259,12 +270,19 @@ def run_length(shape: BenchShape, n: int, densities, patterns, device, config, p
             res = CaseResult(n, pattern, d, lay.density(), flop)
             res.ms["ours"] = time_ms(lambda: block_sparse_attention(q, k, v, lay, out=out, config=config))  # noqa: F821 - ruff misreads the later del
             res.ms["flex"] = base.flex_ms(lay)
+            for name in backends:
+                res.ms[name] = backend_ms(name, q, k, v, lay)
             res.ms["floor"] = flop / peak_tflops * 1e3
             for name, ms in res.ms.items():
                 res.tflops[name] = flop / ms * 1e3
             for name, ms in dense.items():  # throughput on kept blocks vs the dense backend's
                 res.ratios[f"vs_{name}"] = res.tflops["ours"] / (dense_tflop / ms * 1e3)
             res.ratios["speedup_vs_flex"] = res.ms["flex"] / res.ms["ours"]
+            if "flash" in res.ms:  # flash-attn-4: its throughput on kept blocks vs cuDNN's dense one
+                res.ratios["flash_vs_cudnn"] = res.tflops["flash"] / (dense_tflop / dense["cudnn"] * 1e3)
+                res.ratios["flash_speedup_vs_ours"] = res.ms["ours"] / res.ms["flash"]
+            if "auto" in res.ms:
+                res.ratios["auto_over_best"] = res.ms["auto"] / min(res.ms["ours"], res.ms.get("flash", res.ms["ours"]))
             res.ratios["floor_over_ours"] = res.ms["floor"] / res.ms["ours"]
             if d == 0.1 and pattern == "random":
                 res.ratios["max_abs_diff_vs_flex"] = check_against_flex(q, k, v, lay, out, base.flex)

@@ -5,9 +5,11 @@ configs validate against ``BLOCK_SIZES`` before any launch (so a bad value fails
 CPU, where the torch twin would run it, and on CUDA, where Triton cannot), and the CLI's help
 prints them. ``ConfigError`` is the library's one error for invalid configuration; it subclasses
 ``ValueError`` so callers that catch ``ValueError`` keep working, and the CLI maps it to one line
-and exit code 2. This module imports nothing, so reading it costs no torch import.
+and exit code 2. This module imports nothing but ``enum``, so reading it costs no torch import.
 """
 from __future__ import annotations
+
+from enum import Enum
 
 # Layout block sizes the Triton kernels compile for (a block is BLOCK_SIZE // BLOCK_N key tiles,
 # and the tiles are at most 128 wide); the torch twins accept any size, the configs do not.
@@ -17,6 +19,14 @@ DEFAULT_BLOCK_SIZE = 128  # the block the launch shapes are tuned for (attn_fwd.
 DEFAULT_CHUNK_SIZE = 1024  # query rows block_mass reduces at once on the torch twin (bounds its memory)
 DTYPES = ("float32", "float16", "bfloat16")  # the element types the kernels and the models run in
 DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+class KernelChoice(str, Enum):
+    """Which attention kernel a prefill runs (``--kernel``; ``kernels/backend.py`` decides per call)."""
+
+    AUTO = "auto"  # flash-attn-4 where it measured faster and is installed, else Triton (the torch twin on CPU)
+    TRITON = "triton"  # our block-sparse Triton kernel
+    FLASH = "flash"  # flash-attn-4 through FlexAttention (pip install 'sharedattn[flash]'; Hopper GPUs)
 
 
 class ConfigError(ValueError):

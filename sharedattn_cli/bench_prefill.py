@@ -13,9 +13,10 @@ from typing import Annotated, Optional
 import typer
 
 from sharedattn.analysis.method.method_config import DEFAULT_GAMMA
+from sharedattn.kernels.limits import KernelChoice
 
-from .common import cli_command
-from .options import GraphsOpt
+from .common import cli_command, kernels_to_time
+from .options import GraphsOpt, KernelOpt
 
 SPARSE = "vertical-slash,flexprefill,shareprefill"
 
@@ -34,6 +35,7 @@ def bench_prefill(
     exact_tail: Annotated[int, typer.Option(help="Last tokens whose query blocks run every causal block "
                                             "(vertical-slash, flexprefill, shareprefill; 0: the papers').")] = 0,
     graphs: GraphsOpt = True,
+    kernel: KernelOpt = KernelChoice.AUTO,
     seed: Annotated[int, typer.Option(help="Seed of the planted workload.")] = 0,
     out: Annotated[Optional[Path], typer.Option(help="Write the JSON results here.")] = None,
 ) -> None:
@@ -50,6 +52,7 @@ def bench_prefill(
         raise typer.Exit(2)
     import triton
 
+    timed, note = kernels_to_time(kernel)
     from sharedattn.analysis.evaluation import layer_bench as lb
     from sharedattn.analysis.evaluation.planted import PlantedSpec
     from sharedattn.kernels.bench import time_ms
@@ -60,13 +63,13 @@ def bench_prefill(
     command = "sharedattn bench prefill " + " ".join(shlex.quote(a) for a in args)
     report = {"command": command.strip(), "gpu": torch.cuda.get_device_name(device),
               "torch": torch.__version__, "triton": triton.__version__, "gamma": gamma,
-              "exact_tail": exact_tail, "graphs": graphs,
+              "exact_tail": exact_tail, "graphs": graphs, "kernels": timed, "kernel_note": note,
               "shape": {"heads": spec.heads, "kv_heads": spec.kv_heads, "head_dim": spec.head_dim,
                         "batch": spec.batch, "dtype": "bfloat16",
                         "block_size": lb.config_for(chosen[0], gamma, exact_tail).block_size}, "seed": seed}
     typer.echo(f"command: {report['command']}\ngpu: {report['gpu']} (torch {torch.__version__}, "
-               f"triton {triton.__version__})")
-    opts = {"exact_tail": exact_tail, "use_graphs": graphs}
+               f"triton {triton.__version__}); kernels timed: {', '.join(timed)}" + (f" ({note})" if note else ""))
+    opts = {"exact_tail": exact_tail, "use_graphs": graphs, "kernels": tuple(timed)}
     rows = _run(lb, spec, _csv(lengths, int), device, time_ms, gamma, chosen, **opts)
     report["results"] = [r.to_json() for r in rows]
     cross_lengths = _csv(crossover, int)
@@ -120,7 +123,7 @@ def _print(lb, rows, report) -> None:
 
 def _summary(report: dict) -> dict:
     """The one JSON line: speedups and fidelity per (N, method, layer), plus the crossover."""
-    keep = ("n", "method", "layer", "ms", "dense_ms", "speedup", "density", "rel_error", "recall")
+    keep = ("n", "method", "layer", "kernel", "ms", "dense_ms", "speedup", "density", "rel_error", "recall")
     doc = {"bench": "prefill", "gpu": report["gpu"],
            "results": [{k: (round(r[k], 5) if isinstance(r[k], float) else r[k]) for k in keep}
                        for r in report["results"]]}

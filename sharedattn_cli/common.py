@@ -157,6 +157,37 @@ def similarity_config(metric, gamma: float, js_combine):
     return SimilarityConfig(metric=metric, gamma=gamma, js_combine=js_combine)
 
 
+def check_kernel(kernel, device: Optional[str]) -> None:
+    """``--kernel flash`` where flash-attn-4 cannot run: one line and exit 2 (``ConfigError``),
+    before any model is loaded. ``device``: the ``--device`` option (default: cuda if present)."""
+    if getattr(kernel, "value", kernel) != "flash":
+        return
+    import torch
+
+    from sharedattn.kernels.backend import require_flash
+
+    require_flash(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def kernels_to_time(kernel) -> tuple[list[str], Optional[str]]:
+    """``bench kernel`` / ``bench prefill``: the attention backends ``--kernel`` asks to time, and a
+    note when flash is left out. auto: triton, flash and auto side by side (triton alone where
+    flash-attn-4 cannot run, auto being triton there); triton or flash: that one (flash without
+    flash-attn-4: ``ConfigError``, one line, exit 2)."""
+    from sharedattn.kernels.backend import flash_unavailable, require_flash
+
+    name = getattr(kernel, "value", kernel)
+    if name == "triton":
+        return ["triton"], None
+    if name == "flash":
+        require_flash()
+        return ["flash"], None
+    why = flash_unavailable()
+    if why:
+        return ["triton"], f"flash and auto not timed: {why} (auto runs triton here)"
+    return ["triton", "flash", "auto"], None
+
+
 def gpu_or_cpu_note(loaded) -> bool:
     """True when the model is on a GPU; on the CPU, notes that times there say nothing about GPU speed."""
     on_gpu = next(loaded.model.parameters()).device.type == "cuda"

@@ -10,12 +10,14 @@ from typing import Annotated, Optional
 import typer
 
 from sharedattn.analysis.method.method_config import MethodName
+from sharedattn.kernels.limits import KernelChoice
 
 from .common import (
     DEFAULT_OUT,
     DEFAULT_TOKENS,
     ModelChoice,
     UserError,
+    check_kernel,
     check_out_dir,
     cli_command,
     console,
@@ -35,6 +37,7 @@ from .options import (
     GammaOpt,
     InputsArg,
     JsonOpt,
+    KernelOpt,
     LocalOpt,
     LookupOpt,
     MinBudgetOpt,
@@ -121,6 +124,7 @@ def compare(
     local_tokens: LocalOpt = None,
     csv_path: Annotated[Optional[Path], Opt("--csv", help="Also write the rows as CSV here (always in --out).")] = None,
     no_figures: Annotated[bool, Opt("--no-figures", help="Skip the figures.")] = False,
+    kernel: KernelOpt = KernelChoice.AUTO,
     out: OutDirOpt = DEFAULT_OUT / "compare",
     truncate: TruncateOpt = False,
     model: ModelOpt = None,
@@ -154,12 +158,13 @@ def compare(
     check_out_dir(out)
     if csv_path is not None:
         check_out_dir(csv_path.parent)
+    check_kernel(kernel, device)
     choice = ModelChoice(model_spec, random_init, dtype, device)
     loaded = choice.load()
     runs = [(g, method_configs(cfg, loaded, block_size=block_size, dense_below=dense_below, gamma=g,
                                min_budget=min_budget, tau_qa=tau_qa, tau_s=tau_s, tau_fb=tau_fb,
                                own_last_row=own_last_row, fallback=fallback, exact_tail=exact_tail,
-                               sink_tokens=sink_tokens, local_tokens=local_tokens))
+                               sink_tokens=sink_tokens, local_tokens=local_tokens, kernel=kernel))
             for g in (gamma_list or (gamma,))]
     lookup_obj, lookup_note = lookup_for(MethodName.SHAREPREFILL in cfg.methods, lookup, loaded, choice)
     tasks, skipped = build_tasks(plan, loaded,

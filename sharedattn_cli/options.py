@@ -20,7 +20,7 @@ from sharedattn.analysis.evaluation.suite_defaults import QUICK_TOKENS
 from sharedattn.analysis.method import method_config as _mc
 from sharedattn.analysis.method.method_config import AShapeConfig, FallbackRule, SharePrefillConfig
 from sharedattn.analysis.offline.choices import JsCombine, Metric
-from sharedattn.kernels.limits import DTYPES, one_of
+from sharedattn.kernels.limits import DTYPES, KernelChoice, one_of
 
 from .common import DEFAULT_TOKENS
 
@@ -67,6 +67,12 @@ JsonOpt = Annotated[bool, Opt("--json", help="Print one JSON document instead of
 GraphsOpt = Annotated[bool, Opt("--graphs/--no-graphs", help="On CUDA, record the decision step as a CUDA graph "
                                 "once per prompt length and replay it in the other layers (default), or run it "
                                 "eagerly.")]
+
+KernelOpt = Annotated[KernelChoice, Opt(
+    "--kernel", help="Attention kernel: auto (flash-attn-4 where it measured faster and is installed, else our "
+    "Triton kernel; the torch twin on CPU), triton, or flash (flash-attn-4 through FlexAttention, Hopper GPUs, "
+    "`pip install 'sharedattn[flash]'`; a call that needs SharePrefill's block-mass map stays on Triton). "
+    "bench kernel/prefill: auto times triton, flash and auto side by side; triton or flash that one.")]
 
 # ---- records, similarity, lookups ------------------------------------------------------------
 

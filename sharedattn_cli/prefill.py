@@ -11,12 +11,14 @@ import typer
 
 from sharedattn.analysis.method.method_config import MethodConfig as _MethodConfig
 from sharedattn.analysis.method.method_config import MethodName
+from sharedattn.kernels.limits import KernelChoice
 
 from .common import (
     DEFAULT_OUT,
     DEFAULT_TOKENS,
     ModelChoice,
     UserError,
+    check_kernel,
     check_out_dir,
     cli_command,
     console,
@@ -36,6 +38,7 @@ from .options import (
     GraphsOpt,
     InputsArg,
     JsonOpt,
+    KernelOpt,
     LocalOpt,
     LookupOpt,
     MinBudgetOpt,
@@ -98,6 +101,7 @@ def prefill(
     no_layer_errors: Annotated[bool, Opt("--no-layer-errors", help="Skip the extra pass that measures each "
                                          "layer's error.")] = False,
     graphs: GraphsOpt = True,
+    kernel: KernelOpt = KernelChoice.AUTO,
     out: OutDirOpt = DEFAULT_OUT / "prefill",
     tokens: TokensOpt = DEFAULT_TOKENS,
     truncate: TruncateOpt = False,
@@ -111,7 +115,8 @@ def prefill(
 
     Examples: `sharedattn prefill --bench` (bundled model and prompt, shareprefill),
     `sharedattn prefill passkey:depth=0.3 --tokens 8192 --method flexprefill`,
-    `sharedattn prefill ./my-model notes.txt --lookup lookup.json --chunk 8192`.
+    `sharedattn prefill ./my-model notes.txt --lookup lookup.json --chunk 8192`,
+    `sharedattn prefill --kernel flash ...` (the report says which kernel each layer ran).
     """
     from sharedattn.analysis.evaluation.prefill_bench import machine_name, prefill_against_dense, report_document
 
@@ -121,9 +126,10 @@ def prefill(
     if chunk is not None and chunk < 1:
         raise UserError(f"--chunk must be positive, got {chunk}")
     check_out_dir(out)
+    check_kernel(kernel, device)
     choice = ModelChoice(model_spec, random_init, dtype, device)
     loaded = choice.load()
-    config = method_config(method, block_size=default_block_size(loaded, block_size),
+    config = method_config(method, block_size=default_block_size(loaded, block_size), kernel=kernel,
                            dense_below=dense_below, gamma=gamma, min_budget=min_budget, tau_qa=tau_qa,
                            tau_s=tau_s, tau_fb=tau_fb, own_last_row=own_last_row, fallback=fallback,
                            exact_tail=exact_tail, sink_tokens=sink_tokens, local_tokens=local_tokens,

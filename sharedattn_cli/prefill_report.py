@@ -32,6 +32,17 @@ def dense_layers_line(doc: dict) -> str | None:
     return f"{len(layers)} layer(s) ran the model's dense attention: " + "; ".join(parts)
 
 
+def kernels_line(doc: dict) -> str | None:
+    """The attention backends the method's layers ran on (`--kernel`: auto, triton, flash)."""
+    k = doc.get("kernels")
+    if not k or not k.get("layers"):
+        return None
+    names = {"sdpa": "dense SDPA", "reference": "torch twin"}
+    parts = [f"{names.get(name, name)} in {n} layer{'s' if n != 1 else ''}"
+             for name, n in sorted(k["layers"].items(), key=lambda kv: -kv[1])]
+    return f"kernels ({k['requested']}): " + ", ".join(parts)
+
+
 def _fmt_time(spread: dict) -> str:
     if spread["n"] == 1:
         return f"{spread['median'] * 1000:.1f} ms"
@@ -59,7 +70,7 @@ def print_report(console, doc: dict) -> None:
     console.print(f"density {s['density']:.3f}; heads: {shares}"
                   + (f"; decision step: {graphs['recorded']} CUDA graph(s) recorded, replayed "
                      f"{graphs['replayed']} times (last run)" if graphs.get("recorded") else ""))
-    for line in (dense_layers_line(doc), sharing_line(doc)):
+    for line in (kernels_line(doc), dense_layers_line(doc), sharing_line(doc)):
         if line:
             console.print(line, markup=False)
     f = doc["fidelity"]

@@ -10,6 +10,9 @@ map, and on layer 1, where the clusters' heads share the pivotal patterns (the s
 every later layer). Fidelity comes from a separate untimed run of the same layer: relative error
 of the output against dense, mean density, mean recall (true attention mass inside the kept
 blocks) and the share of heads per decision.
+
+``kernels``: the attention backends to time each method with (``kernels.use_backend``: triton,
+flash, auto); every result names its kernel, and the crossover is found per (method, layer, kernel).
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from typing import Callable
 
 import torch
 
+from ... import kernels as _kernels
 from ..method.method_config import DEFAULT_GAMMA, Decision, MethodName, make_config
 from ..method.sharing import SharingState
 from ..method.sparse_prefill import SparsePrefill
@@ -40,6 +44,7 @@ class LayerResult:
     rel_error: float = float("nan")
     recall: float = float("nan")
     decisions: dict = field(default_factory=dict)
+    kernel: str = "auto"  # the attention backend asked for (kernels.use_backend)
 
     @property
     def speedup(self) -> float:
@@ -134,16 +139,21 @@ def _bench_share(inputs: LayerInputs, cfg, timer: Timer, fidelity: bool, use_gra
 
 def bench_length(spec: PlantedSpec, n: int, device, timer: Timer, gamma: float = DEFAULT_GAMMA,
                  methods=SPARSE_METHODS, fidelity: bool = True, log=print,
-                 exact_tail: int = 0, use_graphs: bool = True) -> tuple[float, list[LayerResult]]:
-    """Dense time and every method's results at length ``n``."""
+                 exact_tail: int = 0, use_graphs: bool = True,
+                 kernels: tuple[str, ...] = ("auto",)) -> tuple[float, list[LayerResult]]:
+    """Dense time and every method's results at length ``n``, once per attention backend."""
     inputs = LayerInputs(spec, n, device, timer)
     log(f"n={n}: dense cuDNN {inputs.dense_ms:.3f} ms")
     rows = []
-    for method in methods:
-        for res in bench_method(inputs, MethodName(method), gamma, timer, fidelity, exact_tail, use_graphs):
-            log(f"  {res.method:<15} {res.layer:<8} {res.ms:8.3f} ms  x{res.speedup:5.2f}  density "
-                f"{res.density:.3f}  rel.err {res.rel_error:.4f}  recall {res.recall:.4f}")
-            rows.append(res)
+    for kernel in kernels:
+        for method in methods:
+            with _kernels.use_backend(kernel):
+                results = bench_method(inputs, MethodName(method), gamma, timer, fidelity, exact_tail, use_graphs)
+            for res in results:
+                res.kernel = kernel
+                log(f"  {res.method:<15} {res.layer:<8} {kernel:<7} {res.ms:8.3f} ms  x{res.speedup:5.2f}  "
+                    f"density {res.density:.3f}  rel.err {res.rel_error:.4f}  recall {res.recall:.4f}")
+                rows.append(res)
     dense_ms = inputs.dense_ms
     del inputs
     if torch.cuda.is_available():
@@ -155,10 +165,11 @@ def crossover(rows: list[LayerResult], lengths: list[int]) -> dict[str, int | No
     """Per method (and SharePrefill layer kind): the shortest N from which the whole layer is
     faster than dense at every measured longer N too (None: never within ``lengths``)."""
     out: dict[str, int | None] = {}
-    keys = sorted({(r.method, r.layer) for r in rows})
-    for method, layer in keys:
-        faster = {r.n: r.ms < r.dense_ms for r in rows if (r.method, r.layer) == (method, layer)}
-        name = method if layer == "any" else f"{method} ({layer})"
+    keys = sorted({(r.method, r.layer, r.kernel) for r in rows})
+    several = len({r.kernel for r in rows}) > 1
+    for method, layer, kernel in keys:
+        faster = {r.n: r.ms < r.dense_ms for r in rows if (r.method, r.layer, r.kernel) == (method, layer, kernel)}
+        name = (method if layer == "any" else f"{method} ({layer})") + (f" [{kernel}]" if several else "")
         out[name] = None
         for n in sorted(lengths, reverse=True):
             if not faster.get(n, False):
@@ -178,9 +189,9 @@ def recommended_dense_below(cross: dict[str, int | None], lengths: list[int]) ->
 
 def results_table(rows: list[LayerResult]) -> list[str]:
     """Markdown rows: one per (N, method, layer)."""
-    lines = ["| N | method | layer | ms | dense cuDNN ms | speedup | density | rel. error | recall |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| N | method | layer | kernel | ms | dense cuDNN ms | speedup | density | rel. error | recall |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r.n} | {r.method} | {r.layer} | {r.ms:.3f} | {r.dense_ms:.3f} | {r.speedup:.2f} | "
-                     f"{r.density:.3f} | {r.rel_error:.4f} | {r.recall:.4f} |")
+        lines.append(f"| {r.n} | {r.method} | {r.layer} | {r.kernel} | {r.ms:.3f} | {r.dense_ms:.3f} | "
+                     f"{r.speedup:.2f} | {r.density:.3f} | {r.rel_error:.4f} | {r.recall:.4f} |")
     return lines

@@ -102,6 +102,18 @@ def _correct(expected, answer: str):
     return None if expected is None else expected in answer
 
 
+def kernel_report(run, config) -> dict:
+    """Which attention backend each layer of the method's last run used: ``requested`` (the
+    config's kernel), ``per_layer`` (flash, triton, reference, several joined by +, or sdpa when the
+    layer ran dense) and ``layers`` (how many layers each)."""
+    per_layer = list(getattr(run, "layer_kernels", []) or [])
+    layers: dict[str, int] = {}
+    for name in per_layer:
+        layers[name] = layers.get(name, 0) + 1
+    kernel = getattr(config, "kernel", "auto")
+    return {"requested": getattr(kernel, "value", kernel), "per_layer": per_layer, "layers": layers}
+
+
 def _summary(result: PrefillComparison, timing: dict, fidelity, machine: str, tokens: int, answers) -> dict:
     dense_t, ours_t = timing["dense"], timing[result.method.value]
     err_mean, err_worst, _ = layer_error_stats(result.layer_errors)
@@ -115,6 +127,7 @@ def _summary(result: PrefillComparison, timing: dict, fidelity, machine: str, to
         "top1_last": fidelity.top1_last, "top1_agreement": fidelity.top1_agreement,
         "answer_matches_dense": answers[1] == answers[0] if result.ours.generated else None,
         "mean_layer_error": err_mean, "worst_layer_error": err_worst,
+        "kernels": kernel_report(result.ours, result.ours.config)["layers"],
     }
 
 
@@ -134,6 +147,7 @@ def report_document(result: PrefillComparison, *, command: str, machine: str, lo
         "method": method.value, "config": config.to_json(), "lookup": lookup_note,
         "timing": timing, "decision_shares": trace.decision_shares(),
         "decision_counts": trace.decision_counts(), "decision_graphs": result.ours.decision_graphs,
+        "kernels": kernel_report(result.ours, config),
         "per_layer_density": trace.per_layer_density(), "dense_layers": trace.dense_layers(),
         "layer_errors": result.layer_errors,
         "fidelity": vars(fidelity),

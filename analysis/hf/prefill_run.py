@@ -30,6 +30,8 @@ class PrefillRun:
     generated: list[int] = field(default_factory=list)
     # decision steps recorded as CUDA graphs and replays of them, over all layers and chunks
     decision_graphs: dict = field(default_factory=lambda: {"recorded": 0, "replayed": 0})
+    # per layer, the attention backend(s) it ran on over all chunks: flash, triton, reference, sdpa (dense)
+    layer_kernels: list[str] = field(default_factory=list)
 
 
 def cache_kwarg(model) -> str:
@@ -90,7 +92,7 @@ def run_prefill(loaded: LoadedModel, input_ids: list[int] | tuple[int, ...], met
     if compare_dense:
         layer_errors = [max(float(e[i]) for e in errors if i in e) for i in range(fp.num_layers)]
     return PrefillRun(MethodName(method), config, n, logits.cpu(), seconds, session.attention_seconds,
-                      trace, layer_errors, generated, session.graph_counts())
+                      trace, layer_errors, generated, session.graph_counts(), session.layer_kernels(fp.num_layers))
 
 
 def _greedy(model, cache, last_logits, steps: int, device, tokenizer) -> list[int]:

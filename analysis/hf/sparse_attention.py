@@ -8,6 +8,11 @@ runs with its paper defaults and no lookup. Decoding (one query) always uses the
 attention, and so does a layer call with a family feature the sparse path does not honour (a sliding
 window shorter than the keys, soft-capping, sinks, a head dim the Triton kernels do not take:
 family_attention.py); its trace says why.
+
+The config's ``kernel`` (auto, triton, flash) is applied around each layer call with
+``kernels.use_backend`` (auto leaves the default rule, or an outer choice, in force), and the
+attention backends each layer ran are counted into ``PrefillSession.kernel_counts``
+(``kernels.record_backends``); a layer that called no block-sparse kernel ran dense SDPA.
 """
 from __future__ import annotations
 
@@ -19,8 +24,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ... import kernels
 from ...kernels.reference import causal_token_mask
-from ..method.method_config import MethodConfig, MethodName, make_config
+from ..method.method_config import KernelChoice, MethodConfig, MethodName, make_config
 from ..method.sharing import SharingState, cluster_table
 from ..method.sparse_prefill import LayerTrace, SparsePrefill
 from .family_attention import dense_reason, family_dense
@@ -42,6 +48,7 @@ class PrefillSession:
     traces: dict = field(default_factory=dict)  # layer -> LayerTrace (last prefill chunk)
     layer_errors: dict = field(default_factory=dict)  # layer -> relative error vs dense
     attention_seconds: float = 0.0
+    kernel_counts: dict = field(default_factory=dict)  # layer -> {backend: attention calls}, all passes
     _runners: dict = field(default_factory=dict)  # batch element (or None) -> SparsePrefill
     _graph_base: dict = field(default_factory=dict)  # batch element -> runner's graph counts on first use
     _events: list = field(default_factory=list)
@@ -70,6 +77,22 @@ class PrefillSession:
         counts = [(r.graphs.captures - self._graph_base[k][0], r.graphs.replays - self._graph_base[k][1])
                   for k, r in self._runners.items()]
         return {"recorded": sum(c for c, _ in counts), "replayed": sum(r for _, r in counts)}
+
+    def kernel_scope(self):
+        """The config's kernel choice, for one layer call (auto: whatever is already in force)."""
+        kernel = KernelChoice(getattr(self.config, "kernel", KernelChoice.AUTO))
+        return contextlib.nullcontext() if kernel is KernelChoice.AUTO else kernels.use_backend(kernel.value)
+
+    def note_kernels(self, layer: int, counts) -> None:
+        total = self.kernel_counts.setdefault(layer, {})
+        for name, n in (counts or {"sdpa": 1}).items():
+            total[name] = total.get(name, 0) + n
+
+    def layer_kernels(self, num_layers: int) -> list[str]:
+        """Per layer, the backend(s) its attention ran on: ``flash``, ``triton``, ``reference``,
+        several joined by ``+``, or ``sdpa`` (dense: no block-sparse call); ``-`` if never called."""
+        return ["+".join(sorted(self.kernel_counts[i])) if i in self.kernel_counts else "-"
+                for i in range(num_layers)]
 
     def finish_timing(self) -> None:
         """Fold pending CUDA event pairs into ``attention_seconds`` (one sync)."""
@@ -176,6 +199,7 @@ def _fall_back(session, module, reason, query, key, value, attention_mask, scali
     out = _timed(session, lambda: family_dense(module, query, key, value, attention_mask,
                                                scaling=scaling, dropout=dropout, **kwargs))
     layer = module.layer_idx
+    session.note_kernels(layer, None)
     session.traces[layer] = session.runner().dense_trace(layer, query, key, reason)
     if session.compare_dense:  # it is the model's dense attention
         session.layer_errors[layer] = torch.zeros((), device=query.device)
@@ -196,10 +220,12 @@ def make_attention_function(method: MethodName):
             reason = "attention mask is not causal with padding"
         if reason is not None:
             return _fall_back(session, module, reason, query, key, value, attention_mask, scaling, dropout, kwargs)
-        if spans is None:
-            out, trace = _timed(session, lambda: session.runner().attend(layer, query, key, value, scale))
-        else:
-            out, trace = _timed(session, lambda: _attend_padded(session, layer, query, key, value, scale, spans))
+        with session.kernel_scope(), kernels.record_backends() as ran:
+            if spans is None:
+                out, trace = _timed(session, lambda: session.runner().attend(layer, query, key, value, scale))
+            else:
+                out, trace = _timed(session, lambda: _attend_padded(session, layer, query, key, value, scale, spans))
+        session.note_kernels(layer, ran)
         session.traces[layer] = trace
         if session.compare_dense:
             ref = _dense_reference(query, key, value, attention_mask, scale)

@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from enum import Enum, IntEnum
 
-from ...kernels.limits import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, ConfigError, check_block_size
+from ...kernels.limits import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, ConfigError, KernelChoice, check_block_size
 
 __all__ = ["BLOCK_SIZES", "CONFIG_TYPES", "DEFAULT_BLOCK_SIZE", "DEFAULT_GAMMA", "SHORT_CONTEXT",
            "SHORT_CONTEXT_BLOCK_SIZE", "AShapeConfig", "ConfigError", "Decision", "DenseConfig", "FallbackRule",
-           "FlexPrefillConfig", "MethodConfig", "MethodName", "SharePrefillConfig", "VerticalSlashConfig",
-           "check_fraction", "check_gamma", "default_block_size", "make_config"]
+           "FlexPrefillConfig", "KernelChoice", "MethodConfig", "MethodName", "SharePrefillConfig",
+           "VerticalSlashConfig", "check_fraction", "check_gamma", "default_block_size", "make_config"]
 
 # The paper's coverage target: the methods' budgets and the analyses' coverage masks alike.
 DEFAULT_GAMMA = 0.95
@@ -77,11 +77,20 @@ class MethodConfig:
     # Llama-3.1-8B shapes (docs/benchmarks.md, "Crossover"): below 32K a whole sparse layer
     # (estimation, decisions, layout, kernel) is slower than cuDNN dense attention.
     dense_below: int = 32768
+    # The attention kernel (kernels/backend.py): auto (flash-attn-4 where it measured faster and is
+    # installed, else Triton; the torch twin on CPU), triton or flash. Applied around each layer
+    # call by the transformers integration (analysis/hf/sparse_attention.py), not read by the method.
+    kernel: KernelChoice = KernelChoice.AUTO
 
     def __post_init__(self):
         check_block_size(self.block_size)
         if self.dense_below < 0:
             raise ConfigError(f"dense_below must be >= 0, got {self.dense_below}")
+        try:
+            object.__setattr__(self, "kernel", KernelChoice(self.kernel))
+        except ValueError:
+            choices = ", ".join(c.value for c in KernelChoice)
+            raise ConfigError(f"kernel must be one of {choices}, got {self.kernel!r}") from None
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -24,8 +24,21 @@ def test_prefill_reports_against_dense(tmp_path):
     assert len(doc["layer_errors"]) == 2 and doc["config"]["min_budget"] == 64
     assert set(doc["timing"]) == {"dense", "flexprefill"}
     assert doc["decision_graphs"] == {"recorded": 0, "replayed": 0}  # CUDA graphs: GPU only
+    # which kernel each layer ran: here every block is kept (density 1.0), so dense SDPA
+    assert doc["kernels"] == {"requested": "auto", "per_layer": ["sdpa", "sdpa"], "layers": {"sdpa": 2}}
     trace = json.loads((tmp_path / "prefill-flexprefill.json").read_text())["trace"]
     assert len(trace["heads"]) == 8 and (tmp_path / "prefill-flexprefill-trace.png").stat().st_size > 1000
+
+
+def test_reports_the_kernel_of_each_layer(tmp_path):
+    res = invoke(*TINY, "--method", "vertical-slash", "--gamma", "0.3", "--kernel", "auto", "--no-layer-errors",
+                 "-o", tmp_path, "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout.strip().splitlines()[-1])
+    assert doc["summary"]["density"] < 1 and doc["config"]["kernel"] == "auto"
+    # CPU: the block-sparse calls run on the torch twin; the summary counts layers per backend
+    assert doc["kernels"] == {"requested": "auto", "per_layer": ["reference", "reference"],
+                              "layers": {"reference": 2}} and doc["summary"]["kernels"] == {"reference": 2}
 
 
 def test_bench_prints_json_line_last(tmp_path):
@@ -75,6 +88,8 @@ def _other_model_lookup(tmp_path):
     (["--block-size", "48"], "block_size must be one of"),
     (["stdlib-code", "stdlib-prose"], "one prompt"),
     (["--chunk", "0"], "--chunk must be positive"),
+    (["--kernel", "flash"], "kernel flash: the flash backend needs a CUDA GPU"),
+    (["--kernel", "cutlass"], "cutlass"),
 ])
 def test_bad_inputs(tmp_path, extra, message):
     res = invoke(*TINY, *extra, "-o", tmp_path / "out")

@@ -40,3 +40,12 @@ def test_sharing_line_only_for_shareprefill_on_the_sparse_path():
     assert sharing_line(_doc([V, Q], method="flexprefill")) is None
     assert sharing_line(_doc([D, D])) is None  # the dense shortcut: the CLI says so separately
     assert sharing_line(_doc([V, Q])).startswith("sharing: no pivotal head")
+
+
+def test_kernels_line_counts_layers_per_backend():
+    from sharedattn_cli.prefill_report import kernels_line
+
+    doc = {"kernels": {"requested": "auto", "per_layer": ["flash", "triton", "flash", "sdpa"],
+                       "layers": {"flash": 2, "triton": 1, "sdpa": 1}}}
+    assert kernels_line(doc) == "kernels (auto): flash in 2 layers, triton in 1 layer, dense SDPA in 1 layer"
+    assert kernels_line({}) is None

@@ -25,7 +25,7 @@ def test_backends_agree():
     lay = random_layout(2, 4, 130, 200, 64, 0.5)
     pivotal = torch.tensor([[False, True, False, True], [True, False, False, False]])
     results = {}
-    for b in Backend:
+    for b in (Backend.TRITON, Backend.REFERENCE):
         with use_backend(b):
             results[b] = (
                 kernels.sparse_attention(q, k, v, lay, return_block_mass=True),
@@ -36,7 +36,7 @@ def test_backends_agree():
                 kernels.probe_column_estimate(q, k, 64),
                 kernels.pool_blocks_mean(q, 64),
             )
-    flat = [torch.utils._pytree.tree_leaves(results[b]) for b in Backend]
+    flat = [torch.utils._pytree.tree_leaves(results[b]) for b in results]
     for a, b in zip(*flat):
         assert a.shape == b.shape and a.dtype == b.dtype
         assert torch.allclose(a, b, atol=1e-5)

@@ -1,0 +1,158 @@
+"""Kernel grid for the `flash` backend on one GPU, in one process: cuDNN dense, Triton, flash, auto.
+
+Shapes: Llama-3.1-8B attention (32 query / 8 KV heads, head dim 128) and Qwen2.5-Coder-0.5B
+(14 / 2, head dim 64), bf16, block 128, batch 1; N in 8K-128K; random per-head causal block masks
+with the diagonal and block 0 kept (``kernels.bench.random_mask``) at each density. Each time is
+the median of CUDA-event-timed repeats after warm-up (``kernels.bench.time_ms``); "x cuDNN" is
+the throughput on kept blocks over cuDNN's dense causal throughput. Then the first call at a new
+prompt length after warm-up, for both ways of compiling (``kernels/flash.py``: dynamic, static).
+
+Prints a table and writes JSON. On the H200 (flash-attn-4 installed by docs/scripts/h200_flash.sh):
+
+    bash docs/scripts/h200_flash.sh python3 docs/scripts/flash_bench.py $OUT/flash_bench.json
+
+The whole grid takes a few minutes; ``--budget-s`` stops starting new lengths past that many seconds
+(the JSON still gets written). Needs CUDA; without flash-attn-4 the flash columns say why.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from sharedattn import kernels
+from sharedattn.kernels import backend as kb
+from sharedattn.kernels import bench, flash
+from sharedattn.kernels.layout import BlockLayout
+
+SHAPES = {"llama": bench.BenchShape(32, 8, 128), "qwen": bench.BenchShape(14, 2, 64)}
+
+
+def _time(fn) -> float:
+    return bench.time_ms(fn, min_total_ms=200.0, max_reps=20)
+
+
+def dense_ms(q, k, v) -> float:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    group = q.shape[1] // k.shape[1]
+    k_rep, v_rep = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+
+    def run():
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            return torch.nn.functional.scaled_dot_product_attention(q, k_rep, v_rep, is_causal=True)
+    return _time(run)
+
+
+def _backend_ms(name: str, q, k, v, layout) -> float:
+    def run():
+        with kernels.use_backend(name):
+            return kernels.sparse_attention(q, k, v, layout)
+    return _time(run)
+
+
+def one_length(shape_name: str, n: int, densities, flash_ok: bool, log) -> list[dict]:
+    shape = SHAPES[shape_name]
+    device = torch.device(torch.cuda.current_device())
+    q, k, v = bench.make_inputs(shape, n, device)
+    cudnn = dense_ms(q, k, v)
+    dense_tflop = 2 * shape.heads * n * n * shape.head_dim / 1e12
+    gen = torch.Generator(device=device).manual_seed(n)
+    rows = []
+    for d in densities:
+        layout = BlockLayout.from_dense(bench.random_mask(shape, n, d, gen, device), shape.block_size)
+        flop = 4 * shape.head_dim * bench.kept_pairs(layout) / 1e12
+        row = {"shape": shape_name, "n": n, "target_density": d, "density": layout.density(), "cudnn_ms": cudnn,
+               "ms": {}, "x_cudnn": {}}
+        row["ms"]["triton"] = _backend_ms("triton", q, k, v, layout)
+        if flash_ok:
+            row["ms"]["flash"] = _backend_ms("flash", q, k, v, layout)
+        row["auto_picks"] = kb.attention_backend(q, layout).value
+        row["ms"]["auto"] = _backend_ms("auto", q, k, v, layout)
+        for name, ms in row["ms"].items():
+            row["x_cudnn"][name] = (flop / ms) / (dense_tflop / cudnn)
+        best = min(row["ms"]["triton"], row["ms"].get("flash", float("inf")))
+        row["auto_over_best"] = row["ms"]["auto"] / best
+        if flash_ok and d == densities[len(densities) // 2]:
+            with kernels.use_backend("flash"):
+                a = kernels.sparse_attention(q, k, v, layout)
+            with kernels.use_backend("triton"):
+                b = kernels.sparse_attention(q, k, v, layout)
+            row["max_abs_diff_flash_triton"] = float((a.float() - b.float()).abs().max())
+        log(_fmt(row))
+        rows.append(row)
+    del q, k, v
+    torch.cuda.empty_cache()
+    return rows
+
+
+def first_calls(mode: str, shape_name: str, lengths, log) -> dict:
+    """Warm up at lengths[0], then time the first call at each later length (seconds, synchronised)."""
+    flash.COMPILE = mode
+    shape = SHAPES[shape_name]
+    device = torch.device(torch.cuda.current_device())
+    out = {"mode": mode, "shape": shape_name, "lengths": list(lengths), "seconds": []}
+    for n in lengths:
+        q, k, v = bench.make_inputs(shape, n, device, seed=n)
+        gen = torch.Generator(device=device).manual_seed(n)
+        layout = BlockLayout.from_dense(bench.random_mask(shape, n, 0.2, gen, device), shape.block_size)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        flash.flash_sparse_attention(q, k, v, layout)
+        torch.cuda.synchronize()
+        out["seconds"].append(time.perf_counter() - t0)
+    out["warm_up_s"], out["after_warm_up_max_s"] = out["seconds"][0], max(out["seconds"][1:])
+    log(f"first call at a new length, {mode}: warm-up {out['warm_up_s']:.2f} s, then "
+        + ", ".join(f"{n}: {s:.3f} s" for n, s in zip(lengths[1:], out["seconds"][1:])))
+    return out
+
+
+def _fmt(r: dict) -> str:
+    ms = r["ms"]
+    fl = f"{ms['flash']:8.2f}" if "flash" in ms else "     n/a"
+    return (f"| {r['shape']:5s} | {r['n']:6d} | {r['density']:.3f} | {r['cudnn_ms']:8.2f} | {ms['triton']:8.2f} | "
+            f"{fl} | {ms['auto']:8.2f} ({r['auto_picks']}) | {r['x_cudnn']['triton']:.2f} | "
+            f"{r['x_cudnn'].get('flash', float('nan')):.2f} | {r['auto_over_best']:.3f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", help="JSON file to write")
+    ap.add_argument("--shapes", default="llama,qwen")
+    ap.add_argument("--lengths", default="8192,16384,32768,65536,131072")
+    ap.add_argument("--densities", default="0.05,0.1,0.3,0.5,1.0")
+    ap.add_argument("--first-call-lengths", default="8192,9000,12345,17000,33000")
+    ap.add_argument("--budget-s", type=float, default=400.0, help="start no new length after this many seconds")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("flash_bench.py needs a CUDA GPU")
+    start = time.perf_counter()
+    why = kb.flash_unavailable()
+    report = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "flash": why or "available",
+              "auto_rule": {"head_dims": kb.AUTO_FLASH_HEAD_DIMS, "min_keys": kb.AUTO_FLASH_MIN_KEYS,
+                            "block_sizes": kb.AUTO_FLASH_BLOCK_SIZES}, "rows": [], "first_call": [], "skipped": []}
+    print(f"gpu {report['gpu']}, torch {torch.__version__}, flash backend: {report['flash']}", flush=True)
+    print("| shape | N | density | cuDNN ms | triton ms | flash ms | auto ms (pick) | triton x cuDNN | "
+          "flash x cuDNN | auto / best |\n|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    densities = [float(x) for x in args.densities.split(",")]
+    if why is None:
+        lengths = [int(x) for x in args.first_call_lengths.split(",")]
+        for mode in flash.COMPILE_MODES:
+            report["first_call"].append(first_calls(mode, "llama", lengths, lambda s: print(s, flush=True)))
+        flash.COMPILE = "dynamic"
+    for shape_name in args.shapes.split(","):
+        for n in (int(x) for x in args.lengths.split(",")):
+            if time.perf_counter() - start > args.budget_s:
+                report["skipped"].append({"shape": shape_name, "n": n})
+                continue
+            report["rows"].extend(one_length(shape_name, n, densities, why is None, lambda s: print(s, flush=True)))
+    report["seconds"] = time.perf_counter() - start
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=1)
+    print(f"wrote {args.out} ({report['seconds']:.0f} s; skipped {report['skipped'] or 'nothing'})")
+
+
+if __name__ == "__main__":
+    main()
