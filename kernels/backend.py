@@ -47,12 +47,13 @@ class Backend(str, Enum):
 
 
 # ---- auto's rule, in one place: re-measure with docs/scripts/flash_bench.py ------------------------
-# On the H200 (Llama-3.1-8B attention: 32/8 heads, head dim 128, bf16, block 128, random per-head
-# masks; docs/benchmarks.md) flash-attn-4 beat our kernel from 24K keys at every density and dense
-# at 32K+, while ours won at 8K-16K with density <= 0.35; at head dim 64 (Qwen2.5-0.5B: 14/2 heads)
-# ours won at densities 0.3-0.5 and flash only dense at 32K.
-AUTO_FLASH_HEAD_DIMS = (128,)
-AUTO_FLASH_MIN_KEYS = 24576
+# On the H200 (random per-head block masks, bf16, block 128; docs/benchmarks.md, "Kernel backends"):
+# head dim 128 (Llama-3.1-8B, 32/8 heads): flash-attn-4 beat our kernel from 24K keys at densities
+# 0.1-1.0 (32K: 7.2 vs 9.5 ms at 0.5; 128K: 27.2 vs 32.0 at 0.1), ours won at 8K-16K with density
+# <= 0.35. Head dim 64 (Qwen2.5-Coder-0.5B, 14/2 heads): ours won at 32K for densities 0.1-0.5
+# (0.64 vs 1.47 ms at 0.1) and tied dense; flash won at 128K at every density (33.8 vs 38.8 ms at 0.5).
+AUTO_FLASH_MIN_KEYS = {128: 24576, 64: 131072}  # head dim -> fewest keys from which flash runs
+AUTO_FLASH_HEAD_DIMS = tuple(AUTO_FLASH_MIN_KEYS)
 AUTO_FLASH_BLOCK_SIZES = (128,)
 
 _override: Backend | None = None
@@ -114,8 +115,8 @@ def require_flash(device: torch.device | str | None = None) -> None:
 def auto_backend(q: torch.Tensor, layout: BlockLayout, return_block_mass: bool = False) -> Backend:
     """``auto`` on a CUDA attention call: flash-attn-4 where it measured faster (the constants
     above), Triton otherwise and wherever flash cannot run."""
-    if return_block_mass or q.shape[-1] not in AUTO_FLASH_HEAD_DIMS or layout.nk < AUTO_FLASH_MIN_KEYS \
-            or layout.block_size not in AUTO_FLASH_BLOCK_SIZES:
+    if return_block_mass or q.shape[-1] not in AUTO_FLASH_HEAD_DIMS \
+            or layout.nk < AUTO_FLASH_MIN_KEYS[q.shape[-1]] or layout.block_size not in AUTO_FLASH_BLOCK_SIZES:
         return Backend.TRITON
     from . import flash
 

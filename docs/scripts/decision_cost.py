@@ -22,9 +22,9 @@ from sharedattn.analysis.method.method_config import MethodName, make_config
 from sharedattn.analysis.method.sharing import SharingState
 from sharedattn.kernels.bench import time_ms
 
-WRAPPED = {sp: ("a_shape_mask", "rank_desc", "budget_of", "js_distance", "coverage_mask", "with_exact_tail",
-                "vertical_slash_mask", "pooled_profiles", "probe_coverage"),
-           kernels: ("last_block_profiles", "probe_column_estimate", "pooled_block_estimate")}
+WRAPPED = {sp: ("a_shape_mask", "rank_desc", "budget_of", "js_distance", "coverage_counts", "pooled_profiles",
+                "probe_coverage"),
+           kernels: ("last_block_profiles", "probe_column_estimate", "pooled_block_estimate", "assemble_layout")}
 
 
 def _label(name, fn):
@@ -39,7 +39,6 @@ def main(lengths):
     for module, names in WRAPPED.items():
         for name in names:
             setattr(module, name, _label(name, getattr(module, name)))
-    sp.kernels.BlockLayout.draft = _label("layout draft", sp.kernels.BlockLayout.draft)
     SharingState.decide = _label("sharing decide", SharingState.decide)
     sp.SparsePrefill._share = _label("share step", sp.SparsePrefill._share)
     spec = PlantedSpec()

@@ -97,7 +97,7 @@ def first_calls(mode: str, shape_name: str, lengths, log) -> dict:
     for n in lengths:
         q, k, v = bench.make_inputs(shape, n, device, seed=n)
         gen = torch.Generator(device=device).manual_seed(n)
-        layout = BlockLayout.from_dense(bench.random_mask(shape, n, 0.2, gen, device), shape.block_size)
+        layout = BlockLayout.from_dense(bench.random_mask(shape, n, 0.2, gen, device), shape.block_size, n, n)
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         flash.flash_sparse_attention(q, k, v, layout)

@@ -76,7 +76,8 @@ def flash_here(monkeypatch):
     (128, 24576, 128, False, "flash"),
     (128, 131072, 128, False, "flash"),
     (128, 16384, 128, False, "triton"),  # short rows: ours
-    (64, 32768, 128, False, "triton"),  # head dim 64: ours at mid densities
+    (64, 32768, 128, False, "triton"),  # head dim 64: ours at 32K
+    (64, 131072, 128, False, "flash"),  # head dim 64: flash at 128K
     (128, 32768, 64, False, "triton"),  # block 64: not measured
     (128, 32768, 128, True, "triton"),  # the block-mass map comes from our forward pass
 ])
@@ -84,7 +85,10 @@ def test_auto_rule(flash_here, d, nk, bs, mass, want):
     q = torch.empty(1, 32, nk, d, dtype=torch.bfloat16, device="meta")
     lay = BlockLayout.dense_causal(1, 1, 2 * bs, 2 * bs, bs, torch.device("cpu"))
     object.__setattr__(lay, "nk", nk)  # the rule reads the geometry only
+    object.__setattr__(lay, "nq", nk)
     assert kb.auto_backend(q, lay, mass).value == want
+    object.__setattr__(lay, "nq", nk - 1)  # chunked prefill (queries shorter than keys): ours
+    assert kb.auto_backend(q, lay, mass) is kb.Backend.TRITON
 
 
 def test_auto_without_flash_is_triton(monkeypatch):
@@ -104,6 +108,8 @@ def test_call_unsupported():
     assert "dtype" in flash.call_unsupported(ok.float(), lay)
     small = BlockLayout.dense_causal(1, 1, 256, 256, 32, torch.device("cpu"))
     assert "block size 32" in flash.call_unsupported(ok, small)
+    chunked = BlockLayout.dense_causal(1, 1, 128, 256, 128, torch.device("cpu"))
+    assert "chunked prefill" in flash.call_unsupported(ok[:, :, :128], chunked)
 
 
 def test_detection_adds_the_dsl_packages_folder(tmp_path, monkeypatch):
