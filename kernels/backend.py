@@ -195,14 +195,30 @@ def _mass_of_heads(q, k, v, layout: BlockLayout, scale, mass_heads: torch.Tensor
     return mass
 
 
-def _masked_sdpa(q, k, v, layout: BlockLayout, scale: float | None) -> torch.Tensor:
+def _masked_sdpa(q, k, v, layout: BlockLayout, scale: float | None,
+                 max_elements: int = 1 << 25) -> torch.Tensor:
     """Reference path without the mass map: torch's fused SDPA with the block mask expanded to
-    tokens (same maths as the twin, several times faster on CPU). Rows with nothing kept give 0."""
-    keep = ref.block_mask_to_token_mask(layout.to_dense(), layout.nq, layout.nk, layout.block_size)
-    keep = keep & ref.causal_token_mask(layout.nq, layout.nk, q.device)  # [B, H, Nq, Nk]
-    out = torch.nn.functional.scaled_dot_product_attention(
-        q, k, v, attn_mask=keep, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
-    return torch.nan_to_num(out, nan=0.0)
+    tokens (same maths as the twin, several times faster on CPU). Rows with nothing kept give 0.
+
+    Works on chunks of whole query blocks so the token mask stays under ``max_elements``
+    (``[B, H, rows, keys]``), each chunk against only the keys its last query can see."""
+    bsz, heads, nq, _ = q.shape
+    bs, nk = layout.block_size, layout.nk
+    blocks = layout.to_dense()  # [B, H, nqb, nkb]
+    rows = max(bs, max_elements // max(1, bsz * heads * nk) // bs * bs)
+    out = torch.empty_like(q)
+    for r0 in range(0, nq, rows):
+        r1 = min(r0 + rows, nq)
+        keys = r1 + (nk - nq)  # the last query of the chunk sees keys [0, keys)
+        keep = ref.block_mask_to_token_mask(blocks[:, :, r0 // bs:ref.num_blocks(r1, bs), :ref.num_blocks(keys, bs)],
+                                            r1 - r0, keys, bs)
+        seen = torch.arange(r0, r1, device=q.device)[:, None] + (nk - nq)  # each row's last visible key
+        keep = keep & (torch.arange(keys, device=q.device)[None, :] <= seen)
+        chunk = torch.nn.functional.scaled_dot_product_attention(
+            q[:, :, r0:r1], k[:, :, :keys], v[:, :, :keys], attn_mask=keep, scale=scale,
+            enable_gqa=heads != k.shape[1])
+        out[:, :, r0:r1] = torch.nan_to_num(chunk, nan=0.0)
+    return out
 
 
 def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int = DEFAULT_BLOCK_SIZE, *,

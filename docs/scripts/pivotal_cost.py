@@ -30,25 +30,30 @@ from sharedattn.kernels.layout import BlockLayout
 from sharedattn.kernels.reference import causal_block_mask, num_blocks
 
 
-def synth(n: int = 32768, n_piv: int = 2, density: float = 0.48) -> None:
-    from sharedattn.analysis.method.sharing import SharingState
-
+def _inputs(h: int, hkv: int, d: int, bs: int, n: int, n_piv: int, density: float, sink: bool = True):
+    """Random bf16 q/k/v and a layout: random kept blocks at ``density`` (the diagonal kept, and
+    block 0 with ``sink``) for most heads, every causal block for ``n_piv`` evenly spread pivotal heads."""
     torch.manual_seed(0)
     dev = torch.device("cuda")
-    h, hkv, d, bs = 14, 2, 64, 128
     q = torch.randn(1, h, n, d, device=dev, dtype=torch.bfloat16)
     k = torch.randn(1, hkv, n, d, device=dev, dtype=torch.bfloat16)
     v = torch.randn(1, hkv, n, d, device=dev, dtype=torch.bfloat16)
-    scale = d ** -0.5
     nb = num_blocks(n, bs)
     causal = causal_block_mask(n, n, bs, dev)
-    eye = torch.eye(nb, dtype=torch.bool, device=dev)
-    mask = (torch.rand(1, h, nb, nb, device=dev) < density) | eye
-    mask[..., 0] = True
+    mask = (torch.rand(1, h, nb, nb, device=dev) < density) | torch.eye(nb, dtype=torch.bool, device=dev)
+    mask[..., 0] |= sink
     pivotal = torch.zeros(1, h, dtype=torch.bool, device=dev)
     pivotal[0, torch.arange(n_piv) * (h // max(n_piv, 1))] = True
     mask = torch.where(pivotal[..., None, None], causal, mask) & causal
-    layout = BlockLayout.from_dense(mask, bs, n, n)
+    return q, k, v, mask, pivotal, BlockLayout.from_dense(mask, bs, n, n)
+
+
+def synth(n: int = 32768, n_piv: int = 2, density: float = 0.48) -> None:
+    from sharedattn.analysis.method.sharing import SharingState
+
+    h, hkv, d, bs = 14, 2, 64, 128
+    q, k, v, mask, pivotal, layout = _inputs(h, hkv, d, bs, n, n_piv, density)
+    dev, nb, scale = q.device, num_blocks(n, bs), d ** -0.5
     print(f"N={n} heads={h} pivotal={n_piv} density={layout.density():.3f}")
     rows = {}
     k_rep, v_rep = k.repeat_interleave(h // hkv, 1), v.repeat_interleave(h // hkv, 1)
@@ -136,19 +141,7 @@ def llama_passes(n: int = 32768, n_piv: int = 4, density: float = 0.2) -> None:
     """One-pass vs two-pass map at Llama-3.1-8B shapes (32 / 8 heads, head dim 128)."""
     from sharedattn.kernels.block_sparse import block_sparse_attention
 
-    torch.manual_seed(0)
-    dev = torch.device("cuda")
-    h, hkv, d, bs = 32, 8, 128, 128
-    q = torch.randn(1, h, n, d, device=dev, dtype=torch.bfloat16)
-    k = torch.randn(1, hkv, n, d, device=dev, dtype=torch.bfloat16)
-    v = torch.randn(1, hkv, n, d, device=dev, dtype=torch.bfloat16)
-    nb = num_blocks(n, bs)
-    causal = causal_block_mask(n, n, bs, dev)
-    mask = (torch.rand(1, h, nb, nb, device=dev) < density) | torch.eye(nb, dtype=torch.bool, device=dev)
-    pivotal = torch.zeros(1, h, dtype=torch.bool, device=dev)
-    pivotal[0, torch.arange(n_piv) * (h // n_piv)] = True
-    mask = torch.where(pivotal[..., None, None], causal, mask) & causal
-    layout = BlockLayout.from_dense(mask, bs, n, n)
+    q, k, v, _, pivotal, layout = _inputs(32, 8, 128, 128, n, n_piv, density, sink=False)
     print(f"Llama shape N={n} pivotal={n_piv} density={layout.density():.3f}")
     print(f"  no map {time_ms(lambda: block_sparse_attention(q, k, v, layout)):.3f} ms")
     for mode in ("one", "two"):

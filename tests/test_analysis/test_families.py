@@ -1,10 +1,9 @@
 """Every model family through capture and the five methods: tiny random-init models of Llama, Qwen2,
 Qwen3, Mistral, Gemma2, Gemma3 (text) and Phi-3 (analysis/hf/models.py RANDOM_SHAPES), each
 compared against the family's own eager attention."""
-from types import SimpleNamespace
-
 import pytest
 import torch
+from family_cases import FALLBACKS, FAMILIES, IDS, keep_all, sparse
 
 from sharedattn import kernels
 from sharedattn.analysis.files.prompts import Prompt
@@ -15,12 +14,6 @@ from sharedattn.analysis.method.method_config import Decision, MethodName, make_
 from sharedattn.kernels.reference import block_mass_from_probs, causal_token_mask
 from sharedattn_cli.prefill_report import dense_layers_line
 
-FAMILIES = ["llama-tiny", "qwen2-tiny", "qwen3-tiny", "mistral-tiny", "gemma2-tiny", "gemma3-tiny", "phi3-tiny"]
-# The layers whose features the sparse path does not honour at 512 tokens, and why.
-FALLBACKS = {"qwen2-tiny": {1: "sliding window 128"},
-             "gemma2-tiny": {0: "sliding window 128", 1: "logit soft-cap 50"},
-             "gemma3-tiny": {0: "sliding window 128"}}
-IDS = list(range(300, 812))  # 512 tokens: 8 blocks of 64
 _MODELS: dict = {}
 
 
@@ -51,28 +44,14 @@ def test_capture_equals_eager(name):
     assert torch.allclose(record.vertical, probe, atol=1e-6)
 
 
-def _keep_all(method: MethodName):
-    return make_config(method.value, block_size=64, dense_below=0, min_budget=1 << 16, gamma=1.0,
-                       **({"sink_tokens": 1 << 16, "local_tokens": 1 << 16} if method is MethodName.A_SHAPE else {}))
-
-
 @pytest.mark.parametrize("name", FAMILIES)
 def test_layouts_keeping_every_block_equal_dense_bit_for_bit(name):
     loaded = family(name)
     dense = run_prefill(loaded, IDS[:320], MethodName.DENSE, make_config("dense", block_size=64))
     for method in MethodName:
-        run = run_prefill(loaded, IDS[:320], method, _keep_all(method))
+        run = run_prefill(loaded, IDS[:320], method, keep_all(method))
         assert torch.equal(run.logits, dense.logits), method
         assert run.trace.overall_density() == 1.0
-
-
-def _sparse(method: MethodName, num_layers: int, num_heads: int):
-    extra = {"tau_qa": 0.0, "tau_fb": 1.0} if method is MethodName.SHAREPREFILL else {}
-    config = make_config(method.value, block_size=64, dense_below=0, min_budget=64, gamma=0.1,
-                         local_tokens=128, sink_tokens=64, **extra)
-    lookup = SimpleNamespace(shared_clusters=[SimpleNamespace(
-        heads=tuple((layer, head) for layer in range(num_layers) for head in range(num_heads)))])
-    return config, lookup if method is MethodName.SHAREPREFILL else None
 
 
 def _record_attention(loaded, calls):
@@ -103,7 +82,7 @@ def test_sparse_path_runs_and_fallbacks_say_why(name, method, monkeypatch):
     calls = []
     real = kernels.sparse_attention
     monkeypatch.setattr(kernels, "sparse_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
-    config, lookup = _sparse(method, fp.num_layers, fp.num_heads)
+    config, lookup = sparse(method, fp.num_layers, fp.num_heads)
     outputs: dict = {}
     hooks = _record_attention(loaded, outputs)
     try:
@@ -131,7 +110,7 @@ def test_sparse_path_runs_and_fallbacks_say_why(name, method, monkeypatch):
 def test_head_dims_the_triton_kernels_do_not_take_run_dense_with_a_note(name):
     loaded = family(name)
     dense = run_prefill(loaded, IDS[:320], MethodName.DENSE, make_config("dense", block_size=64))
-    config, _ = _sparse(MethodName.VERTICAL_SLASH, 2, 2)
+    config, _ = sparse(MethodName.VERTICAL_SLASH, 2, 2)
     with kernels.use_backend("triton"):  # what CUDA would pick; the layers never reach a kernel
         run = run_prefill(loaded, IDS[:320], MethodName.VERTICAL_SLASH, config)
     dim = loaded.fingerprint.head_dim
@@ -144,7 +123,7 @@ def test_head_dims_the_triton_kernels_do_not_take_run_dense_with_a_note(name):
 def test_mistral_window_shorter_than_the_prompt_runs_dense():
     loaded = load_model(random_init="mistral-tiny", device="cpu")
     loaded.model.config.sliding_window = 128
-    config, _ = _sparse(MethodName.FLEXPREFILL, 2, 4)
+    config, _ = sparse(MethodName.FLEXPREFILL, 2, 4)
     run = run_prefill(loaded, IDS[:320], MethodName.FLEXPREFILL, config)
     assert run.trace.dense_layers() == [{"layer": 0, "reason": "sliding window 128"},
                                         {"layer": 1, "reason": "sliding window 128"}]
