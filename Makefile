@@ -9,7 +9,7 @@ OUT ?= sharedattn-out
 TOKENS ?= 2048
 # The prefill step runs longer: on SmolLM2 SharePrefill shares no head at 2K and one at 4K (its fallback:
 # each pivotal's own vertical-slash pattern already covers tau_fb of its mass); at 6K about a fifth
-# of the heads use a pivotal's pattern. About 3 of the demo's 4.5 minutes on a 2-core CPU.
+# of the heads use a pivotal's pattern. The whole demo: about 3.5 minutes on a 2-core CPU (session 6).
 PREFILL_TOKENS ?= 6144
 
 # Linted by `make lint` (ruff, rules in pyproject.toml): the CLI, the library, the doc scripts and the tests.
