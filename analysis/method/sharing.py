@@ -105,8 +105,11 @@ class SharingState:
         same = (cluster[:, None] == cluster[None, :]) & in_cluster[:, None]  # [H, H]
         beaten = (fresh[:, None, :] & (same & earlier)[None]).any(-1)  # a lower head claims it
         pivotal = fresh & ~beaten
-        close = (js_distance(v_blocks, self.v.gather(1, cid[..., None].expand_as(v_blocks))) < tau_s) & \
-                (js_distance(s_blocks, self.s.gather(1, cid[..., None].expand_as(s_blocks))) < tau_s)
+        idx = cid[..., None].expand_as(v_blocks)
+        # both profiles in one batched distance (one set of launches for the two)
+        theirs = torch.stack([self.v.gather(1, idx), self.s.gather(1, idx)])
+        dist = js_distance(torch.stack([v_blocks, s_blocks]), theirs)
+        close = (dist < tau_s).all(0)
         shared = had & close & ~self.vs_enough.gather(1, cid)
         index = cid[:, :, None, None].expand(-1, -1, *self.pattern.shape[2:])
         pattern = self.pattern.gather(1, index)
