@@ -23,10 +23,11 @@ Recompiling per prompt length (``COMPILE``, or ``SHAREDATTN_FLASH_COMPILE=dynami
 
 * ``dynamic`` (default): ``torch.compile(dynamic=True)``; the BlockMask is built inside the compiled
   function from the lengths of q and k, so no length, no list width and no block count is baked
-  into the graph. Queries shorter than the keys get their offset as a one-element device tensor
-  (FLASH cannot inline a symbolic Python int into its template; it loads captured tensors). One
-  graph for equal lengths, one or two for chunked prefill; flash-attn-4 caches its kernel by dtype,
-  head dim and mask, not by length.
+  into the graph (one graph for every length; flash-attn-4 caches its kernel by dtype, head dim
+  and mask, not by length). Queries shorter than the keys (chunked prefill) would get their offset
+  as a one-element device tensor, but on the H200 flash-attn-4 4.0.0b36 does not compile that
+  ``mask_mod`` ("Expected TensorSSA, but got int" from the CuTe DSL), so ``call_unsupported``
+  keeps those calls off this backend.
 * ``static``: ``dynamic=False``, one graph per (Nq, Nk) (about 0.4 s each on the H200, measured with
   FLASH: docs/platform notes, issue 15); the full lists are padded to ``nkb`` columns so a layer's
   ``max_kept`` does not recompile, and dynamo's recompile limit is raised to ``STATIC_GRAPHS``
