@@ -57,7 +57,10 @@ def print_report(console, doc: dict) -> None:
     console.print(f"model {doc['model']['model_id']}, prompt {doc['prompt']['name']} "
                   f"({doc['prompt']['tokens']} tokens), method {method}"
                   + (f", {doc['lookup']}" if doc["lookup"] else ""), soft_wrap=True)
-    t = Table(title="time (median [min-max] over runs)" if doc["bench"] else "time (one run)")
+    # one run each: dense runs first and pays the start-up costs (allocator, caches, first launches),
+    # so its "speedup" is no speed claim; --bench warms up and takes medians
+    t = Table(title="time (median [min-max] over runs)" if doc["bench"] else
+              "time (one run each, no warm-up: use --bench to compare speeds)")
     for col in ("", "dense", method, "speedup"):
         t.add_column(col)
     for key, label in (("ttft_s", "time to first token"), ("attention_s", "attention time")):
