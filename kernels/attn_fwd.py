@@ -55,6 +55,16 @@ def default_config(block_size: int, head_dim: int, on_gpu: bool) -> AttnConfig:
     return AttnConfig(64, 64, 4, 3, order="kv")
 
 
+def mass_config(block_size: int, head_dim: int, on_gpu: bool) -> AttnConfig:
+    """Tiles of the two-pass block-mass kernel (``mass_pass``) when the caller gives none. On an
+    H200, head dim 64 and block 128 (Qwen2.5-Coder-0.5B, 3 dense pivotal heads at 32K): 64 x 128
+    tiles 1.07 ms against 1.21 for the forward's 128 x 64 (docs/benchmarks.md, "Pivotal layers");
+    elsewhere the forward's own tiles, not measured against others."""
+    if on_gpu and block_size == 128 and head_dim == 64:
+        return AttnConfig(64, 128, 4, 3)
+    return default_config(block_size, head_dim, on_gpu)
+
+
 @triton.jit
 def _load_kv_tile(base, desc, b, kvh, start, offs_n, offs_d, stride_n, stride_d, NK,
                   BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, MASKED: tl.constexpr,

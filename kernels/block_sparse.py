@@ -14,7 +14,7 @@ import os
 import torch
 import triton
 
-from .attn_fwd import AttnConfig, attn_fwd_kernel, default_config
+from .attn_fwd import AttnConfig, attn_fwd_kernel, default_config, mass_config
 from .layout import BlockLayout
 from .limits import HEAD_DIMS, check_block_size, one_of
 from .mass_pass import launch_block_mass, mass_from_tile_lse
@@ -144,7 +144,8 @@ def _launch_attention(q, k, v, layout: BlockLayout, scale: float, return_block_m
     if one_pass is not None:
         mass = mass_from_tile_lse(lse, stats, layout, one_pass[1], sub)
     elif return_block_mass:
-        mass = launch_block_mass(q, k, stats, layout, qk_scale, cfg, mass_heads)
+        mass = launch_block_mass(q, k, stats, layout, qk_scale,
+                                 config or mass_config(layout.block_size, dim, q.is_cuda), mass_heads)
     return out, mass
 
 
