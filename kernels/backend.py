@@ -254,6 +254,17 @@ def last_block_profiles(q: torch.Tensor, k: torch.Tensor, block_size: int,
     return ref.last_block_profiles_ref(q, k, block_size, scale)
 
 
+def last_block_pooled_profiles(q: torch.Tensor, k: torch.Tensor, block_size: int,
+                               scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probe profiles pooled into key blocks (vertical) and offset blocks (slash), each
+    ``[B, H, nkb]`` fp32: what the methods decide from (no per-token workspace on Triton)."""
+    if select_backend(q) is Backend.TRITON:
+        from .estimate import last_block_pooled_profiles as fn
+
+        return fn(q, k, block_size, scale)
+    return ref.last_block_pooled_profiles_ref(q, k, block_size, scale)
+
+
 def pool_blocks_mean(x: torch.Tensor, block_size: int) -> torch.Tensor:
     """Block means ``[B, H, N, D]`` -> ``[B, H, nb, D]`` fp32."""
     if select_backend(x) is Backend.TRITON:

@@ -19,6 +19,7 @@ the probe is the last ``m = min(B, Nq)`` queries. All outputs are fp32.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -287,3 +288,83 @@ def last_block_profiles(q: torch.Tensor, k: torch.Tensor, block_size: int,
     slash = torch.empty_like(vert)
     _slash_kernel[(bsz * heads, triton.cdiv(nk, 256))](work, slash, nk, m, BLOCK_N=256)
     return vert, slash
+
+
+@triton.jit
+def _probe_pooled_kernel(Q, K, RowStat, VertPart, SlashPart, stride_qb, stride_qh, stride_qm, stride_qd,
+                         stride_kb, stride_kh, stride_kn, stride_kd, H, GROUP, NQ, NK, M, qk_scale,
+                         BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                         HEAD_DIM: tl.constexpr):
+    """One key tile of the probe, reduced on the spot (no ``[BH, M, NK]`` workspace): the tile's
+    share of the vertical profile -> VertPart ``[BH, T]``, and of the slash profile pooled by
+    offset block (offset ``o = pos_i - j``, block ``o // BLOCK_SIZE``; a tile spans at most three
+    such blocks, from ``max(o_min, 0) // BLOCK_SIZE``) -> SlashPart ``[BH, T, 3]``."""
+    pid_bh = tl.program_id(0)
+    tile = tl.program_id(1)
+    n0 = tile * BLOCK_N
+    b = pid_bh // H
+    h = pid_bh % H
+    rows = tl.arange(0, BLOCK_M)
+    q = _load_probe(Q, b, h, stride_qb, stride_qh, stride_qm, stride_qd, NQ, M, BLOCK_M, HEAD_DIM)
+    k_base = K + b * stride_kb + (h // GROUP) * stride_kh
+    m_i = tl.load(RowStat + pid_bh * 2 * BLOCK_M + rows)
+    l_i = tl.load(RowStat + pid_bh * 2 * BLOCK_M + BLOCK_M + rows)
+    ok = (rows < M) & (l_i > 0)
+    inv_l = tl.where(ok, 1.0 / tl.where(ok, l_i, 1.0), 0.0)
+    m_use = tl.where(m_i == float("-inf"), 0.0, m_i)
+    pos = NK - M + rows
+    qk = _probe_logits(q, k_base, n0, pos, NK, stride_kn, stride_kd, qk_scale, BLOCK_N, HEAD_DIM)
+    p = tl.math.exp2(qk - m_use[:, None]) * inv_l[:, None]  # [BLOCK_M, BLOCK_N], 0 where masked
+    tl.store(VertPart + pid_bh * tl.num_programs(1) + tile, tl.sum(tl.sum(p, 1), 0) / M)
+    cols = n0 + tl.arange(0, BLOCK_N)
+    bins = tl.maximum(pos[:, None] - cols[None, :], 0) // BLOCK_SIZE  # p is 0 where the offset is < 0
+    base = tl.maximum(NK - M - (n0 + BLOCK_N - 1), 0) // BLOCK_SIZE
+    out = SlashPart + (pid_bh * tl.num_programs(1) + tile) * 3
+    for t in tl.static_range(3):
+        part = tl.sum(tl.sum(tl.where(bins == base + t, p, 0.0), 1), 0) / M
+        tl.store(out + t, part)
+
+
+@functools.lru_cache(maxsize=16)
+def _slash_bins(nk: int, m: int, block_n: int, block_size: int, device) -> torch.Tensor:
+    """``[T * 3, nkb]`` fp32 0/1: which offset block each (tile, t) partial of ``_probe_pooled_kernel``
+    adds to (partials past the last block go nowhere). Cached per geometry; never modify."""
+    nkb = num_blocks(nk, block_size)
+    tiles = torch.arange(triton.cdiv(nk, block_n), device=device)
+    base = torch.clamp(nk - m - (tiles * block_n + block_n - 1), min=0) // block_size  # [T]
+    target = (base[:, None] + torch.arange(3, device=device)[None, :]).reshape(-1)  # [T * 3]
+    return (target[:, None] == torch.arange(nkb, device=device)[None, :]).float()
+
+
+def last_block_pooled_profiles(q: torch.Tensor, k: torch.Tensor, block_size: int,
+                               scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The probe's vertical and slash profiles pooled into key blocks and offset blocks, each
+    ``[B, H, nkb]`` fp32: ``pool_cols_sum`` of ``last_block_profiles`` (twin:
+    ``reference.last_block_pooled_profiles_ref``) without its ``4 * B * H * m * Nk``-byte workspace.
+    Each key tile's probabilities are reduced where they are made; the small per-tile partials are
+    summed in torch (a fixed order: the same result on every run)."""
+    _check_qk(q, k)
+    q, k = _dot_operand(q), _dot_operand(k)
+    bsz, heads, nq, dim = q.shape
+    nk = k.shape[2]
+    m = min(block_size, nq)
+    scale = 1.0 / math.sqrt(dim) if scale is None else float(scale)
+    block_m, block_n = max(16, triton.next_power_of_2(m)), min(64, block_size)
+    tiles = triton.cdiv(nk, block_n)
+    splits = min(tiles, max(1, 512 // (bsz * heads))) if q.is_cuda else 1
+    per_split = triton.cdiv(tiles, splits)
+    splits = triton.cdiv(tiles, per_split)
+    common = (*q.stride(), *k.stride(), heads, heads // k.shape[1], nq, nk, m)
+    part = torch.empty((bsz * heads, splits, 2, block_m), dtype=torch.float32, device=q.device)
+    _probe_stats_kernel[(bsz * heads, splits)](q, k, part, *common, per_split, scale * LOG2E,
+                                               BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=dim)
+    rowstat = _combine_partial_stats(part)
+    vert = torch.empty((bsz * heads, tiles), dtype=torch.float32, device=q.device)
+    slash = torch.empty((bsz * heads, tiles, 3), dtype=torch.float32, device=q.device)
+    _probe_pooled_kernel[(bsz * heads, tiles)](q, k, rowstat, vert, slash, *common, scale * LOG2E,
+                                               BLOCK_SIZE=block_size, BLOCK_M=block_m, BLOCK_N=block_n,
+                                               HEAD_DIM=dim)
+    nkb, sub = num_blocks(nk, block_size), block_size // block_n
+    vert = torch.nn.functional.pad(vert, (0, nkb * sub - tiles)).reshape(bsz, heads, nkb, sub).sum(-1)
+    pooled = slash.reshape(bsz * heads, tiles * 3) @ _slash_bins(nk, m, block_n, block_size, q.device)
+    return vert, pooled.reshape(bsz, heads, nkb)

@@ -150,6 +150,13 @@ def last_block_profiles_ref(q, k, block_size, scale=None):
     return vertical, slash
 
 
+def last_block_pooled_profiles_ref(q, k, block_size, scale=None):
+    """Twin of ``last_block_pooled_profiles``: the probe profiles summed into key blocks (vertical)
+    and offset blocks (slash), each ``[B, H, nkb]``."""
+    vertical, slash = last_block_profiles_ref(q, k, block_size, scale)
+    return pool_cols_sum(vertical, block_size), pool_cols_sum(slash, block_size)
+
+
 @functools.lru_cache(maxsize=64)
 def causal_block_mask(nq: int, nk: int, block_size: int, device: torch.device) -> torch.Tensor:
     """Bool ``[nqb, nkb]``: True where key block c holds a key visible to some query of block r.

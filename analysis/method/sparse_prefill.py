@@ -35,7 +35,6 @@ from .patterns import (
     budget_of,
     js_distance,
     mass_covered,
-    pooled_profiles,
     probe_coverage,
     rank_desc,
     tail_first_row,
@@ -155,7 +154,7 @@ class SparsePrefill:
         the estimates (docs/method.md, steps 1-3), then ``_decide``. What ``DecisionGraphs`` records:
         no host sync."""
         bs = self.config.block_size
-        vertical, slash = pooled_profiles(*kernels.last_block_profiles(q, k, bs, scale), bs)  # [B, H, nkb]
+        vertical, slash = kernels.last_block_pooled_profiles(q, k, bs, scale)  # [B, H, nkb] each
         estimate = pooled = None
         if self.method in (MethodName.FLEXPREFILL, MethodName.SHAREPREFILL):
             estimate = kernels.probe_column_estimate(q, k, bs, scale)  # [B, H, nkb]

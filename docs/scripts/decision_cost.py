@@ -22,9 +22,9 @@ from sharedattn.analysis.method.method_config import MethodName, make_config
 from sharedattn.analysis.method.sharing import SharingState
 from sharedattn.kernels.bench import time_ms
 
-WRAPPED = {sp: ("a_shape_mask", "rank_desc", "budget_of", "js_distance", "coverage_counts", "pooled_profiles",
+WRAPPED = {sp: ("a_shape_mask", "rank_desc", "budget_of", "js_distance", "coverage_counts",
                 "probe_coverage"),
-           kernels: ("last_block_profiles", "probe_column_estimate", "pooled_block_estimate", "assemble_layout")}
+           kernels: ("last_block_pooled_profiles", "probe_column_estimate", "pooled_block_estimate", "assemble_layout")}
 
 
 def _label(name, fn):

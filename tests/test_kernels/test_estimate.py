@@ -56,3 +56,22 @@ def test_profiles_twin_matches_dense_probs():
     vert, slash = ref.last_block_profiles_ref(q, k, 64)
     assert torch.allclose(vert, probs[:, :, -64:].mean(2), atol=1e-6)
     assert torch.allclose(slash.sum(-1), torch.ones(1, 2), atol=1e-5)
+
+
+@pytest.mark.parametrize("b,h,hkv,nq,nk,bs", [(1, 2, 1, 256, 256, 64), (2, 4, 2, 200, 330, 32),
+                                              (1, 2, 2, 40, 300, 64), (1, 2, 1, 300, 300, 128),
+                                              (1, 2, 1, 70, 70, 16)])
+def test_pooled_profiles_without_workspace_match_twin(b, h, hkv, nq, nk, bs):
+    """The probe profiles reduced per key tile equal the pooled twin (and the pooled workspace path)."""
+    from sharedattn.kernels.estimate import last_block_pooled_profiles, last_block_profiles
+    from sharedattn.kernels.reference import last_block_pooled_profiles_ref, pool_cols_sum
+
+    q, k, _ = make_qkv(b, h, hkv, nq, nk, 32, torch.float32, seed=nq + nk)
+    v_got, s_got = last_block_pooled_profiles(q, k, bs)
+    v_want, s_want = last_block_pooled_profiles_ref(q, k, bs)
+    assert v_got.shape == v_want.shape == s_got.shape
+    assert (v_got - v_want).abs().max().item() < 1e-5 and (s_got - s_want).abs().max().item() < 1e-5
+    vert, slash = last_block_profiles(q, k, bs)
+    assert (pool_cols_sum(slash, bs) - s_got).abs().max().item() < 1e-5
+    assert (pool_cols_sum(vert, bs) - v_got).abs().max().item() < 1e-5
+    assert torch.allclose(s_got.sum(-1), torch.ones(b, h), atol=1e-5)
