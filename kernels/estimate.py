@@ -325,7 +325,7 @@ def _probe_pooled_kernel(Q, K, RowStat, VertPart, SlashPart, stride_qb, stride_q
         tl.store(out + t, part)
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=64)  # as the other geometry caches: recorded decision graphs read it
 def _slash_bins(nk: int, m: int, block_n: int, block_size: int, device) -> torch.Tensor:
     """``[T * 3, nkb]`` fp32 0/1: which offset block each (tile, t) partial of ``_probe_pooled_kernel``
     adds to (partials past the last block go nowhere). Cached per geometry; never modify."""
