@@ -28,6 +28,7 @@ class UserError(Exception):
 
 class _Flags:
     debug = False
+    world = None  # the torchrun world of the running command (cli_command)
 
 
 def set_debug(value: bool) -> None:
@@ -52,35 +53,74 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return torch is not None and isinstance(exc, torch.OutOfMemoryError)
 
 
-def fail(message: str) -> None:
+def fail(message: str, code: int = 2) -> None:
     from rich.markup import escape
 
     # escaped: messages quote user values and lists ("[128, global]") that rich would read as markup
     err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
-    raise typer.Exit(2)
+    raise typer.Exit(code)
+
+
+def known_message(exc: BaseException) -> Optional[str]:
+    """The one line a known error prints (``UserError``, the library's ``ConfigError``, format,
+    prompt and model errors, out of memory); None for anything else (a bug: a traceback)."""
+    if isinstance(exc, _known_errors()):
+        return str(exc)
+    if _is_out_of_memory(exc):
+        return (f"out of GPU memory ({str(exc).splitlines()[0][:160]}); "
+                "try a shorter prompt (--tokens), --chunk-size, or --device cpu")
+    return None
 
 
 def cli_command(fn: Callable) -> Callable:
-    """Map known errors (``UserError``, the library's ``ConfigError``, format, prompt and model
-    errors, out of memory) to one clear line and exit code 2 (a traceback only with --debug)."""
+    """Map known errors (``known_message``) to one clear line and exit code 2 (a traceback only with
+    --debug). Under torchrun (several ranks), commands marked by ``ranks.over_ranks`` split their
+    prompts over the ranks; the others refuse, and a failed rank is one line naming it
+    (``RankFailure``: exit 2, or 1 for an unexpected error)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from sharedattn.analysis.files.distributed import RankFailure
+
         try:
-            return fn(*args, **kwargs)
+            return _in_world(fn, args, kwargs)
         except typer.Exit:
             raise
         except Exception as exc:  # noqa: BLE001 - filtered below
             if _Flags.debug:
                 raise
-            if isinstance(exc, _known_errors()):
-                fail(str(exc))
-            if _is_out_of_memory(exc):
-                fail(f"out of GPU memory ({str(exc).splitlines()[0][:160]}); "
-                     "try a shorter prompt (--tokens), --chunk-size, or --device cpu")
+            if isinstance(exc, RankFailure):
+                fail(str(exc), 2 if exc.known else 1)
+            message = known_message(exc)
+            if message is not None:
+                fail(message)
             raise
 
     return wrapper
+
+
+def _in_world(fn: Callable, args, kwargs):
+    from sharedattn.analysis.files.distributed import World
+
+    world = World.from_env()
+    _Flags.world = world
+    if not world.parallel:
+        return fn(*args, **kwargs)
+    if not world.is_main:  # rank 0 prints for everyone: progress, notes, tables, the error line
+        console.quiet = err_console.quiet = True
+    run = getattr(fn, "over_ranks", None)
+    if run is None:
+        raise UserError(f"this command runs in one process; under torchrun ({world.size} ranks) only "
+                        "capture, compare and cluster split their prompts over the ranks")
+    return run(world, args, kwargs)
+
+
+def current_world():
+    """The torchrun world of the running command (``analysis.files.distributed.World``; one
+    process outside torchrun): library calls take it to split their prompts."""
+    from sharedattn.analysis.files.distributed import World
+
+    return getattr(_Flags, "world", None) or World()
 
 
 @dataclass(frozen=True)
