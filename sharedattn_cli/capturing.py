@@ -144,7 +144,8 @@ def gather_records(inputs, records, model, random_init, tokens, truncate, block_
                          truncate, block_size)
     results, loaded = capture_records(req, world=world)
     recs = [r for r, _ in results]
-    check_compatible(recs)
+    if recs:  # under torchrun, ranks other than 0 get none
+        check_compatible(recs)
     return (recs, loaded) if with_model else recs
 
 
