@@ -20,9 +20,11 @@ from .common import (
 )
 from .options import (
     BlockSizeOpt,
+    DeviceMapOpt,
     DeviceOpt,
     DtypeOpt,
     InputsArg,
+    MaxMemoryOpt,
     ModelOpt,
     OutDirOpt,
     RandomInitOpt,
@@ -46,6 +48,8 @@ def capture(
                           ] = DEFAULT_CHUNK_SIZE,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
 ) -> None:
     """Capture block-mass maps and probe profiles of every layer and head.
 
@@ -55,8 +59,8 @@ def capture(
     """
     model_spec, prompts = split_inputs(inputs, model)
     check_out_dir(out)
-    req = CaptureRequest(ModelChoice(model_spec, random_init, dtype, device), tuple(prompts), tokens,
-                         truncate, block_size, chunk_size, use_cache=False)
+    choice = ModelChoice(model_spec, random_init, dtype, device, device_map, max_memory)
+    req = CaptureRequest(choice, tuple(prompts), tokens, truncate, block_size, chunk_size, use_cache=False)
     results, _ = capture_records(req, out_dir=out, world=current_world())
     for record, path in results:
         m = record.meta

@@ -129,17 +129,44 @@ class ModelChoice:
     random_init: Optional[str]
     dtype: str = "auto"
     device: Optional[str] = None
+    device_map: Optional[str] = None  # --device-map: shard over the GPUs (analysis.files.distributed.DeviceMap)
+    max_memory: Optional[str] = None  # --max-memory, as typed: 0=60GiB,1=60GiB,cpu=100GiB
 
     def load(self):
         from sharedattn.analysis.hf.models import load_model
 
         quiet_transformers()
         with err_console.status(f"loading model {self.random_init or self.model or 'smollm2-135m'}..."):
-            loaded = load_model(self.model, random_init=self.random_init, dtype=self.dtype, device=self.device)
+            loaded = load_model(self.model, random_init=self.random_init, dtype=self.dtype, device=self.device,
+                                device_map=self.device_map, max_memory=parse_max_memory(self.max_memory))
+        placement = getattr(loaded.model, "hf_device_map", None)
+        if self.device_map and placement:
+            counts: dict = {}
+            for where in placement.values():
+                counts[str(where)] = counts.get(str(where), 0) + 1
+            err_console.print(f"[dim]device map {getattr(self.device_map, 'value', self.device_map)}: "
+                              + ", ".join(f"{n} module(s) on {d}" for d, n in counts.items()) + "[/]")
         if not loaded.realistic:
             err_console.print(f"[yellow]note:[/] {loaded.source}: random weights, so its attention "
                               "patterns are not realistic (fine for speed runs and tests)")
         return loaded
+
+
+def parse_max_memory(text: Optional[str]) -> Optional[dict]:
+    """``0=60GiB,1=60GiB,cpu=100GiB`` -> ``{0: "60GiB", 1: "60GiB", "cpu": "100GiB"}`` (accelerate's
+    ``max_memory``); one line naming the bad entry otherwise."""
+    import re
+
+    if text is None:
+        return None
+    out: dict = {}
+    for entry in (e.strip() for e in text.split(",")):
+        key, sep, size = (part.strip() for part in entry.partition("="))
+        if not sep or not re.fullmatch(r"\d+|cpu", key) or not re.fullmatch(r"\d+(\.\d+)?\s*([KMGT]i?B)?", size, re.I):
+            raise UserError(f"--max-memory {text!r}: expected DEVICE=SIZE entries (DEVICE a GPU number or cpu, "
+                            f"SIZE like 60GiB), got {entry!r}")
+        out[int(key) if key.isdigit() else key] = int(size) if size.isdigit() else size
+    return out
 
 
 def split_inputs(inputs: Optional[list[str]], model_opt: Optional[str]) -> tuple[Optional[str], list[str]]:

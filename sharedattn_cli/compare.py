@@ -31,6 +31,7 @@ from .compare_report import print_tables, write_outputs
 from .lookup_source import lookup_for
 from .options import (
     BlockSizeOpt,
+    DeviceMapOpt,
     DeviceOpt,
     DtypeOpt,
     ExactTailOpt,
@@ -41,6 +42,7 @@ from .options import (
     KernelOpt,
     LocalOpt,
     LookupOpt,
+    MaxMemoryOpt,
     MinBudgetOpt,
     ModelOpt,
     OutDirOpt,
@@ -134,6 +136,8 @@ def compare(
     random_init: RandomInitOpt = None,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Run every method on the same prompts in one process and report fidelity against dense.
@@ -164,7 +168,7 @@ def compare(
     if csv_path is not None:
         check_out_dir(csv_path.parent)
     check_kernel(kernel, device)
-    choice = ModelChoice(model_spec, random_init, dtype, device)
+    choice = ModelChoice(model_spec, random_init, dtype, device, device_map, max_memory)
     loaded = choice.load()
     runs = [(g, method_configs(cfg, loaded, block_size=block_size, dense_below=dense_below, gamma=g,
                                min_budget=min_budget, tau_qa=tau_qa, tau_s=tau_s, tau_fb=tau_fb,

@@ -22,6 +22,9 @@ exchange of bytes pickled beforehand: a rank that fails at any point meets the o
 next status exchange, and no rank waits on one that has stopped. A rank that dies outright
 (killed, segfault) is torchrun's to report: it stops the other ranks.
 
+The other way past one GPU, one model sharded over several, is accelerate's (``DeviceMap``: the
+choices of ``--device-map``; analysis/hf/models.py loads with them).
+
 Imports torch only inside functions (``torch.distributed`` when a world of several starts).
 """
 from __future__ import annotations
@@ -32,11 +35,21 @@ import os
 import pickle
 from dataclasses import dataclass, field
 from datetime import timedelta
+from enum import Enum
 from typing import Any, Callable, Iterable, Sequence
 
 # A rank that finishes its share waits for the slowest one at the merge: long enough for a day of
 # prompts. A rank that dies does not make the others wait this long: torchrun stops them.
 WAIT = timedelta(hours=24)
+
+
+class DeviceMap(str, Enum):
+    """How accelerate shards one model over the GPUs (then the CPU), whole decoder layers each."""
+
+    AUTO = "auto"  # as balanced
+    BALANCED = "balanced"  # even memory on every GPU
+    BALANCED_LOW_0 = "balanced_low_0"  # less on GPU 0 (room for generation)
+    SEQUENTIAL = "sequential"  # fill GPU 0, then GPU 1, ...
 
 
 class RankFailure(Exception):
