@@ -6,7 +6,7 @@ capture, compare and cluster --prune on a tiny random model, SharePrefill prunin
 (no model: the merge of both pruning phases), a capture in which rank 1 fails, and a command that does
 not split over ranks. Outputs go under WORK/ranks (relative ``-o`` paths, the same strings as the
 one-process run's), and each rank writes WORK/rank<r>.json: every command's exit code and output, and
-the prompts each rank captured.
+the prompts each rank captured, and its current CUDA device (None on the CPU).
 """
 from __future__ import annotations
 
@@ -30,6 +30,17 @@ def commands(lookup: Path) -> dict[str, list[str]]:
         "cluster": ["cluster", *TINY, "stdlib-prose", "stdlib-code", "passkey", "--tokens", "256",
                     "--n-clusters", "2", "--min-similarity", "0", "--prune", "-o", "lookup.json"],
     }
+
+
+def tiny_lookup(folder: Path) -> Path:
+    """A lookup for llama-tiny with one shared cluster across its two layers (for compare's shareprefill)."""
+    from sharedattn.analysis.files.fingerprint import ModelFingerprint
+    from sharedattn.analysis.offline.clustering import HeadCluster
+    from sharedattn.analysis.offline.lookup import Calibration, Lookup, save_lookup
+
+    fp = ModelFingerprint("random:llama-tiny", 2, 4, 2, 32, 8192)
+    cluster = HeadCluster(0, ((0, 0), (1, 0), (1, 1)), True, 0.8)
+    return save_lookup(Lookup(fp, Calibration((), 64, 0.95, "jaccard"), (cluster,)), folder / "tiny-lookup.json")
 
 
 FAILING = ["capture", *TINY, "stdlib-code", "stdlib-prose", "--tokens", "128", "-o", "failed"]
@@ -142,6 +153,9 @@ def main(work: Path, lookup: Path) -> None:
     out["failing"] = {"exit": res.exit_code, "output": res.output}
     res = invoke(["prompts", "list"])
     out["one_process_only"] = {"exit": res.exit_code, "output": res.output}
+    import torch
+
+    out["device"] = torch.cuda.current_device() if torch.cuda.is_available() else None
     (work / f"rank{rank}.json").write_text(json.dumps(out))
 
 

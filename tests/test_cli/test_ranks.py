@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from ranks_driver import FAILING, INJECTED, commands, invoke, scripted_prune
+from ranks_driver import FAILING, INJECTED, commands, invoke, scripted_prune, tiny_lookup
 
 from sharedattn.analysis.files.distributed import RankFailure, World, describe_failures
 
@@ -22,21 +22,11 @@ DRIVER = Path(__file__).resolve().parents[1] / "ranks_driver.py"
 TIMES = ("seconds", "attention_seconds")
 
 
-def _tiny_lookup(folder: Path) -> Path:
-    from sharedattn.analysis.files.fingerprint import ModelFingerprint
-    from sharedattn.analysis.offline.clustering import HeadCluster
-    from sharedattn.analysis.offline.lookup import Calibration, Lookup, save_lookup
-
-    fp = ModelFingerprint("random:llama-tiny", 2, 4, 2, 32, 8192)
-    cluster = HeadCluster(0, ((0, 0), (1, 0), (1, 1)), True, 0.8)
-    return save_lookup(Lookup(fp, Calibration((), 64, 0.95, "jaccard"), (cluster,)), folder / "tiny-lookup.json")
-
-
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     """Run the driver on two ranks; returns the work folder, the lookup and each rank's report."""
     work = tmp_path_factory.mktemp("ranks")
-    lookup = _tiny_lookup(work)
+    lookup = tiny_lookup(work)
     env = {**os.environ, "SHAREDATTN_CACHE": str(work / "cache"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            str(DRIVER), str(work), str(lookup)], env=env, capture_output=True, text=True, timeout=600)
