@@ -164,3 +164,33 @@ def test_failures_are_one_line_naming_the_ranks():
     assert describe_failures([_Status(1, "bad prompt")], 2) == "rank 1 of 2 failed: bad prompt"
     assert describe_failures([_Status(0, "x"), _Status(2, "x")], 4) == "ranks 0, 2 of 4 failed: x"
     assert describe_failures([_Status(0, "x"), _Status(1, "y")], 2) == "2 of 2 ranks failed: rank 0: x; rank 1: y"
+
+
+class _PeerOk(World):
+    """Rank 0 of 2 whose peer always reports ok: the status exchange without a process group."""
+
+    def start(self, cuda: bool) -> None:
+        pass
+
+    def _exchange_status(self, status) -> None:
+        from sharedattn.analysis.files.distributed import _Status
+
+        failed = [s for s in (status, _Status(1)) if s.error is not None]
+        if failed:
+            raise RankFailure(describe_failures(failed, self.size), all(s.known for s in failed))
+
+
+def test_an_unexpected_error_on_a_rank_is_one_line_and_exit_1(tmp_path, monkeypatch):
+    from sharedattn.analysis.hf import capture
+
+    def boom(*_args, **_kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(World, "from_env", classmethod(lambda cls, environ=None: _PeerOk(0, 2)))
+    monkeypatch.setattr(capture, "capture_prompt", boom)
+    res = invoke(["capture", "--random-init", "llama-tiny", "stdlib-code", "--tokens", "128",
+                  "-o", str(tmp_path / "o")])
+    assert res.exit_code == 1  # not a known error: a bug (--debug shows its traceback)
+    assert [line for line in res.output.splitlines() if line.startswith("error:")] == \
+        ["error: rank 0 of 2 failed: RuntimeError: boom"]
+    assert "Traceback" not in res.output and not (tmp_path / "o").exists()
