@@ -15,6 +15,7 @@ import torch
 import triton
 
 from .attn_fwd import AttnConfig, attn_fwd_kernel, default_config, mass_config
+from .device import on_input_device
 from .layout import BlockLayout
 from .limits import HEAD_DIMS, check_block_size, one_of
 from .mass_pass import launch_block_mass, mass_from_tile_lse
@@ -149,6 +150,7 @@ def _launch_attention(q, k, v, layout: BlockLayout, scale: float, return_block_m
     return out, mass
 
 
+@on_input_device
 def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockLayout,
                            *, scale: float | None = None, return_block_mass: bool = False,
                            out: torch.Tensor | None = None, config: AttnConfig | None = None,
@@ -188,6 +190,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     return (out, mass) if return_block_mass else out
 
 
+@on_input_device
 def block_mass_map(q: torch.Tensor, k: torch.Tensor, layout: BlockLayout, *,
                    scale: float | None = None, config: AttnConfig | None = None) -> torch.Tensor:
     """Block-mass map ``[B, H, nqb, nkb]`` fp32 of the softmax over the layout's kept blocks.

@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .device import on_input_device
 from .reference import num_blocks
 
 
@@ -125,6 +126,7 @@ def _u8(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous().view(torch.uint8) if t.dtype == torch.bool else t.to(torch.uint8).contiguous()
 
 
+@on_input_device
 def assemble_triton(v_rank, s_rank, v_count, s_count, nq: int, nk: int, block_size: int, *,
                     minimal=None, query_aware=None, share=None, tail_first: int | None = None,
                     want_own: bool = False):

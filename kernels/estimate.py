@@ -27,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .device import on_input_device
 from .reference import num_blocks
 
 LOG2E = 1.4426950408889634
@@ -57,6 +58,7 @@ def _pool_kernel(X, Out, stride_xb, stride_xh, stride_xn, stride_xd, N, ROWS, NB
     tl.store(Out + (pid_bh * NB + blk) * HEAD_DIM + offs_d, mean)
 
 
+@on_input_device
 def pool_blocks_mean(x: torch.Tensor, block_size: int) -> torch.Tensor:
     """Block means over dim 2: ``[B, H, N, D]`` -> ``[B, H, nb, D]`` fp32 (ragged last block:
     the mean of the rows it holds). Any block size >= 1; D a power of two."""
@@ -115,6 +117,7 @@ def _pooled_logits(qp, kp_base, c0, lim, C, qk_scale, BLOCK_C: tl.constexpr, HEA
     return tl.where(offs_c[None, :] <= lim[:, None], logits, float("-inf"))
 
 
+@on_input_device
 def _pooled_softmax(qp: torch.Tensor, kp: torch.Tensor, lim: torch.Tensor, scale: float) -> torch.Tensor:
     """qp ``[B, H, R, D]``, kp ``[B, H_kv, C, D]`` fp32, lim ``[R]`` int32 -> ``[B, H, R, C]``."""
     bsz, heads, rows, dim = qp.shape
@@ -262,6 +265,7 @@ def _combine_partial_stats(part: torch.Tensor) -> torch.Tensor:
     return torch.stack([m, l], dim=1).contiguous()
 
 
+@on_input_device
 def last_block_profiles(q: torch.Tensor, k: torch.Tensor, block_size: int,
                         scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Vertical and slash profiles of the probe, each ``[B, H, Nk]`` fp32 (twin:

@@ -46,6 +46,7 @@ import sys
 
 import torch
 
+from .device import on_input_device
 from .flex_mask import block_mask_from_tensors, block_mask_tensors, end_aligned_causal
 from .layout import BlockLayout
 from .limits import one_of
@@ -169,6 +170,7 @@ def compile_mode() -> str:
     return COMPILE
 
 
+@on_input_device
 def flash_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockLayout, *,
                            scale: float | None = None) -> torch.Tensor:
     """Block-sparse causal attention on flash-attn-4: q ``[B, H, Nq, D]``, k/v ``[B, H_kv, Nk, D]``

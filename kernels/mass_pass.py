@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from .attn_fwd import AttnConfig, load_query_tile
+from .device import on_input_device
 from .layout import BlockLayout
 
 
@@ -60,6 +61,7 @@ def block_mass_kernel(Q, K, Stats, Mass, Counts, Indices, Wanted,
         tl.atomic_add(mass_base + c, part)
 
 
+@on_input_device
 def launch_block_mass(q: torch.Tensor, k: torch.Tensor, stats: torch.Tensor, layout: BlockLayout,
                       qk_scale: float, cfg: AttnConfig, wanted: torch.Tensor | None = None) -> torch.Tensor:
     """Mass map ``[B, H, nqb, nkb]`` fp32 from the forward pass's row statistics ``stats``.

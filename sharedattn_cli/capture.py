@@ -8,21 +8,34 @@ import typer
 from sharedattn.kernels.limits import DEFAULT_CHUNK_SIZE
 
 from .capturing import CaptureRequest, capture_records
-from .common import DEFAULT_OUT, DEFAULT_TOKENS, ModelChoice, check_out_dir, cli_command, console, split_inputs
+from .common import (
+    DEFAULT_OUT,
+    DEFAULT_TOKENS,
+    ModelChoice,
+    check_out_dir,
+    cli_command,
+    console,
+    current_world,
+    split_inputs,
+)
 from .options import (
     BlockSizeOpt,
+    DeviceMapOpt,
     DeviceOpt,
     DtypeOpt,
     InputsArg,
+    MaxMemoryOpt,
     ModelOpt,
     OutDirOpt,
     RandomInitOpt,
     TokensOpt,
     TruncateOpt,
 )
+from .ranks import over_ranks
 
 
 @cli_command
+@over_ranks
 def capture(
     inputs: InputsArg = None,
     model: ModelOpt = None,
@@ -35,17 +48,20 @@ def capture(
                           ] = DEFAULT_CHUNK_SIZE,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
 ) -> None:
     """Capture block-mass maps and probe profiles of every layer and head.
 
     Examples: `sharedattn capture` (bundled model and prompt), `sharedattn capture stdlib-code
     passkey:depth=0.5 --tokens 4096`, `sharedattn capture ./my-model notes.txt -o recs`.
+    Several GPUs: `torchrun --nproc-per-node 2 -m sharedattn_cli capture ...` splits the prompts.
     """
     model_spec, prompts = split_inputs(inputs, model)
     check_out_dir(out)
-    req = CaptureRequest(ModelChoice(model_spec, random_init, dtype, device), tuple(prompts), tokens,
-                         truncate, block_size, chunk_size, use_cache=False)
-    results, _ = capture_records(req, out_dir=out)
+    choice = ModelChoice(model_spec, random_init, dtype, device, device_map, max_memory)
+    req = CaptureRequest(choice, tuple(prompts), tokens, truncate, block_size, chunk_size, use_cache=False)
+    results, _ = capture_records(req, out_dir=out, world=current_world())
     for record, path in results:
         m = record.meta
         console.print(f"{m.prompt.name}: {m.num_tokens} tokens, {m.model.num_layers} layers x "

@@ -56,30 +56,42 @@ def _progress():
                     TimeElapsedColumn(), console=err_console, transient=True)
 
 
-def capture_records(req: CaptureRequest, out_dir: Optional[Path] = None):
-    """Capture every prompt; returns ``[(record, sidecar_path or None)]`` and the loaded model."""
-    from sharedattn.analysis.files.records import load_record, save_record
-    from sharedattn.analysis.hf.capture import CaptureConfig, capture_prompt
-    from sharedattn.analysis.hf.models import cache_root
+def capture_records(req: CaptureRequest, out_dir: Optional[Path] = None, world=None):
+    """Capture every prompt; returns ``[(record, sidecar_path or None)]`` and the loaded model.
+
+    ``world`` (``analysis.files.distributed.World``, default one process): under torchrun each rank
+    captures its share of the prompts and rank 0 gets every record, in the prompts' order, and
+    writes them all once every rank has finished (so a failed run writes no record); the other ranks
+    get ``[]``."""
+    from sharedattn.analysis.files.distributed import World
+    from sharedattn.analysis.hf.capture import CaptureConfig
 
     config = CaptureConfig(block_size=req.block_size, chunk_size=req.chunk_size)
     loaded = req.choice.load()
     prompts = load_prompts(loaded, list(req.prompts), req.tokens, req.truncate)
+    records = (world or World()).map(prompts, lambda _i, prompt: _record(loaded, prompt, config, req.use_cache))
+    if records is None:  # not rank 0
+        return [], loaded
+    return [(record, _save(record, out_dir / record_stem(prompt)) if out_dir is not None else None)
+            for record, prompt in zip(records, prompts)], loaded
+
+
+def _record(loaded, prompt, config, use_cache: bool):
+    """One prompt's record: from the per-user cache (``use_cache``), else captured (and cached)."""
+    from sharedattn.analysis.files.records import load_record, save_record
+    from sharedattn.analysis.hf.capture import capture_prompt
+    from sharedattn.analysis.hf.models import cache_root
+
     cache = cache_root() / "records"
-    results = []
-    for prompt in prompts:
-        cached = cache / _cache_key(loaded, prompt, config)
-        if req.use_cache and cached.with_suffix(".json").is_file():
-            record = load_record(cached)
-            err_console.print(f"[dim]{prompt.name}: reusing the cached capture {cached}.json[/]")
-        else:
-            record = _capture_one(loaded, prompt, config, capture_prompt)
-            if req.use_cache:
-                cache.mkdir(parents=True, exist_ok=True)
-                save_record(record, cached)
-        path = _save(record, out_dir / record_stem(prompt)) if out_dir is not None else None
-        results.append((record, path))
-    return results, loaded
+    cached = cache / _cache_key(loaded, prompt, config)
+    if use_cache and cached.with_suffix(".json").is_file():
+        err_console.print(f"[dim]{prompt.name}: reusing the cached capture {cached}.json[/]")
+        return load_record(cached)
+    record = _capture_one(loaded, prompt, config, capture_prompt)
+    if use_cache:
+        cache.mkdir(parents=True, exist_ok=True)
+        save_record(record, cached)
+    return record
 
 
 def _save(record, stem: Path) -> Path:
@@ -111,9 +123,10 @@ def load_records(paths: list[Path]):
 
 
 def gather_records(inputs, records, model, random_init, tokens, truncate, block_size, dtype, device,
-                   *, min_prompts: int = 1, why: str = "", with_model: bool = False):
+                   *, min_prompts: int = 1, why: str = "", with_model: bool = False, world=None):
     """Load ``--records`` or capture ``[MODEL] PROMPT...`` first; returns validated records
-    (with ``with_model``: and the loaded model, None for ``--records``).
+    (with ``with_model``: and the loaded model, None for ``--records``). ``world``: as
+    ``capture_records`` (under torchrun, the captured records are on rank 0 only).
 
     Fewer than ``min_prompts`` prompts fail before anything is loaded (``why`` names the option).
     """
@@ -129,9 +142,10 @@ def gather_records(inputs, records, model, random_init, tokens, truncate, block_
     _check_count(max(len(prompts), 1), min_prompts, why)
     req = CaptureRequest(ModelChoice(model_spec, random_init, dtype, device), tuple(prompts), tokens,
                          truncate, block_size)
-    results, loaded = capture_records(req)
+    results, loaded = capture_records(req, world=world)
     recs = [r for r, _ in results]
-    check_compatible(recs)
+    if recs:  # under torchrun, ranks other than 0 get none
+        check_compatible(recs)
     return (recs, loaded) if with_model else recs
 
 

@@ -17,6 +17,7 @@ from .common import (
     UserError,
     cli_command,
     console,
+    current_world,
     err_console,
     load_prompts,
     similarity_config,
@@ -38,6 +39,7 @@ from .options import (
     TokensOpt,
     TruncateOpt,
 )
+from .ranks import over_ranks
 from .tables import clusters_table
 
 _AE = AutoencoderConfig  # the autoencoder options' defaults
@@ -67,8 +69,9 @@ def _prune_config(prune: bool, tolerance: float, records, prune_on):
     return PruneConfig(tolerance=tolerance)
 
 
-def _pruned(loaded, prompt_specs, tokens, truncate, lookup, config):
-    """Unshare the clusters that cost fidelity on the calibration prompts; print what was measured."""
+def _pruned(loaded, prompt_specs, tokens, truncate, lookup, config, world):
+    """Unshare the clusters that cost fidelity on the calibration prompts; print what was measured.
+    ``world``: under torchrun the prompts are split over the ranks."""
     from sharedattn.analysis.hf.cluster_pruning import prune_lookup
     from sharedattn.analysis.method.method_config import make_config
 
@@ -78,7 +81,7 @@ def _pruned(loaded, prompt_specs, tokens, truncate, lookup, config):
     method = make_config("shareprefill", block_size=default_block_size(loaded, None), dense_below=0)
     with err_console.status("pruning: measuring each shared cluster...") as status:
         lookup, report = prune_lookup(loaded, prompts, lookup, method, config,
-                                      progress=lambda msg: status.update(f"pruning: {msg}..."))
+                                      progress=lambda msg: status.update(f"pruning: {msg}..."), world=world)
     changes = ", ".join(f"{e.id}: {e.kl_change:+.1%}" for e in report.effects if e.shared_heads)
     err_console.print(f"pruning: KL of final logits (mean over {report.prompts} prompt(s)) with no cluster "
                       f"shared {report.kl_none:.3e}, all shared {report.kl_all:.3e}, after pruning "
@@ -97,6 +100,7 @@ def _latent_codes(recs, ae_config):
 
 
 @cli_command
+@over_ranks
 def cluster(
     inputs: InputsArg = None,
     records: RecordsOpt = None,
@@ -148,6 +152,8 @@ def cluster(
     Examples: `sharedattn cluster --records recs/*.json -o lookup.json`,
     `sharedattn cluster stdlib-code stdlib-prose passkey --tokens 4096 --n-clusters 40`,
     `sharedattn cluster --records recs/*.json --features autoencoder --linkage ward`.
+    Several GPUs: `torchrun --nproc-per-node 2 -m sharedattn_cli cluster ... --prune` splits the captures
+    and the pruning runs over the GPUs.
     """
     from sharedattn.analysis.offline.lookup import lookup_from_records, save_lookup
 
@@ -155,12 +161,16 @@ def cluster(
     config = cluster_config(features, linkage, distance_threshold, n_clusters, min_cluster_size, min_similarity)
     ae_config = autoencoder_config(epochs, latent_dim, grid, seed) if features is Features.AUTOENCODER else None
     prune_config = _prune_config(prune or prune_on is not None, prune_tolerance, records, prune_on)
+    world = current_world()  # under torchrun: captures and pruning runs split over the ranks, rank 0 clusters
     recs, loaded = gather_records(inputs, records, None if records else model, None if records else random_init,
-                                  tokens, truncate, block_size, dtype, device, with_model=True)
-    codes = _latent_codes(recs, ae_config) if ae_config is not None else None
-    with err_console.status(f"{metric.value} similarity over {len(recs)} prompt(s)..."):
-        lookup = lookup_from_records(recs, sim_config, config, codes=codes, autoencoder=ae_config)
+                                  tokens, truncate, block_size, dtype, device, with_model=True, world=world)
+    lookup = None
+    if world.is_main:
+        codes = _latent_codes(recs, ae_config) if ae_config is not None else None
+        with err_console.status(f"{metric.value} similarity over {len(recs)} prompt(s)..."):
+            lookup = lookup_from_records(recs, sim_config, config, codes=codes, autoencoder=ae_config)
     if prune_config is not None:
+        lookup = world.share(lookup)
         if loaded is None:  # --records: load the model now, and make sure the records came from it
             loaded = ModelChoice(model, random_init, dtype, device).load()
             diff = lookup.model.mismatch(loaded.fingerprint)
@@ -168,7 +178,9 @@ def cluster(
                 raise UserError(f"--prune-on: the records come from another model than {loaded.source} "
                                 f"(model.{diff}); pass that model with --model or --random-init")
         specs = [p.strip() for p in prune_on.split(",") if p.strip()] if prune_on else split_inputs(inputs, model)[1]
-        lookup = _pruned(loaded, specs, tokens, truncate, lookup, prune_config)
+        lookup = _pruned(loaded, specs, tokens, truncate, lookup, prune_config, world)
+    if not world.is_main:  # rank 0 writes and prints
+        return
     try:
         path = save_lookup(lookup, out)
     except OSError as exc:

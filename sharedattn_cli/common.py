@@ -28,6 +28,7 @@ class UserError(Exception):
 
 class _Flags:
     debug = False
+    world = None  # the torchrun world of the running command (cli_command)
 
 
 def set_debug(value: bool) -> None:
@@ -52,35 +53,74 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return torch is not None and isinstance(exc, torch.OutOfMemoryError)
 
 
-def fail(message: str) -> None:
+def fail(message: str, code: int = 2) -> None:
     from rich.markup import escape
 
     # escaped: messages quote user values and lists ("[128, global]") that rich would read as markup
     err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
-    raise typer.Exit(2)
+    raise typer.Exit(code)
+
+
+def known_message(exc: BaseException) -> Optional[str]:
+    """The one line a known error prints (``UserError``, the library's ``ConfigError``, format,
+    prompt and model errors, out of memory); None for anything else (a bug: a traceback)."""
+    if isinstance(exc, _known_errors()):
+        return str(exc)
+    if _is_out_of_memory(exc):
+        return (f"out of GPU memory ({str(exc).splitlines()[0][:160]}); "
+                "try a shorter prompt (--tokens), --chunk-size, or --device cpu")
+    return None
 
 
 def cli_command(fn: Callable) -> Callable:
-    """Map known errors (``UserError``, the library's ``ConfigError``, format, prompt and model
-    errors, out of memory) to one clear line and exit code 2 (a traceback only with --debug)."""
+    """Map known errors (``known_message``) to one clear line and exit code 2 (a traceback only with
+    --debug). Under torchrun (several ranks), commands marked by ``ranks.over_ranks`` split their
+    prompts over the ranks; the others refuse, and a failed rank is one line naming it
+    (``RankFailure``: exit 2, or 1 for an unexpected error)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from sharedattn.analysis.files.distributed import RankFailure
+
         try:
-            return fn(*args, **kwargs)
+            return _in_world(fn, args, kwargs)
         except typer.Exit:
             raise
         except Exception as exc:  # noqa: BLE001 - filtered below
             if _Flags.debug:
                 raise
-            if isinstance(exc, _known_errors()):
-                fail(str(exc))
-            if _is_out_of_memory(exc):
-                fail(f"out of GPU memory ({str(exc).splitlines()[0][:160]}); "
-                     "try a shorter prompt (--tokens), --chunk-size, or --device cpu")
+            if isinstance(exc, RankFailure):
+                fail(str(exc), 2 if exc.known else 1)
+            message = known_message(exc)
+            if message is not None:
+                fail(message)
             raise
 
     return wrapper
+
+
+def _in_world(fn: Callable, args, kwargs):
+    from sharedattn.analysis.files.distributed import World
+
+    world = World.from_env()
+    _Flags.world = world
+    if not world.parallel:
+        return fn(*args, **kwargs)
+    if not world.is_main:  # rank 0 prints for everyone: progress, notes, tables, the error line
+        console.quiet = err_console.quiet = True
+    run = getattr(fn, "over_ranks", None)
+    if run is None:
+        raise UserError(f"this command runs in one process; under torchrun ({world.size} ranks) only "
+                        "capture, compare and cluster split their prompts over the ranks")
+    return run(world, args, kwargs)
+
+
+def current_world():
+    """The torchrun world of the running command (``analysis.files.distributed.World``; one
+    process outside torchrun): library calls take it to split their prompts."""
+    from sharedattn.analysis.files.distributed import World
+
+    return getattr(_Flags, "world", None) or World()
 
 
 @dataclass(frozen=True)
@@ -89,17 +129,44 @@ class ModelChoice:
     random_init: Optional[str]
     dtype: str = "auto"
     device: Optional[str] = None
+    device_map: Optional[str] = None  # --device-map: shard over the GPUs (analysis.files.distributed.DeviceMap)
+    max_memory: Optional[str] = None  # --max-memory, as typed: 0=60GiB,1=60GiB,cpu=100GiB
 
     def load(self):
         from sharedattn.analysis.hf.models import load_model
 
         quiet_transformers()
         with err_console.status(f"loading model {self.random_init or self.model or 'smollm2-135m'}..."):
-            loaded = load_model(self.model, random_init=self.random_init, dtype=self.dtype, device=self.device)
+            loaded = load_model(self.model, random_init=self.random_init, dtype=self.dtype, device=self.device,
+                                device_map=self.device_map, max_memory=parse_max_memory(self.max_memory))
+        placement = getattr(loaded.model, "hf_device_map", None)
+        if self.device_map and placement:
+            counts: dict = {}
+            for where in placement.values():
+                counts[str(where)] = counts.get(str(where), 0) + 1
+            err_console.print(f"[dim]device map {getattr(self.device_map, 'value', self.device_map)}: "
+                              + ", ".join(f"{n} module(s) on {d}" for d, n in counts.items()) + "[/]")
         if not loaded.realistic:
             err_console.print(f"[yellow]note:[/] {loaded.source}: random weights, so its attention "
                               "patterns are not realistic (fine for speed runs and tests)")
         return loaded
+
+
+def parse_max_memory(text: Optional[str]) -> Optional[dict]:
+    """``0=60GiB,1=60GiB,cpu=100GiB`` -> ``{0: "60GiB", 1: "60GiB", "cpu": "100GiB"}`` (accelerate's
+    ``max_memory``); one line naming the bad entry otherwise."""
+    import re
+
+    if text is None:
+        return None
+    out: dict = {}
+    for entry in (e.strip() for e in text.split(",")):
+        key, sep, size = (part.strip() for part in entry.partition("="))
+        if not sep or not re.fullmatch(r"\d+|cpu", key) or not re.fullmatch(r"\d+(\.\d+)?\s*([KMGT]i?B)?", size, re.I):
+            raise UserError(f"--max-memory {text!r}: expected DEVICE=SIZE entries (DEVICE a GPU number or cpu, "
+                            f"SIZE like 60GiB), got {entry!r}")
+        out[int(key) if key.isdigit() else key] = int(size) if size.isdigit() else size
+    return out
 
 
 def split_inputs(inputs: Optional[list[str]], model_opt: Optional[str]) -> tuple[Optional[str], list[str]]:

@@ -21,6 +21,7 @@ from .common import (
     check_out_dir,
     cli_command,
     console,
+    current_world,
     err_console,
     gpu_or_cpu_note,
     split_inputs,
@@ -30,6 +31,7 @@ from .compare_report import print_tables, write_outputs
 from .lookup_source import lookup_for
 from .options import (
     BlockSizeOpt,
+    DeviceMapOpt,
     DeviceOpt,
     DtypeOpt,
     ExactTailOpt,
@@ -40,6 +42,7 @@ from .options import (
     KernelOpt,
     LocalOpt,
     LookupOpt,
+    MaxMemoryOpt,
     MinBudgetOpt,
     ModelOpt,
     OutDirOpt,
@@ -52,6 +55,7 @@ from .options import (
     TauSOpt,
     TruncateOpt,
 )
+from .ranks import over_ranks
 
 Opt = typer.Option
 ALL_METHODS = "dense,a-shape,vertical-slash,flexprefill,shareprefill"
@@ -77,6 +81,7 @@ def _compare_config(methods: str, eval_positions: int, max_new_tokens: int, no_r
 
 
 @cli_command
+@over_ranks
 def compare(
     inputs: InputsArg = None,
     methods: Annotated[str, Opt("--methods", help="Comma-separated methods; dense always runs as the "
@@ -131,6 +136,8 @@ def compare(
     random_init: RandomInitOpt = None,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Run every method on the same prompts in one process and report fidelity against dense.
@@ -142,6 +149,8 @@ def compare(
     Examples: `sharedattn compare --quick`,
     `sharedattn compare stdlib-prose licenses --tokens 4096 --passkey --needles 4`,
     `sharedattn compare ./my-model notes.txt --methods dense,flexprefill,shareprefill --lookup lookup.json`.
+    Several GPUs: `torchrun --nproc-per-node 2 -m sharedattn_cli compare ...` splits the prompts over
+    the GPUs and writes what one process writes.
     """
     from sharedattn.analysis.evaluation.prompt_suite import QUICK_MIN_BUDGET, PromptPlan, build_tasks
 
@@ -159,19 +168,22 @@ def compare(
     if csv_path is not None:
         check_out_dir(csv_path.parent)
     check_kernel(kernel, device)
-    choice = ModelChoice(model_spec, random_init, dtype, device)
+    choice = ModelChoice(model_spec, random_init, dtype, device, device_map, max_memory)
     loaded = choice.load()
     runs = [(g, method_configs(cfg, loaded, block_size=block_size, dense_below=dense_below, gamma=g,
                                min_budget=min_budget, tau_qa=tau_qa, tau_s=tau_s, tau_fb=tau_fb,
                                own_last_row=own_last_row, fallback=fallback, exact_tail=exact_tail,
                                sink_tokens=sink_tokens, local_tokens=local_tokens, kernel=kernel))
             for g in (gamma_list or (gamma,))]
-    lookup_obj, lookup_note = lookup_for(MethodName.SHAREPREFILL in cfg.methods, lookup, loaded, choice)
+    world = current_world()
+    # a lookup built on the way is built once, by rank 0 (it captures the bundled prompts)
+    lookup_obj, lookup_note = world.share(
+        lookup_for(MethodName.SHAREPREFILL in cfg.methods, lookup, loaded, choice) if world.is_main else None)
     tasks, skipped = build_tasks(plan, loaded,
                                  warn=lambda msg: err_console.print(f"[yellow]warning:[/] {msg}"))
     if gamma_list is None:
         _run_and_report(loaded, tasks, skipped, runs[0][1], lookup_obj, lookup_note, cfg, plan,
-                        out=out, csv_path=csv_path, figures=not no_figures, json_out=json_out)
+                        out=out, csv_path=csv_path, figures=not no_figures, json_out=json_out, world=world)
         return
     from .compare_sweep import run_sweep
 
@@ -180,7 +192,7 @@ def compare(
               run_one=lambda configs, sub: _run_and_report(loaded, tasks, skipped, configs, lookup_obj, lookup_note,
                                                            cfg, plan, out=sub, csv_path=None,
                                                            figures=not no_figures, json_out=False,
-                                                           show=not json_out, reuse=reuse))
+                                                           show=not json_out, reuse=reuse, world=world))
 
 
 def _gamma_list(gammas: Optional[str], gamma: Optional[float], csv_path: Optional[Path]) -> Optional[tuple]:
@@ -198,23 +210,31 @@ def _gamma_list(gammas: Optional[str], gamma: Optional[float], csv_path: Optiona
 
 def _run_and_report(loaded, tasks, skipped, configs, lookup_obj, lookup_note, cfg, plan, *, out: Path,
                     csv_path: Optional[Path], figures: bool, json_out: bool, show: bool = True,
-                    reuse: Optional[dict] = None) -> dict:
-    """Run, write the outputs in ``out``, print them (tables, or one JSON line); returns the document."""
+                    reuse: Optional[dict] = None, world=None) -> Optional[dict]:
+    """Run, write the outputs in ``out``, print them (tables, or one JSON line); returns the document.
+
+    Nothing is written until every run has finished (under torchrun: on every rank), and then only
+    by rank 0; the other ranks return None."""
     from sharedattn.analysis.evaluation.compare import run_compare
     from sharedattn.analysis.evaluation.tasks import save_task_prompts
 
-    out.mkdir(parents=True, exist_ok=True)
-    prompts_path = save_task_prompts(out / "prompts.json", tasks,
-                                     {"model": loaded.fingerprint.to_json(), "plan": plan.to_json()})
     on_gpu = gpu_or_cpu_note(loaded)
     runs = len(tasks) * len(cfg.run_order)  # at most: runs taken from ``reuse`` are not repeated
     if err_console.is_terminal:
         with err_console.status(f"{runs} prefills...") as status:
-            result = run_compare(loaded, tasks, configs, lookup_obj, cfg, progress=status.update, reuse=reuse)
+            result = run_compare(loaded, tasks, configs, lookup_obj, cfg, progress=status.update, reuse=reuse,
+                                 world=world)
     else:  # a log file: one line per run, so a long run shows where it is
-        result = run_compare(loaded, tasks, configs, lookup_obj, cfg, reuse=reuse,
+        result = run_compare(loaded, tasks, configs, lookup_obj, cfg, reuse=reuse, world=world,
                              progress=lambda msg: err_console.print(f"[dim]{msg}[/]"))
+    if result is None:  # not rank 0: it writes and prints
+        return None
     result.skipped = skipped
+    try:
+        prompts_path = save_task_prompts(out / "prompts.json", tasks,
+                                         {"model": loaded.fingerprint.to_json(), "plan": plan.to_json()})
+    except OSError as exc:
+        raise UserError(f"cannot write to {str(out)!r} ({exc.strerror or exc})") from None
     meta = {"command": "sharedattn " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
             "model": loaded.fingerprint.to_json(), "model_source": loaded.source,
             "device": "cuda" if on_gpu else "cpu", "lookup": lookup_note, "prompts_file": str(prompts_path)}

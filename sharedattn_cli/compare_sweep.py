@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import typer
 
@@ -21,8 +21,9 @@ def sweep_target(methods) -> str | None:
 
 
 def run_sweep(runs: list, cfg, *, out: Path, figures: bool, json_out: bool,
-              run_one: Callable[[dict, Path], dict]) -> None:
-    """``runs``: ``[(gamma, configs)]``; ``run_one(configs, folder)`` runs and writes one comparison."""
+              run_one: Callable[[dict, Path], Optional[dict]]) -> None:
+    """``runs``: ``[(gamma, configs)]``; ``run_one(configs, folder)`` runs and writes one comparison
+    (None under torchrun on ranks other than 0, which write nothing)."""
     from sharedattn.analysis.evaluation.matched_density import build_curves, matched_rows
     from sharedattn.analysis.files.atomic import write_text_atomic
 
@@ -30,7 +31,11 @@ def run_sweep(runs: list, cfg, *, out: Path, figures: bool, json_out: bool,
     for gamma, configs in runs:
         sub = out / f"gamma-{gamma:g}"
         err_console.print(f"[bold]gamma {gamma:g}[/] -> {sub}")
-        docs.append((str(sub / "results.json"), run_one(configs, sub)))
+        doc = run_one(configs, sub)
+        if doc is not None:
+            docs.append((str(sub / "results.json"), doc))
+    if not docs:  # under torchrun, a rank other than 0: it ran its share of every gamma
+        return
     target = sweep_target(cfg.methods)
     if target is None:
         err_console.print("[yellow]note:[/] only dense ran, so there is nothing to compare at equal density")

@@ -17,6 +17,7 @@ from typing import Annotated, Optional
 import typer
 
 from sharedattn.analysis.evaluation.suite_defaults import QUICK_TOKENS
+from sharedattn.analysis.files.distributed import DeviceMap
 from sharedattn.analysis.method import method_config as _mc
 from sharedattn.analysis.method.method_config import AShapeConfig, FallbackRule, SharePrefillConfig
 from sharedattn.analysis.offline.choices import JsCombine, Metric
@@ -47,6 +48,13 @@ BLOCK_SIZE_HELP = (f"Block size in tokens, {one_of(_mc.BLOCK_SIZES)} (default {_
 BlockSizeOpt = Annotated[Optional[int], Opt("--block-size", "-b", help=BLOCK_SIZE_HELP)]
 DtypeOpt = Annotated[str, Opt("--dtype", help=f"auto (bf16 on GPU, fp32 on CPU), {', '.join(DTYPES)}.")]
 DeviceOpt = Annotated[Optional[str], Opt("--device", help="cpu or cuda (default: cuda if present).")]
+DeviceMapOpt = Annotated[Optional[DeviceMap], Opt(
+    "--device-map", help="Shard the model over the GPUs (then the CPU), whole layers each, with accelerate "
+    "(`pip install accelerate`): auto (balanced), balanced, balanced_low_0 or sequential. Instead of --device; "
+    "not under torchrun.", show_default=False)]
+MaxMemoryOpt = Annotated[Optional[str], Opt(
+    "--max-memory", help="With --device-map: memory each device may hold, e.g. 0=60GiB,1=60GiB,cpu=100GiB.",
+    show_default=False)]
 InputsArg = Annotated[Optional[list[str]], typer.Argument(
     help="[MODEL] PROMPT...: an optional model, then prompt files or bundled prompt names "
          "(see `sharedattn prompts list`). Default: the bundled model and prompt.", show_default=False)]

@@ -30,6 +30,7 @@ from .common import (
 from .lookup_source import lookup_for
 from .options import (
     BlockSizeOpt,
+    DeviceMapOpt,
     DeviceOpt,
     DtypeOpt,
     ExactTailOpt,
@@ -41,6 +42,7 @@ from .options import (
     KernelOpt,
     LocalOpt,
     LookupOpt,
+    MaxMemoryOpt,
     MinBudgetOpt,
     ModelOpt,
     OutDirOpt,
@@ -109,6 +111,8 @@ def prefill(
     random_init: RandomInitOpt = None,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Prefill a prompt with a sparse method and report it against dense in the same run.
@@ -127,7 +131,7 @@ def prefill(
         raise UserError(f"--chunk must be positive, got {chunk}")
     check_out_dir(out)
     check_kernel(kernel, device)
-    choice = ModelChoice(model_spec, random_init, dtype, device)
+    choice = ModelChoice(model_spec, random_init, dtype, device, device_map, max_memory)
     loaded = choice.load()
     config = method_config(method, block_size=default_block_size(loaded, block_size), kernel=kernel,
                            dense_below=dense_below, gamma=gamma, min_budget=min_budget, tau_qa=tau_qa,

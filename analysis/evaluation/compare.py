@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from ...kernels.limits import ConfigError
+from ..files.distributed import World
 from ..method.method_config import MethodConfig, MethodName
 from .tasks import TaskKind, TaskPrompt, answer_found, answer_tokens, mean_loglik
 
@@ -241,42 +242,59 @@ def logit_step(logits, dtype=None) -> float:
 
 
 def run_compare(loaded, tasks: list[TaskPrompt], configs: dict[MethodName, MethodConfig], lookup,
-                cfg: CompareConfig, progress: Progress | None = None, reuse: dict | None = None) -> CompareResult:
+                cfg: CompareConfig, progress: Progress | None = None, reuse: dict | None = None,
+                world: World | None = None) -> CompareResult | None:
     """Every method of ``cfg.run_order`` on every prompt; ``configs`` maps each method to its config
     (dense included). ``lookup`` is needed only for shareprefill.
 
     ``reuse`` (a dict the caller keeps between calls on the same model, prompts and lookup) holds each
     finished run under (method, its config, prompt): a later call whose run would be identical
-    (dense, or a method whose config did not change) takes it from there instead of running again."""
+    (dense, or a method whose config did not change) takes it from there instead of running again.
+
+    ``world`` (default one process): under torchrun each rank runs its share of the prompts (every
+    method on each) and rank 0 gets the merged result, rows in the prompts' order as one process
+    makes them; the other ranks get None."""
     say = progress or (lambda _msg: None)
-    rows: list[CompareRow] = []
-    records: list[RunRecord] = []
-    for i, task in enumerate(tasks, 1):
-        generate = task.prompt.answer is not None
-        dense_logits = dense_loglik = None
-        for method in cfg.run_order:
-            key = (method, repr(sorted(configs[method].to_json().items())), task.name, task.prompt.sha256)
-            if reuse is not None and key in reuse:
-                row, record, logits = reuse[key]
-            else:
-                say(f"[{i}/{len(tasks)}] {task.name} ({task.prompt.num_tokens} tokens): {method.value}")
-                run, seconds, attn = _measured_run(loaded, task, method, configs[method],
-                                                   lookup if method is MethodName.SHAREPREFILL else None,
-                                                   cfg, generate)
-                logits = run.logits
-                if method is MethodName.DENSE:  # runs first: the reference of the prompt's other rows
-                    dense_logits, dense_loglik = logits, mean_loglik(logits, task.prompt.input_ids)
-                row = _row(task, run, seconds, attn, dense_logits, dense_loglik, loaded.tokenizer,
-                           getattr(loaded.model, "dtype", None))
-                record = RunRecord(method, task.name, run.trace)
-                if reuse is not None:
-                    reuse[key] = (row, record, logits)
-            if method is MethodName.DENSE:  # a reused dense row carries its own log-likelihood
-                dense_logits, dense_loglik = logits, row.loglik
-            rows.append(row)
-            records.append(record)
+    world = world or World()
+    per_task = world.map(tasks, lambda i, task: _task_runs(loaded, i, task, len(tasks), configs, lookup, cfg,
+                                                           say, reuse))
+    if per_task is None:  # not rank 0
+        return None
+    rows = [row for task_rows, _ in per_task for row in task_rows]
+    records = [record for _, task_records in per_task for record in task_records]
     method_configs = {m.value: configs[m].to_json() for m in cfg.run_order}
     return CompareResult(cfg, method_configs, rows, records)
+
+
+def _task_runs(loaded, index: int, task: TaskPrompt, count: int, configs, lookup, cfg: CompareConfig,
+               say: Progress, reuse: dict | None) -> tuple[list[CompareRow], list[RunRecord]]:
+    """Every method on one prompt (dense first: the reference of the others); its rows and records."""
+    generate = task.prompt.answer is not None
+    dense_logits = dense_loglik = None
+    rows: list[CompareRow] = []
+    records: list[RunRecord] = []
+    for method in cfg.run_order:
+        key = (method, repr(sorted(configs[method].to_json().items())), task.name, task.prompt.sha256)
+        if reuse is not None and key in reuse:
+            row, record, logits = reuse[key]
+        else:
+            say(f"[{index + 1}/{count}] {task.name} ({task.prompt.num_tokens} tokens): {method.value}")
+            run, seconds, attn = _measured_run(loaded, task, method, configs[method],
+                                               lookup if method is MethodName.SHAREPREFILL else None,
+                                               cfg, generate)
+            logits = run.logits
+            if method is MethodName.DENSE:  # runs first: the reference of the prompt's other rows
+                dense_logits, dense_loglik = logits, mean_loglik(logits, task.prompt.input_ids)
+            row = _row(task, run, seconds, attn, dense_logits, dense_loglik, loaded.tokenizer,
+                       getattr(loaded.model, "dtype", None))
+            record = RunRecord(method, task.name, run.trace)
+            if reuse is not None:
+                reuse[key] = (row, record, logits)
+        if method is MethodName.DENSE:  # a reused dense row carries its own log-likelihood
+            dense_logits, dense_loglik = logits, row.loglik
+        rows.append(row)
+        records.append(record)
+    return rows, records
 
 
 def parse_methods(text: str) -> tuple[MethodName, ...]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ...kernels.limits import ConfigError
+from ..files.distributed import World
 from ..method.method_config import Decision, MethodName, SharePrefillConfig, make_config
 from ..offline.lookup import Lookup
 from .models import LoadedModel
@@ -79,14 +80,19 @@ def shared_head_counts(trace, lookup: Lookup) -> dict[int, int]:
 
 def prune_lookup(loaded: LoadedModel, prompts: list, lookup: Lookup, method: SharePrefillConfig,
                  config: PruneConfig = PruneConfig(),
-                 progress: Callable[[str], None] = lambda _msg: None) -> tuple[Lookup, PruneReport]:
-    """Measure each shared cluster's effect on ``prompts`` (token-id lists); unshare the costly ones."""
+                 progress: Callable[[str], None] = lambda _msg: None,
+                 world: World | None = None) -> tuple[Lookup, PruneReport]:
+    """Measure each shared cluster's effect on ``prompts`` (token-id lists); unshare the costly ones.
+
+    ``world`` (default one process): under torchrun each rank measures its share of the prompts and
+    every rank gets the same pruned lookup and report as one process (sums taken in prompt order)."""
     if not prompts:
         raise ValueError("pruning needs at least one prompt")
+    world = world or World()
+    n = len(prompts)
     candidates = [c.id for c in lookup.shared_clusters]
-    sums = {"none": 0.0, "all": 0.0}
-    change = {cid: 0.0 for cid in candidates}
-    heads = {cid: 0 for cid in candidates}
+    dense_config = make_config(MethodName.DENSE, block_size=method.block_size)
+    dense_logits: dict[int, object] = {}  # this rank's prompts: dense logits, for the kept-clusters runs
 
     def kl(ids, shared, dense, what):
         progress(what)
@@ -94,31 +100,38 @@ def prune_lookup(loaded: LoadedModel, prompts: list, lookup: Lookup, method: Sha
                           eval_positions=config.positions)
         return logit_fidelity(dense, run.logits).kl_mean, run.trace
 
-    dense_config = make_config(MethodName.DENSE, block_size=method.block_size)
-    dense_logits = []
-    for i, ids in enumerate(prompts, 1):
-        tag = f"prompt {i}/{len(prompts)}"
+    def measure(i: int, ids) -> tuple[float, float, dict[int, int], dict[int, float]]:
+        """One prompt: KL with no cluster and every cluster shared, shared heads and KL change per cluster."""
+        tag = f"prompt {i + 1}/{n}"
         progress(f"{tag}: dense")
         dense = run_prefill(loaded, ids, MethodName.DENSE, dense_config, eval_positions=config.positions).logits
-        dense_logits.append(dense)
+        dense_logits[i] = dense
         kl_none, _ = kl(ids, (), dense, f"{tag}: no cluster shared")
         kl_all, trace = kl(ids, candidates, dense, f"{tag}: every cluster shared")
+        counts = shared_head_counts(trace, lookup)
+        changes = {cid: (kl(ids, (cid,), dense, f"{tag}: cluster {cid} alone")[0] - kl_none) / max(kl_none, 1e-12)
+                   for cid, count in counts.items() if count}
+        return kl_none, kl_all, counts, changes
+
+    sums = {"none": 0.0, "all": 0.0}
+    change = {cid: 0.0 for cid in candidates}
+    heads = {cid: 0 for cid in candidates}
+    for kl_none, kl_all, counts, changes in world.map(prompts, measure, to_all=True):  # in prompt order
         sums["none"] += kl_none
         sums["all"] += kl_all
-        for cid, count in shared_head_counts(trace, lookup).items():
+        for cid, count in counts.items():
             heads[cid] += count
             if count:
-                kl_c, _ = kl(ids, (cid,), dense, f"{tag}: cluster {cid} alone")
-                change[cid] += (kl_c - kl_none) / max(kl_none, 1e-12)
-    n = len(prompts)
+                change[cid] += changes[cid]
     effects = tuple(ClusterEffect(cid, heads[cid], change[cid] / n, change[cid] / n <= config.tolerance)
                     for cid in candidates)
     kept = [e.id for e in effects if e.kept]
     if len(kept) == len(candidates):
         kl_pruned = sums["all"] / n
     else:
-        kl_pruned = sum(kl(ids, kept, dense, f"prompt {i}/{n}: clusters kept")[0]
-                        for i, (ids, dense) in enumerate(zip(prompts, dense_logits), 1)) / n
+        kl_pruned = sum(world.map(prompts, lambda i, ids: kl(ids, kept, dense_logits[i],
+                                                             f"prompt {i + 1}/{n}: clusters kept")[0],
+                                  to_all=True)) / n
     report = PruneReport(config, method.to_json(), n, sums["none"] / n, sums["all"] / n, kl_pruned, effects)
     pruned = with_shared(lookup, kept)
     options = {**lookup.calibration.options, "pruning": report.to_json()}

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from ...kernels.limits import DTYPE_ALIASES, DTYPES
+from ..files.distributed import DeviceMap
 from ..files.fingerprint import ModelFingerprint
 from .errors import ModelLoadError  # noqa: F401  (re-exported: callers catch models.ModelLoadError)
 from .named_models import NAMED_MODELS, model_dir
@@ -119,15 +120,63 @@ def bundled_tokenizer():
     return AutoTokenizer.from_pretrained(bundled_model_dir())
 
 
-def _load_pretrained(path: str, model_id: str, dtype, device, local_only: bool) -> LoadedModel:
+@dataclass(frozen=True)
+class Placement:
+    """Where a model's weights go: one ``device``, or sharded by a ``device_map`` (a ``DeviceMap``
+    value: its layers spread over the GPUs, then the CPU) within ``max_memory`` (device -> size,
+    e.g. ``{0: "70GiB", 1: "70GiB"}``)."""
+
+    device: torch.device
+    device_map: str | None = None
+    max_memory: dict | None = None
+
+
+def _load_pretrained(path: str, model_id: str, dtype, place: Placement, local_only: bool) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
+    sharded = {"device_map": place.device_map, "max_memory": place.max_memory} if place.device_map else {}
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, attn_implementation="sdpa", local_files_only=local_only
+        path, dtype=dtype, attn_implementation="sdpa", local_files_only=local_only, **sharded
     )
-    model.to(device).eval()
+    if not place.device_map:
+        model.to(place.device)
+    model.eval()
     return LoadedModel(model, tokenizer, fingerprint_of(model.config, model_id), True, str(path))
+
+
+def check_device_map(device_map: str | None, device: str | None = None) -> None:
+    """A device map needs accelerate and excludes a fixed device (``ModelLoadError``, one line)."""
+    if device_map is None:
+        return
+    if device_map not in {m.value for m in DeviceMap}:
+        raise ModelLoadError(f"unknown device map {device_map!r} (choose from {', '.join(m.value for m in DeviceMap)})")
+    if device is not None:
+        raise ModelLoadError(f"give a device ({device}) or a device map ({device_map}), not both")
+    import importlib.util
+
+    if importlib.util.find_spec("accelerate") is None:
+        raise ModelLoadError("a device map needs the accelerate package: pip install accelerate")
+
+
+def dispatch(model: torch.nn.Module, device_map: str, max_memory: dict | None = None) -> torch.nn.Module:
+    """Shard a model that is in memory (on the CPU) as ``from_pretrained(device_map=...)`` would:
+    accelerate's placement of whole decoder layers within ``max_memory``, then its dispatch."""
+    from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory, get_max_memory
+
+    no_split = getattr(model, "_no_split_modules", None) or []
+    if device_map == "sequential":
+        budget = get_max_memory(max_memory)
+    else:
+        budget = get_balanced_memory(model, max_memory=max_memory, no_split_module_classes=no_split,
+                                     low_zero=device_map == "balanced_low_0")
+    placement = infer_auto_device_map(model, max_memory=budget, no_split_module_classes=no_split)
+    if "disk" in placement.values():
+        raise ModelLoadError("the model does not fit in --max-memory (GPUs and CPU): give more memory")
+    model = dispatch_model(model, placement)
+    model.hf_device_map = placement
+    return model
 
 
 def parse_random_shape(spec: str) -> tuple[str, RandomShape]:
@@ -164,9 +213,12 @@ def random_config(spec: str):
     )
 
 
-def random_model(spec: str, dtype, device, seed: int = 0) -> LoadedModel:
+def random_model(spec: str, dtype, device, seed: int = 0, place: Placement | None = None) -> LoadedModel:
     """A randomly initialised model of a named shape (its family: ``RANDOM_FAMILIES``), with a
-    tokenizer built locally (no model package, no download: analysis/hf/local_tokenizer.py)."""
+    tokenizer built locally (no model package, no download: analysis/hf/local_tokenizer.py).
+
+    With a device map (``place``) the weights are drawn on the CPU and then sharded, so they are
+    not those the same seed draws on a GPU."""
     import transformers
 
     from .local_tokenizer import local_tokenizer
@@ -176,8 +228,11 @@ def random_model(spec: str, dtype, device, seed: int = 0) -> LoadedModel:
     model_name = RANDOM_FAMILIES[shape.family][1]
     config = random_config(spec)
     torch.manual_seed(seed)
-    with torch.device(device):
+    sharded = place is not None and place.device_map
+    with torch.device("cpu" if sharded else device):
         model = getattr(transformers, model_name)(config).to(dtype).eval()
+    if sharded:
+        model = dispatch(model, place.device_map, place.max_memory)
     fp = fingerprint_of(config, f"random:{name}")
     return LoadedModel(model, tokenizer, fp, False, f"random init ({spec}, seed {seed})")
 
@@ -206,32 +261,39 @@ def looks_like_model(spec: str) -> bool:
 
 
 def load_model(spec: str | None = None, *, random_init: str | None = None,
-               dtype: str | None = None, device: str | None = None) -> LoadedModel:
-    """Load ``spec`` (default: the bundled SmolLM2) or a random-init shape."""
+               dtype: str | None = None, device: str | None = None,
+               device_map: DeviceMap | str | None = None, max_memory: dict | None = None) -> LoadedModel:
+    """Load ``spec`` (default: the bundled SmolLM2) or a random-init shape, on ``device``, or
+    sharded over the GPUs by ``device_map`` within ``max_memory`` (``Placement``; needs accelerate)."""
+    device_map = getattr(device_map, "value", device_map)  # a DeviceMap or its name
+    check_device_map(device_map, device)
+    if max_memory and not device_map:
+        raise ModelLoadError("a memory limit per device (--max-memory) needs a device map (--device-map auto)")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    place = Placement(dev, device_map, max_memory)
     torch_dtype = resolve_dtype(dtype, dev)
     if random_init:
-        return random_model(random_init, torch_dtype, dev)
+        return random_model(random_init, torch_dtype, dev, place=place)
     spec = spec or BUNDLED_MODEL
     if spec in NAMED_MODELS:
-        return _load_pretrained(str(model_dir(NAMED_MODELS[spec], cache_root())), spec, torch_dtype, dev, True)
+        return _load_pretrained(str(model_dir(NAMED_MODELS[spec], cache_root())), spec, torch_dtype, place, True)
     path = Path(spec)
     if path.exists():
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"model {spec!r}: not a Hugging Face model folder (no config.json)")
         try:
-            return _load_pretrained(str(path), path.resolve().name, torch_dtype, dev, True)
+            return _load_pretrained(str(path), path.resolve().name, torch_dtype, place, True)
         except (OSError, ValueError, KeyError) as exc:
             raise ModelLoadError(f"model {spec!r}: cannot be loaded ({_first_line(exc)})") from None
     try:  # already in the local Hugging Face cache?
-        return _load_pretrained(spec, spec, torch_dtype, dev, True)
+        return _load_pretrained(spec, spec, torch_dtype, place, True)
     except (OSError, ValueError):
         pass
     if not _hub_reachable():
         raise ModelLoadError(f"model {spec!r}: not a local folder, not in the Hugging Face cache, "
                              "and the hub cannot be reached from this machine")
     try:
-        return _load_pretrained(spec, spec, torch_dtype, dev, False)
+        return _load_pretrained(spec, spec, torch_dtype, place, False)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(
             f"model {spec!r}: not a local folder, and the Hugging Face hub could not provide it "

@@ -42,9 +42,16 @@ def cache_kwarg(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def _sync(devices) -> None:
+    """Wait for every GPU in ``devices`` (a sharded model's layers run on several)."""
+    for device in devices:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+
+def model_devices(model) -> list[torch.device]:
+    """The devices a model's weights sit on (several when sharded with a device map)."""
+    return sorted({p.device for p in model.parameters()}, key=str)
 
 
 def run_prefill(loaded: LoadedModel, input_ids: list[int] | tuple[int, ...], method: MethodName,
@@ -59,7 +66,8 @@ def run_prefill(loaded: LoadedModel, input_ids: list[int] | tuple[int, ...], met
 
     register_methods()
     model = loaded.model
-    device = next(model.parameters()).device
+    device = next(model.parameters()).device  # the embeddings' (a sharded model moves activations on)
+    devices = model_devices(model)
     fp = loaded.fingerprint
     ids = torch.tensor([list(input_ids)], device=device)
     n = ids.shape[1]
@@ -70,7 +78,7 @@ def run_prefill(loaded: LoadedModel, input_ids: list[int] | tuple[int, ...], met
     kv = {cache_kwarg(model): cache}
     chunk_traces, errors = [], []
     with attention_implementation(model, MethodName(method).value), prefill_session(session), torch.no_grad():
-        _sync(device)
+        _sync(devices)
         start = time.perf_counter()
         for lo in range(0, n, step):
             part = ids[:, lo:lo + step]
@@ -78,7 +86,7 @@ def run_prefill(loaded: LoadedModel, input_ids: list[int] | tuple[int, ...], met
             out = model(input_ids=part, **kv, use_cache=cache is not None, logits_to_keep=keep)
             chunk_traces.append(dict(session.traces))
             errors.append(dict(session.layer_errors))
-        _sync(device)
+        _sync(devices)
         seconds = time.perf_counter() - start
         session.finish_timing()
         logits = out.logits[0].float()

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ... import kernels
+from ...kernels.device import on_device
 from ...kernels.reference import causal_token_mask
 from ..method.method_config import KernelChoice, MethodConfig, MethodName, make_config
 from ..method.sharing import SharingState, cluster_table
@@ -97,7 +98,8 @@ class PrefillSession:
     def finish_timing(self) -> None:
         """Fold pending CUDA event pairs into ``attention_seconds`` (one sync)."""
         if self._events:
-            torch.cuda.synchronize()
+            for _, end in self._events:  # each on its layer's GPU (a sharded model has several)
+                end.synchronize()
             self.attention_seconds += sum(a.elapsed_time(b) for a, b in self._events) / 1000
             self._events.clear()
 
@@ -180,12 +182,15 @@ def _dense_reference(q, k, v, attention_mask, scale):
         q, k, v, attn_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
 
 
-def _timed(session: PrefillSession, fn):
+def _timed(session: PrefillSession, fn, device: torch.device):
+    """``fn()``, its time added to the session's attention time (CUDA events on ``device``, the
+    layer's own GPU when the model is sharded)."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        result = fn()
-        end.record()
+        with on_device(device):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            result = fn()
+            end.record()
         session._events.append((start, end))
         return result
     t0 = time.perf_counter()
@@ -197,7 +202,7 @@ def _timed(session: PrefillSession, fn):
 def _fall_back(session, module, reason, query, key, value, attention_mask, scaling, dropout, kwargs):
     """Run the family's own dense attention for this layer and record why in its trace."""
     out = _timed(session, lambda: family_dense(module, query, key, value, attention_mask,
-                                               scaling=scaling, dropout=dropout, **kwargs))
+                                               scaling=scaling, dropout=dropout, **kwargs), query.device)
     layer = module.layer_idx
     session.note_kernels(layer, None)
     session.traces[layer] = session.runner().dense_trace(layer, query, key, reason)
@@ -222,9 +227,11 @@ def make_attention_function(method: MethodName):
             return _fall_back(session, module, reason, query, key, value, attention_mask, scaling, dropout, kwargs)
         with session.kernel_scope(), kernels.record_backends() as ran:
             if spans is None:
-                out, trace = _timed(session, lambda: session.runner().attend(layer, query, key, value, scale))
+                out, trace = _timed(session, lambda: session.runner().attend(layer, query, key, value, scale),
+                                    query.device)
             else:
-                out, trace = _timed(session, lambda: _attend_padded(session, layer, query, key, value, scale, spans))
+                out, trace = _timed(session, lambda: _attend_padded(session, layer, query, key, value, scale, spans),
+                                    query.device)
         session.note_kernels(layer, ran)
         session.traces[layer] = trace
         if session.compare_dense:

@@ -21,6 +21,9 @@ that ``fn`` took from caches (``functools.lru_cache``, 64 entries each); ``capac
 below that, so a kept graph's tensors are never evicted. A kept graph holds its static inputs and
 its intermediates (its own memory pool) until it is evicted. If recording runs out of GPU
 memory, the cache turns itself off and every later step runs eagerly.
+
+A model sharded over several GPUs runs each layer on its own GPU: keys hold the inputs' devices,
+and a step is recorded and replayed with its inputs' GPU current, on a side stream of that GPU.
 """
 from __future__ import annotations
 
@@ -29,6 +32,8 @@ from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 import torch
+
+from ...kernels.device import on_device
 
 Inputs = dict[str, torch.Tensor]
 Result = TypeVar("Result")  # what the step returns: tensors in a dict or a (named) tuple
@@ -48,7 +53,7 @@ class DecisionGraphs:
         self.enabled = enabled
         self.capacity = capacity
         self._graphs: OrderedDict = OrderedDict()
-        self._stream = None  # the side stream recordings are made on
+        self._streams: dict = {}  # device -> the side stream recordings on it are made on
         self.captures = 0
         self.replays = 0
 
@@ -58,6 +63,10 @@ class DecisionGraphs:
         on_cuda = all(t.is_cuda for t in inputs.values())
         if not (self.enabled and record and on_cuda):
             return fn(**inputs)
+        with on_device(next(iter(inputs.values()))):  # the inputs' GPU (layers may sit on several)
+            return self._run_on_device(key, fn, inputs)
+
+    def _run_on_device(self, key, fn: Callable[..., Result], inputs: Inputs) -> Result:
         entry = self._graphs.get(key)
         if entry is None:
             # static copies of the inputs (strides kept where dense), so that the eager call and the
@@ -79,11 +88,12 @@ class DecisionGraphs:
         # driver, and the rest of the pass would pay for fresh allocations.
         graph = torch.cuda.CUDAGraph()
         main = torch.cuda.current_stream()
-        if self._stream is None:
-            self._stream = torch.cuda.Stream()
-        self._stream.wait_stream(main)  # the static copies and the eager call ran on the main stream
+        side = self._streams.get(main.device)
+        if side is None:
+            side = self._streams[main.device] = torch.cuda.Stream()
+        side.wait_stream(main)  # the static copies and the eager call ran on the main stream
         try:
-            with torch.cuda.stream(self._stream):
+            with torch.cuda.stream(side):
                 graph.capture_begin()
                 try:
                     outputs = fn(**static)
@@ -94,7 +104,7 @@ class DecisionGraphs:
             self.enabled = False
             self.clear()
             return
-        main.wait_stream(self._stream)
+        main.wait_stream(side)
         self._graphs[key] = _Graph(graph, static, outputs)
         self.captures += 1
         while len(self._graphs) > self.capacity:

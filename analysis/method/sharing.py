@@ -7,6 +7,10 @@ The state tensors keep their storage for a given geometry (reset and updates wri
 CUDA graphs of ``decide`` and ``record_pivotals`` (analysis/method/decision_graphs.py) read and
 write the current state on every replay. Both take the layer as tensors (its row of the cluster
 table, its number as a 0-d tensor), so one graph per geometry serves every layer.
+
+A model sharded over several GPUs keeps one copy of the state per GPU its layers run on: the first
+layer on another GPU than the previous one takes the state over (one device-to-device copy per GPU
+boundary and forward pass), so a head on GPU 1 shares from a pivotal on GPU 0 as on one GPU.
 """
 from __future__ import annotations
 
@@ -40,13 +44,18 @@ class SharingDecision:
     source: torch.Tensor  # [B, H, 2] long: (layer, head) of the pivotal shared from, or -1
 
 
+_STATE_FIELDS = ("exists", "vs_enough", "pattern", "v", "s", "source")
+
+
 class SharingState:
     """Pivotal heads and their patterns for one forward pass."""
 
     def __init__(self, table: torch.Tensor):
         self.table = table  # [L, H]
         self.num_clusters = int(table.max().item()) + 1 if table.numel() else 0
-        self._shape = None
+        self._shape = None  # (batch, nqb, nkb) of the state tensors
+        self._stores: dict = {}  # device -> the state tensors there (_STATE_FIELDS)
+        self._device = None  # the device whose tensors hold the current state (self.exists, ...)
         self.generation = 0
         self._on_device: dict = {}  # device -> (table [L, H], earlier-head mask [H, H], layers [L])
 
@@ -70,26 +79,44 @@ class SharingState:
         return self._tables(device)[2][layer]
 
     def reset(self, batch: int, nqb: int, nkb: int, device) -> None:
-        """Empty state for a new forward pass; the tensors of one geometry are reused in place."""
-        shape = (batch, nqb, nkb, device)
-        if shape == self._shape:
-            for t in (self.exists, self.vs_enough, self.pattern, self.v, self.s):
-                t.zero_()
-            self.source.fill_(-1)
-            return
-        c = max(self.num_clusters, 1)
-        self._shape = shape
-        self.generation += 1  # new storage: decision graphs recorded against the old one are stale
-        self.exists = torch.zeros(batch, c, dtype=torch.bool, device=device)
-        self.vs_enough = torch.zeros(batch, c, dtype=torch.bool, device=device)
-        self.pattern = torch.zeros(batch, c, nqb, nkb, dtype=torch.bool, device=device)
-        self.v = torch.zeros(batch, c, nkb, device=device)
-        self.s = torch.zeros(batch, c, nkb, device=device)
-        self.source = torch.full((batch, c, 2), -1, dtype=torch.long, device=device)
+        """Empty state for a new forward pass, on ``device``; the tensors of one geometry are
+        reused in place (on every device)."""
+        if (batch, nqb, nkb) != self._shape:
+            self._shape = (batch, nqb, nkb)
+            self._stores = {}
+            self.generation += 1  # new storage: decision graphs recorded against the old one are stale
+        self._use(device)
+        for t in (self.exists, self.vs_enough, self.pattern, self.v, self.s):
+            t.zero_()
+        self.source.fill_(-1)
 
     def ensure(self, batch: int, nqb: int, nkb: int, device) -> None:
-        if self._shape != (batch, nqb, nkb, device):
+        """The state of this geometry on ``device``, before a layer there: a layer on another
+        device than the previous one takes the state over (copied in place)."""
+        if self._shape != (batch, nqb, nkb):
             self.reset(batch, nqb, nkb, device)
+        elif device != self._device:
+            previous = self._stores[self._device]
+            self._use(device)
+            for name in _STATE_FIELDS:
+                getattr(self, name).copy_(previous[name])
+
+    def _use(self, device) -> None:
+        """Make ``device``'s state tensors the current ones (allocated once per geometry)."""
+        store = self._stores.get(device)
+        if store is None:
+            batch, nqb, nkb = self._shape
+            c = max(self.num_clusters, 1)
+            store = self._stores[device] = {
+                "exists": torch.zeros(batch, c, dtype=torch.bool, device=device),
+                "vs_enough": torch.zeros(batch, c, dtype=torch.bool, device=device),
+                "pattern": torch.zeros(batch, c, nqb, nkb, dtype=torch.bool, device=device),
+                "v": torch.zeros(batch, c, nkb, device=device),
+                "s": torch.zeros(batch, c, nkb, device=device),
+                "source": torch.full((batch, c, 2), -1, dtype=torch.long, device=device)}
+        self._device = device
+        for name, tensor in store.items():
+            setattr(self, name, tensor)
 
     def decide(self, cluster: torch.Tensor, candidates: torch.Tensor, v_blocks: torch.Tensor,
                s_blocks: torch.Tensor, tau_s: float) -> SharingDecision:
