@@ -340,6 +340,7 @@ def _slash_bins(nk: int, m: int, block_n: int, block_size: int, device) -> torch
     return (target[:, None] == torch.arange(nkb, device=device)[None, :]).float()
 
 
+@on_input_device
 def last_block_pooled_profiles(q: torch.Tensor, k: torch.Tensor, block_size: int,
                                scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The probe's vertical and slash profiles pooled into key blocks and offset blocks, each
