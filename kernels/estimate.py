@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+from typing import NamedTuple
 
 import torch
 import triton
@@ -217,13 +218,11 @@ def _probe_stats_kernel(Q, K, Part, stride_qb, stride_qh, stride_qm, stride_qd,
 
 
 @triton.jit
-def _probe_probs_kernel(Q, K, RowStat, Work, Vert, stride_qb, stride_qh, stride_qm, stride_qd,
-                        stride_kb, stride_kh, stride_kn, stride_kd, H, GROUP, NQ, NK, M, qk_scale,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
-    """Normalised probe probabilities of one key tile -> Work ``[BH, M, NK]``; their column mean
-    -> Vert ``[BH, NK]``."""
-    pid_bh = tl.program_id(0)
-    n0 = tl.program_id(1) * BLOCK_N
+def _probe_tile_probs(Q, K, RowStat, pid_bh, n0, stride_qb, stride_qh, stride_qm, stride_qd,
+                      stride_kb, stride_kh, stride_kn, stride_kd, H, GROUP, NQ, NK, M, qk_scale,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """``(rows, p)``: the probe's normalised probabilities ``[BLOCK_M, BLOCK_N]`` on keys
+    ``n0 + [0, BLOCK_N)`` from the row statistics ``RowStat`` ``[BH, 2, BLOCK_M]`` (0 where masked)."""
     b = pid_bh // H
     h = pid_bh % H
     rows = tl.arange(0, BLOCK_M)
@@ -234,9 +233,21 @@ def _probe_probs_kernel(Q, K, RowStat, Work, Vert, stride_qb, stride_qh, stride_
     ok = (rows < M) & (l_i > 0)
     inv_l = tl.where(ok, 1.0 / tl.where(ok, l_i, 1.0), 0.0)
     m_use = tl.where(m_i == float("-inf"), 0.0, m_i)
-    qk = _probe_logits(q, k_base, n0, NK - M + rows, NK, stride_kn, stride_kd, qk_scale,
-                       BLOCK_N, HEAD_DIM)
-    p = tl.math.exp2(qk - m_use[:, None]) * inv_l[:, None]  # [BLOCK_M, BLOCK_N]
+    qk = _probe_logits(q, k_base, n0, NK - M + rows, NK, stride_kn, stride_kd, qk_scale, BLOCK_N, HEAD_DIM)
+    return rows, tl.math.exp2(qk - m_use[:, None]) * inv_l[:, None]
+
+
+@triton.jit
+def _probe_probs_kernel(Q, K, RowStat, Work, Vert, stride_qb, stride_qh, stride_qm, stride_qd,
+                        stride_kb, stride_kh, stride_kn, stride_kd, H, GROUP, NQ, NK, M, qk_scale,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """Normalised probe probabilities of one key tile -> Work ``[BH, M, NK]``; their column mean
+    -> Vert ``[BH, NK]``."""
+    pid_bh = tl.program_id(0)
+    n0 = tl.program_id(1) * BLOCK_N
+    rows, p = _probe_tile_probs(Q, K, RowStat, pid_bh, n0, stride_qb, stride_qh, stride_qm, stride_qd,
+                                stride_kb, stride_kh, stride_kn, stride_kd, H, GROUP, NQ, NK, M, qk_scale,
+                                BLOCK_M, BLOCK_N, HEAD_DIM)
     cols = n0 + tl.arange(0, BLOCK_N)
     tl.store(Work + (pid_bh * M + rows[:, None]) * NK + cols[None, :], p,
              mask=(rows[:, None] < M) & (cols[None, :] < NK))
@@ -265,30 +276,47 @@ def _combine_partial_stats(part: torch.Tensor) -> torch.Tensor:
     return torch.stack([m, l], dim=1).contiguous()
 
 
-@on_input_device
-def last_block_profiles(q: torch.Tensor, k: torch.Tensor, block_size: int,
-                        scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Vertical and slash profiles of the probe, each ``[B, H, Nk]`` fp32 (twin:
-    ``last_block_profiles_ref``). q ``[B, H, Nq, D]``, k ``[B, H_kv, Nk, D]``."""
+class _Probe(NamedTuple):
+    rowstat: torch.Tensor  # [BH, 2, BLOCK_M]: each probe row's max (log2 domain) and sum over all keys
+    m: int  # probe rows
+    tiles: int  # key tiles of BLOCK_N
+    common: tuple  # strides and sizes every probe kernel takes
+    meta: dict  # BLOCK_M, BLOCK_N, HEAD_DIM
+    qk_scale: float
+
+
+def _probe_stats(q: torch.Tensor, k: torch.Tensor, block_size: int, scale: float | None, block_n: int):
+    """Checked operands and the probe's row statistics over every key (split-key launch, combined in
+    torch): what both probe reductions start from. Returns ``(q, k, _Probe)``."""
     _check_qk(q, k)
     q, k = _dot_operand(q), _dot_operand(k)
     bsz, heads, nq, dim = q.shape
     nk = k.shape[2]
     m = min(block_size, nq)
-    scale = 1.0 / math.sqrt(dim) if scale is None else float(scale)
-    block_m, block_n = max(16, triton.next_power_of_2(m)), 64
+    qk_scale = (1.0 / math.sqrt(dim) if scale is None else float(scale)) * LOG2E
+    meta = dict(BLOCK_M=max(16, triton.next_power_of_2(m)), BLOCK_N=block_n, HEAD_DIM=dim)
     tiles = triton.cdiv(nk, block_n)
     splits = min(tiles, max(1, 512 // (bsz * heads))) if q.is_cuda else 1
     per_split = triton.cdiv(tiles, splits)
     splits = triton.cdiv(tiles, per_split)
     common = (*q.stride(), *k.stride(), heads, heads // k.shape[1], nq, nk, m)
-    meta = dict(BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=dim)
-    part = torch.empty((bsz * heads, splits, 2, block_m), dtype=torch.float32, device=q.device)
-    _probe_stats_kernel[(bsz * heads, splits)](q, k, part, *common, per_split, scale * LOG2E, **meta)
-    rowstat = _combine_partial_stats(part)  # [BH, 2, BLOCK_M]
+    part = torch.empty((bsz * heads, splits, 2, meta["BLOCK_M"]), dtype=torch.float32, device=q.device)
+    _probe_stats_kernel[(bsz * heads, splits)](q, k, part, *common, per_split, qk_scale, **meta)
+    return q, k, _Probe(_combine_partial_stats(part), m, tiles, common, meta, qk_scale)
+
+
+@on_input_device
+def last_block_profiles(q: torch.Tensor, k: torch.Tensor, block_size: int,
+                        scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Vertical and slash profiles of the probe, each ``[B, H, Nk]`` fp32 (twin:
+    ``last_block_profiles_ref``). q ``[B, H, Nq, D]``, k ``[B, H_kv, Nk, D]``."""
+    q, k, probe = _probe_stats(q, k, block_size, scale, 64)
+    bsz, heads, nq, _ = q.shape
+    nk, m, tiles, common, meta = k.shape[2], probe.m, probe.tiles, probe.common, probe.meta
+    rowstat, qk_scale = probe.rowstat, probe.qk_scale
     work = torch.empty((bsz * heads, m, nk), dtype=torch.float32, device=q.device)
     vert = torch.empty((bsz, heads, nk), dtype=torch.float32, device=q.device)
-    _probe_probs_kernel[(bsz * heads, tiles)](q, k, rowstat, work, vert, *common, scale * LOG2E, **meta)
+    _probe_probs_kernel[(bsz * heads, tiles)](q, k, rowstat, work, vert, *common, qk_scale, **meta)
     slash = torch.empty_like(vert)
     _slash_kernel[(bsz * heads, triton.cdiv(nk, 256))](work, slash, nk, m, BLOCK_N=256)
     return vert, slash
@@ -306,19 +334,10 @@ def _probe_pooled_kernel(Q, K, RowStat, VertPart, SlashPart, stride_qb, stride_q
     pid_bh = tl.program_id(0)
     tile = tl.program_id(1)
     n0 = tile * BLOCK_N
-    b = pid_bh // H
-    h = pid_bh % H
-    rows = tl.arange(0, BLOCK_M)
-    q = _load_probe(Q, b, h, stride_qb, stride_qh, stride_qm, stride_qd, NQ, M, BLOCK_M, HEAD_DIM)
-    k_base = K + b * stride_kb + (h // GROUP) * stride_kh
-    m_i = tl.load(RowStat + pid_bh * 2 * BLOCK_M + rows)
-    l_i = tl.load(RowStat + pid_bh * 2 * BLOCK_M + BLOCK_M + rows)
-    ok = (rows < M) & (l_i > 0)
-    inv_l = tl.where(ok, 1.0 / tl.where(ok, l_i, 1.0), 0.0)
-    m_use = tl.where(m_i == float("-inf"), 0.0, m_i)
+    rows, p = _probe_tile_probs(Q, K, RowStat, pid_bh, n0, stride_qb, stride_qh, stride_qm, stride_qd,
+                                stride_kb, stride_kh, stride_kn, stride_kd, H, GROUP, NQ, NK, M, qk_scale,
+                                BLOCK_M, BLOCK_N, HEAD_DIM)
     pos = NK - M + rows
-    qk = _probe_logits(q, k_base, n0, pos, NK, stride_kn, stride_kd, qk_scale, BLOCK_N, HEAD_DIM)
-    p = tl.math.exp2(qk - m_use[:, None]) * inv_l[:, None]  # [BLOCK_M, BLOCK_N], 0 where masked
     tl.store(VertPart + pid_bh * tl.num_programs(1) + tile, tl.sum(tl.sum(p, 1), 0) / M)
     cols = n0 + tl.arange(0, BLOCK_N)
     bins = tl.maximum(pos[:, None] - cols[None, :], 0) // BLOCK_SIZE  # p is 0 where the offset is < 0
@@ -348,27 +367,13 @@ def last_block_pooled_profiles(q: torch.Tensor, k: torch.Tensor, block_size: int
     ``reference.last_block_pooled_profiles_ref``) without its ``4 * B * H * m * Nk``-byte workspace.
     Each key tile's probabilities are reduced where they are made; the small per-tile partials are
     summed in torch (a fixed order: the same result on every run)."""
-    _check_qk(q, k)
-    q, k = _dot_operand(q), _dot_operand(k)
-    bsz, heads, nq, dim = q.shape
-    nk = k.shape[2]
-    m = min(block_size, nq)
-    scale = 1.0 / math.sqrt(dim) if scale is None else float(scale)
-    block_m, block_n = max(16, triton.next_power_of_2(m)), min(64, block_size)
-    tiles = triton.cdiv(nk, block_n)
-    splits = min(tiles, max(1, 512 // (bsz * heads))) if q.is_cuda else 1
-    per_split = triton.cdiv(tiles, splits)
-    splits = triton.cdiv(tiles, per_split)
-    common = (*q.stride(), *k.stride(), heads, heads // k.shape[1], nq, nk, m)
-    part = torch.empty((bsz * heads, splits, 2, block_m), dtype=torch.float32, device=q.device)
-    _probe_stats_kernel[(bsz * heads, splits)](q, k, part, *common, per_split, scale * LOG2E,
-                                               BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=dim)
-    rowstat = _combine_partial_stats(part)
+    q, k, probe = _probe_stats(q, k, block_size, scale, min(64, block_size))
+    bsz, heads, _, _ = q.shape
+    nk, m, tiles, block_n = k.shape[2], probe.m, probe.tiles, probe.meta["BLOCK_N"]
     vert = torch.empty((bsz * heads, tiles), dtype=torch.float32, device=q.device)
     slash = torch.empty((bsz * heads, tiles, 3), dtype=torch.float32, device=q.device)
-    _probe_pooled_kernel[(bsz * heads, tiles)](q, k, rowstat, vert, slash, *common, scale * LOG2E,
-                                               BLOCK_SIZE=block_size, BLOCK_M=block_m, BLOCK_N=block_n,
-                                               HEAD_DIM=dim)
+    _probe_pooled_kernel[(bsz * heads, tiles)](q, k, probe.rowstat, vert, slash, *probe.common, probe.qk_scale,
+                                               BLOCK_SIZE=block_size, **probe.meta)
     nkb, sub = num_blocks(nk, block_size), block_size // block_n
     vert = torch.nn.functional.pad(vert, (0, nkb * sub - tiles)).reshape(bsz, heads, nkb, sub).sum(-1)
     pooled = slash.reshape(bsz * heads, tiles * 3) @ _slash_bins(nk, m, block_n, block_size, q.device)

@@ -4,6 +4,9 @@ tests/test_gpu/test_families_gpu.py). Importable from every test: pytest puts th
 one holding conftest.py, on sys.path."""
 from types import SimpleNamespace
 
+import torch
+
+from sharedattn.analysis.hf.prefill_run import run_prefill
 from sharedattn.analysis.method.method_config import MethodName, make_config
 
 FAMILIES = ["llama-tiny", "qwen2-tiny", "qwen3-tiny", "mistral-tiny", "gemma2-tiny", "gemma3-tiny", "phi3-tiny"]
@@ -28,3 +31,12 @@ def sparse(method: MethodName, num_layers: int, num_heads: int):
     lookup = SimpleNamespace(shared_clusters=[SimpleNamespace(
         heads=tuple((layer, head) for layer in range(num_layers) for head in range(num_heads)))])
     return config, lookup if method is MethodName.SHAREPREFILL else None
+
+
+def check_keep_all_equals_dense(loaded) -> None:
+    """Every method, with layouts that keep every block, gives dense's logits bit for bit."""
+    dense = run_prefill(loaded, IDS[:320], MethodName.DENSE, make_config("dense", block_size=64))
+    for method in MethodName:
+        run = run_prefill(loaded, IDS[:320], method, keep_all(method))
+        assert torch.equal(run.logits, dense.logits), method
+        assert run.trace.overall_density() == 1.0

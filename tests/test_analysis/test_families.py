@@ -3,7 +3,7 @@ Qwen3, Mistral, Gemma2, Gemma3 (text) and Phi-3 (analysis/hf/models.py RANDOM_SH
 compared against the family's own eager attention."""
 import pytest
 import torch
-from family_cases import FALLBACKS, FAMILIES, IDS, keep_all, sparse
+from family_cases import FALLBACKS, FAMILIES, IDS, check_keep_all_equals_dense, sparse
 
 from sharedattn import kernels
 from sharedattn.analysis.files.prompts import Prompt
@@ -46,12 +46,7 @@ def test_capture_equals_eager(name):
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_layouts_keeping_every_block_equal_dense_bit_for_bit(name):
-    loaded = family(name)
-    dense = run_prefill(loaded, IDS[:320], MethodName.DENSE, make_config("dense", block_size=64))
-    for method in MethodName:
-        run = run_prefill(loaded, IDS[:320], method, keep_all(method))
-        assert torch.equal(run.logits, dense.logits), method
-        assert run.trace.overall_density() == 1.0
+    check_keep_all_equals_dense(family(name))
 
 
 def _record_attention(loaded, calls):

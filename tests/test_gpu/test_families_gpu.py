@@ -4,11 +4,11 @@ do not take (Phi-3's 96, Gemma3's 256) run the family's dense attention with the
 trace, never a traceback. Skipped without CUDA (tests/conftest.py)."""
 import pytest
 import torch
-from family_cases import FALLBACKS, FAMILIES, IDS, keep_all, sparse
+from family_cases import FALLBACKS, FAMILIES, IDS, check_keep_all_equals_dense, sparse
 
 from sharedattn.analysis.hf.models import load_model
 from sharedattn.analysis.hf.prefill_run import run_prefill
-from sharedattn.analysis.method.method_config import Decision, MethodName, make_config
+from sharedattn.analysis.method.method_config import Decision, MethodName
 from sharedattn.kernels.limits import HEAD_DIMS
 
 _MODELS: dict = {}
@@ -22,11 +22,7 @@ def family(name):
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_keeping_every_block_equals_dense_bit_for_bit_on_cuda(name):
-    loaded = family(name)
-    dense = run_prefill(loaded, IDS[:320], MethodName.DENSE, make_config("dense", block_size=64))
-    for method in MethodName:
-        run = run_prefill(loaded, IDS[:320], method, keep_all(method))
-        assert torch.equal(run.logits, dense.logits), method
+    check_keep_all_equals_dense(family(name))
 
 
 @pytest.mark.parametrize("method", [m for m in MethodName if m is not MethodName.DENSE])
