@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from .method_config import check_gamma
+from .patterns import rank_desc
 
 
 def clean_mass(x: torch.Tensor) -> torch.Tensor:
@@ -28,13 +29,11 @@ def coverage_counts(block_mass: torch.Tensor, gamma: float) -> tuple[torch.Tenso
     (``[...]``). ``coverage_mask`` is ``ranks < count``."""
     check_gamma(gamma)
     mass = clean_mass(block_mass)
-    ordered, order = torch.sort(mass, dim=-1, descending=True, stable=True)
-    before = torch.cumsum(ordered, dim=-1) - ordered
+    ranked = rank_desc(mass)
+    before = torch.cumsum(ranked.ordered, dim=-1) - ranked.ordered
     target = gamma * mass.sum(dim=-1, keepdim=True)
-    count = ((before < target) & (ordered > 0)).sum(-1)  # a prefix of the sorted row
-    ranks = torch.empty_like(order).scatter_(-1, order, torch.arange(mass.shape[-1], device=mass.device)
-                                             .expand_as(order).contiguous())
-    return ranks, count
+    count = ((before < target) & (ranked.ordered > 0)).sum(-1)  # a prefix of the sorted row
+    return ranked.ranks, count
 
 
 def coverage_mask(block_mass: torch.Tensor, gamma: float) -> torch.Tensor:

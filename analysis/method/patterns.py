@@ -56,29 +56,18 @@ def top_k_mask(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     return rank_desc(scores).ranks < counts[..., None]
 
 
-def vertical_slash_mask(v_blocks: torch.Tensor | Ranked, s_blocks: torch.Tensor | Ranked, v_count: torch.Tensor,
+def vertical_slash_mask(v_blocks: torch.Tensor, s_blocks: torch.Tensor, v_count: torch.Tensor,
                         s_count: torch.Tensor, nq: int, nk: int, block_size: int) -> torch.Tensor:
     """Top ``v_count`` key-block columns and top ``s_count`` block diagonals, plus sink and
-    diagonal: bool ``[B, H, nqb, nkb]``. ``v_blocks``/``s_blocks`` are pooled profiles ``[B, H, nkb]``
-    or their ``rank_desc`` (a caller that also needs their budgets sorts them once)."""
-    v_ranked = v_blocks if isinstance(v_blocks, Ranked) else rank_desc(v_blocks)
-    s_ranked = s_blocks if isinstance(s_blocks, Ranked) else rank_desc(s_blocks)
-    return assemble_masks_ref(v_ranked.ranks, s_ranked.ranks, v_count, s_count, nq, nk, block_size)[1]
+    diagonal: bool ``[B, H, nqb, nkb]``. ``v_blocks``/``s_blocks`` are pooled profiles ``[B, H, nkb]``.
+    The decision step builds the same pattern inside ``kernels.assemble_layout``."""
+    return assemble_masks_ref(rank_desc(v_blocks).ranks, rank_desc(s_blocks).ranks, v_count, s_count,
+                              nq, nk, block_size)[1]
 
 
 def tail_first_row(tokens: int, nq: int, block_size: int) -> int | None:
     """The first query-block row that holds one of the final ``tokens`` queries (None for 0)."""
     return max(nq - tokens, 0) // block_size if tokens > 0 else None  # query blocks count from the first query
-
-
-def with_exact_tail(mask: torch.Tensor, tokens: int, nq: int, nk: int, block_size: int) -> torch.Tensor:
-    """``mask`` ``[B, H, nqb, nkb]`` with its last query-block rows that hold the final ``tokens``
-    queries set to every causal key block (a new tensor; ``tokens`` 0 returns ``mask``)."""
-    first = tail_first_row(tokens, nq, block_size)
-    if first is None:
-        return mask
-    tail = torch.arange(mask.shape[-2], device=mask.device) >= first
-    return mask | (causal_block_mask(nq, nk, block_size, mask.device) & tail[:, None])
 
 
 def a_shape_mask(batch: int, heads: int, nq: int, nk: int, block_size: int, sink_tokens: int,
