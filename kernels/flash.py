@@ -55,6 +55,10 @@ COMPILE_ENV = "SHAREDATTN_FLASH_COMPILE"
 COMPILE_MODES = ("dynamic", "static")
 COMPILE = os.environ.get(COMPILE_ENV, "dynamic")  # read at import; tests and benches may set it
 STATIC_GRAPHS = 256  # static mode: graphs (distinct lengths) kept before dynamo gives up
+# dynamic mode: graphs kept for distinct (dtype, heads, KV heads, head dim, block size, scale) in one
+# process; dynamo's default (8) was measured too few on the H200 by the GPU suite, which runs more
+# shapes than that and then failed with "recompile limit" under fullgraph
+DYNAMIC_GRAPHS = 64
 FLASH_CAPABILITIES = (9,)  # compute capability majors routed to flash-attn-4 (see the docstring)
 FLASH_HEAD_DIMS = (64, 128)
 FLASH_BLOCK_SIZES = (64, 128)
@@ -149,13 +153,14 @@ def _dynamo_settings(mode: str):
     """Around every call. dynamic: the Python ints and floats (block size, scale) stay constants of
     the graph and only tensor sizes are symbolic (FLASH's template cannot inline a symbolic scale),
     each size its own symbol (no duck sizing: a block count that happens to equal the number of
-    heads, which FlexAttention keeps static, would otherwise be baked in). static: room for one
-    graph per prompt length."""
+    heads, which FlexAttention keeps static, would otherwise be baked in), and room for one graph
+    per head configuration. static: room for one graph per prompt length."""
     import torch.fx.experimental._config as fx_config
 
     config = torch._dynamo.config
     if mode == "dynamic":
-        with config.patch(specialize_int=True, specialize_float=True), fx_config.patch(use_duck_shape=False):
+        with config.patch(specialize_int=True, specialize_float=True, recompile_limit=DYNAMIC_GRAPHS,
+                          accumulated_recompile_limit=4 * DYNAMIC_GRAPHS), fx_config.patch(use_duck_shape=False):
             yield
         return
     with config.patch(recompile_limit=STATIC_GRAPHS, accumulated_recompile_limit=4 * STATIC_GRAPHS):

@@ -161,3 +161,29 @@ def test_compiled_call_graphs(mode, monkeypatch):
         flash._compiled.cache_clear()
         torch._dynamo.reset()
     assert len(graphs) == (2 if mode == "dynamic" else 5)
+
+
+def test_dynamic_mode_keeps_a_graph_per_head_configuration(monkeypatch):
+    """One process may run many head configurations (several models, the GPU suite): dynamic mode
+    must keep more graphs than dynamo's default limit of 8 (past it, fullgraph raises)."""
+    graphs = []
+
+    def recording(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    monkeypatch.setattr(flash, "COMPILE", "dynamic")
+    torch._dynamo.reset()
+    call = flash._compiled("dynamic", recording)
+    configs = [(h, 1) for h in range(1, 11)] + [(4, 4), (8, 2)]
+    try:
+        for heads, kv_heads in configs:
+            q, k, v = make_qkv(1, heads, kv_heads, 128, 128, 64, torch.float32, seed=heads)
+            lay = BlockLayout.dense_causal(1, heads, 128, 128, 64, q.device)
+            with flash._dynamo_settings("dynamic"):
+                out = call(q, k, v, *flash.block_mask_tensors(lay), None, 64, 0.125)
+            assert (out - ref.attention_ref(q, k, v, 0.125)).abs().max().item() < 1e-5
+    finally:
+        flash._compiled.cache_clear()
+        torch._dynamo.reset()
+    assert len(graphs) == len(configs) > 8
