@@ -312,3 +312,25 @@ def assemble_layout(v_rank: torch.Tensor, s_rank: torch.Tensor, v_count: torch.T
     mask, own = ref.assemble_masks_ref(v_rank, s_rank, v_count, s_count, nq, nk, block_size, minimal=minimal,
                                        query_aware=query_aware, share=share, tail_first=tail_first)
     return mask, (own if want_own else None), BlockLayout.draft(mask, block_size, nq, nk)
+
+
+def head_decisions(vertical: torch.Tensor, slash: torch.Tensor, **kw) -> ref.HeadDecisions:
+    """Every head's ranks, budgets and decision of one layer from its pooled profiles (arguments:
+    ``reference.head_decisions_ref``). One Triton launch on the Triton backend
+    (``heads.head_decisions_kernel``), the twin elsewhere."""
+    if select_backend(vertical) is Backend.TRITON:
+        from .heads import head_decisions_triton
+
+        return head_decisions_triton(vertical, slash, **kw)
+    return ref.head_decisions_ref(vertical, slash, **kw)
+
+
+def coverage_rows(mass: torch.Tensor, gamma: float, wanted: torch.Tensor | None = None):
+    """Per row of ``mass`` ``[B, H, R, n]``: the ranks and the count of the fewest blocks reaching
+    ``gamma`` of its mass (arguments: ``reference.coverage_rows_ref``); only the heads ``wanted``
+    ``[B, H]`` when given. One Triton launch on the Triton backend, the twin elsewhere."""
+    if select_backend(mass) is Backend.TRITON:
+        from .heads import coverage_rows_triton
+
+        return coverage_rows_triton(mass, gamma, wanted)
+    return ref.coverage_rows_ref(mass, gamma, wanted)

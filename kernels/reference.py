@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -298,3 +299,168 @@ def assemble_masks_ref(v_rank, s_rank, v_count, s_count, nq: int, nk: int, block
         rows = torch.arange(mask.shape[-2], device=mask.device) >= tail_first
         mask = mask | (causal & rows[:, None])
     return mask, own
+
+
+# ---- per-head decisions (twin of kernels/heads.py) ---------------------------------------------
+
+class Ranked(NamedTuple):
+    """One descending sort of a batch of scores ``[..., n]``, shared by a budget and a top-k."""
+
+    ordered: torch.Tensor  # the scores in descending order (NaN counted as -1), fp32
+    ranks: torch.Tensor  # rank of each entry (0 = highest; ties: lower index first), int64
+
+
+def rank_desc(scores: torch.Tensor) -> Ranked:
+    """Sort each row of ``scores`` ``[..., n]`` once, descending and stable (NaN as -1)."""
+    ordered, order = torch.sort(torch.nan_to_num(scores.float(), nan=-1.0), dim=-1, descending=True,
+                                stable=True)
+    ranks = torch.empty_like(order).scatter_(-1, order, torch.arange(scores.shape[-1], device=scores.device)
+                                             .expand_as(order).contiguous())
+    return Ranked(ordered, ranks)
+
+
+def budget_of(ranked: Ranked, gamma: float, min_count: int) -> torch.Tensor:
+    """Fewest top-ranked entries whose mass reaches ``gamma`` of the row's (NaN and negatives count
+    as zero), at least ``min_count`` and at most n: int64 ``[...]``."""
+    ordered = ranked.ordered.clamp_min(0)
+    before = torch.cumsum(ordered, dim=-1) - ordered
+    count = (before < gamma * ordered.sum(-1, keepdim=True)).sum(-1)
+    n = ordered.shape[-1]
+    return count.clamp(min=min(min_count, n), max=n)
+
+
+def clean_mass(x: torch.Tensor) -> torch.Tensor:
+    """fp32 copy with NaN, infinities and negative values replaced by zero."""
+    x = torch.nan_to_num(x.float(), nan=0.0, posinf=0.0, neginf=0.0)
+    return x.clamp_min(0.0)
+
+
+def coverage_counts_ref(block_mass: torch.Tensor, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ranks, count)``: each block's rank in its row (descending cleaned mass, ties towards the
+    lower index; ``[..., nkb]``) and how many top-ranked blocks reach ``gamma`` of the row's mass
+    (never a zero-mass block; ``[...]``)."""
+    mass = clean_mass(block_mass)
+    ranked = rank_desc(mass)
+    before = torch.cumsum(ranked.ordered, dim=-1) - ranked.ordered
+    target = gamma * mass.sum(dim=-1, keepdim=True)
+    count = ((before < target) & (ranked.ordered > 0)).sum(-1)  # a prefix of the sorted row
+    return ranked.ranks, count
+
+
+def coverage_rows_ref(mass: torch.Tensor, gamma: float, wanted: torch.Tensor | None = None):
+    """Twin of ``heads.coverage_rows_kernel``: ``coverage_counts_ref`` of every row of ``mass``
+    ``[B, H, R, n]``; with ``wanted`` ``[B, H]`` only those heads' rows count (the others get count
+    0, and their ranks are not meaningful: the kernel does not write them)."""
+    rank, count = coverage_counts_ref(mass, gamma)
+    if wanted is not None:
+        count = torch.where(wanted[..., None], count, 0)
+    return rank, count
+
+
+def js_distance(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    """Square-root Jensen-Shannon distance (base 2, in [0, 1]) between matching rows ``[..., n]``.
+
+    NaN-safe: inputs are cleaned and renormalised with ``eps``, so 0 log 0 never occurs and an
+    all-zero row is treated as uniform."""
+    def norm(x):
+        x = torch.nan_to_num(x.float(), nan=0.0).clamp_min(0) + eps
+        return x / x.sum(-1, keepdim=True)
+
+    p, q = norm(p), norm(q)
+    m = 0.5 * (p + q)
+    js = 0.5 * (p * (p / m).log2()).sum(-1) + 0.5 * (q * (q / m).log2()).sum(-1)
+    return js.clamp(0, 1).sqrt()
+
+
+class ShareState(NamedTuple):
+    """SharePrefill's per-forward state as the decisions read it (analysis/method/sharing.py);
+    ``C`` clusters, ``[B, C]`` unless said otherwise."""
+
+    cluster: torch.Tensor  # [H] int64: the layer's shared cluster of each head, -1 for none
+    exists: torch.Tensor  # bool: the cluster has a pivotal pattern from an earlier layer
+    vs_enough: torch.Tensor  # bool: that pivotal's own vertical-slash mask covered tau_fb of its mass
+    v: torch.Tensor  # [B, C, nkb] the pivotal's pooled vertical profile
+    s: torch.Tensor  # [B, C, nkb] its pooled slash profile
+    source: torch.Tensor  # [B, C, 2] int64 (layer, head) of the pivotal
+    tau_s: float  # the sharing test's threshold on both profiles' distances
+
+
+class HeadDecisions(NamedTuple):
+    """What each head of a layer decides from its pooled profiles: ``[B, H]`` unless said
+    otherwise; ranks and counts are int64, flags bool."""
+
+    v_rank: torch.Tensor  # [B, H, nkb] rank of each key-block column (``rank_desc``)
+    s_rank: torch.Tensor  # [B, H, nkb] rank of each block diagonal
+    v_count: torch.Tensor  # the vertical budget at gamma (or the fixed one)
+    s_count: torch.Tensor  # the slash budget
+    decision: torch.Tensor  # int8 decision codes (``codes`` of ``head_decisions_ref``)
+    qa: torch.Tensor  # query-aware (estimate far from the probe), all False without an estimate
+    pivotal: torch.Tensor  # SharePrefill: runs dense, its map becomes its cluster's pattern
+    shared: torch.Tensor  # SharePrefill: uses its cluster's pivotal pattern
+    source: torch.Tensor  # [B, H, 2] (layer, head) a shared head takes its pattern from, else -1
+    cid: torch.Tensor  # the state slot of each head's cluster (0 for heads in none)
+    lr_rank: torch.Tensor | None  # [B, H, nkb] ``coverage_counts_ref`` of the vertical profile
+    lr_count: torch.Tensor | None  # its count at gamma
+
+
+def share_decisions_ref(state: ShareState, candidates: torch.Tensor, v_blocks: torch.Tensor,
+                        s_blocks: torch.Tensor):
+    """SharePrefill's online sharing test (docs/method.md, step 4): ``(pivotal, shared, source, cid)``
+    for ``candidates`` ``[B, H]`` (non-query-aware heads) with pooled profiles ``[B, H, nkb]``.
+    A candidate in a cluster without a pivotal yet is pivotal unless a lower head of the cluster
+    is a candidate too; one in a cluster with a pivotal shares when both its profiles are within
+    ``tau_s`` of the pivotal's and that pivotal's own vertical-slash mask was not enough."""
+    b, h = candidates.shape
+    cluster = state.cluster
+    in_cluster = cluster >= 0
+    cid = cluster.clamp(min=0)[None, :].expand(b, h)
+    cand = candidates & in_cluster[None, :]
+    had = state.exists.gather(1, cid) & cand  # pivotal from an earlier layer
+    fresh = cand & ~had
+    earlier = torch.ones(h, h, dtype=torch.bool, device=cluster.device).tril(-1)
+    same = (cluster[:, None] == cluster[None, :]) & in_cluster[:, None]  # [H, H]
+    beaten = (fresh[:, None, :] & (same & earlier)[None]).any(-1)  # a lower head claims it
+    pivotal = fresh & ~beaten
+    idx = cid[..., None].expand_as(v_blocks)
+    theirs = torch.stack([state.v.gather(1, idx), state.s.gather(1, idx)])
+    close = (js_distance(torch.stack([v_blocks, s_blocks]), theirs) < state.tau_s).all(0)
+    shared = had & close & ~state.vs_enough.gather(1, cid)
+    source = state.source.gather(1, cid[..., None].expand(b, h, 2))
+    source = torch.where(shared[..., None], source, torch.full_like(source, -1))
+    return pivotal, shared, source, cid
+
+
+def head_decisions_ref(vertical: torch.Tensor, slash: torch.Tensor, *, gamma: float, min_count: int,
+                       codes: tuple[int, int, int, int], v_fixed: int | None = None,
+                       s_fixed: int | None = None, estimate: torch.Tensor | None = None,
+                       tau_qa: float | None = None, share: ShareState | None = None,
+                       last_row: bool = False) -> HeadDecisions:
+    """Twin of ``heads.head_decisions_kernel``: per head, from the probe's pooled ``vertical`` and
+    ``slash`` profiles ``[B, H, nkb]``: their ranks, the vertical-slash budgets at ``gamma`` (at
+    least ``min_count`` blocks; ``v_fixed``/``s_fixed`` replace them), query-aware when
+    ``estimate`` ``[B, H, nkb]`` is farther than ``tau_qa`` from the vertical profile (JS
+    distance), SharePrefill's sharing test against ``share``, and the last-row coverage of the
+    vertical profile (``last_row``). ``codes``: the decision codes of (vertical-slash,
+    query-aware, shared, pivotal)."""
+    b, h, _ = vertical.shape
+    dev = vertical.device
+    ranked_v, ranked_s = rank_desc(vertical), rank_desc(slash)
+    v_count, s_count = budget_of(ranked_v, gamma, min_count), budget_of(ranked_s, gamma, min_count)
+    if v_fixed is not None:
+        v_count = torch.full_like(v_count, v_fixed)
+    if s_fixed is not None:
+        s_count = torch.full_like(s_count, s_fixed)
+    no = torch.zeros((b, h), dtype=torch.bool, device=dev)
+    qa = js_distance(estimate, vertical) < tau_qa if estimate is not None else no
+    code_vs, code_qa, code_shared, code_pivotal = codes
+    decision = torch.where(qa, code_qa, code_vs)
+    pivotal = shared = no
+    source = torch.full((b, h, 2), -1, dtype=torch.long, device=dev)
+    cid = torch.zeros((b, h), dtype=torch.long, device=dev)
+    if share is not None:
+        pivotal, shared, source, cid = share_decisions_ref(share, ~qa, vertical, slash)
+        decision = torch.where(shared, code_shared, decision)
+        decision = torch.where(pivotal, code_pivotal, decision)
+    lr_rank, lr_count = coverage_counts_ref(vertical, gamma) if last_row else (None, None)
+    return HeadDecisions(ranked_v.ranks, ranked_s.ranks, v_count, s_count, decision.to(torch.int8), qa,
+                         pivotal, shared, source, cid.contiguous(), lr_rank, lr_count)

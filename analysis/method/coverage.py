@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import torch
 
+from ...kernels.reference import clean_mass, coverage_counts_ref
 from .method_config import check_gamma
-from .patterns import rank_desc
 
-
-def clean_mass(x: torch.Tensor) -> torch.Tensor:
-    """fp32 copy with NaN, infinities and negative values replaced by zero."""
-    x = torch.nan_to_num(x.float(), nan=0.0, posinf=0.0, neginf=0.0)
-    return x.clamp_min(0.0)
+__all__ = ["causal_block_count", "clean_mass", "common_grid", "coverage_counts", "coverage_mask", "density",
+           "flatten_causal", "tril_indices"]
 
 
 def coverage_counts(block_mass: torch.Tensor, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,12 +25,7 @@ def coverage_counts(block_mass: torch.Tensor, gamma: float) -> tuple[torch.Tenso
     key-block index; ``[..., nkb]``) and how many of the top-ranked blocks the coverage keeps
     (``[...]``). ``coverage_mask`` is ``ranks < count``."""
     check_gamma(gamma)
-    mass = clean_mass(block_mass)
-    ranked = rank_desc(mass)
-    before = torch.cumsum(ranked.ordered, dim=-1) - ranked.ordered
-    target = gamma * mass.sum(dim=-1, keepdim=True)
-    count = ((before < target) & (ranked.ordered > 0)).sum(-1)  # a prefix of the sorted row
-    return ranked.ranks, count
+    return coverage_counts_ref(block_mass, gamma)
 
 
 def coverage_mask(block_mass: torch.Tensor, gamma: float) -> torch.Tensor:

@@ -6,43 +6,24 @@ loops over heads or moves data to the host. Block conventions are those of
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 
-from ...kernels.reference import (  # block geometry lives with the kernels' conventions
+from ...kernels.reference import (  # block geometry and ranking live with the kernels' twins
+    Ranked,
     always_kept,
     assemble_masks_ref,
+    budget_of,
     causal_block_mask,
+    js_distance,
     num_blocks,
     pool_cols_sum,
     query_block_positions,
+    rank_desc,
 )
 
-
-class Ranked(NamedTuple):
-    """One descending sort of a batch of scores ``[..., n]``, shared by a budget and a top-k."""
-
-    ordered: torch.Tensor  # the scores in descending order (NaN counted as -1), fp32
-    ranks: torch.Tensor  # rank of each entry (0 = highest; ties: lower index first), int64
-
-
-def rank_desc(scores: torch.Tensor) -> Ranked:
-    """Sort each row of ``scores`` ``[..., n]`` once, descending and stable (NaN as -1)."""
-    ordered, order = torch.sort(torch.nan_to_num(scores.float(), nan=-1.0), dim=-1, descending=True,
-                                stable=True)
-    ranks = torch.empty_like(order).scatter_(-1, order, torch.arange(scores.shape[-1], device=scores.device)
-                                             .expand_as(order).contiguous())
-    return Ranked(ordered, ranks)
-
-
-def budget_of(ranked: Ranked, gamma: float, min_count: int) -> torch.Tensor:
-    """``gamma_budget`` from a shared sort: the scores are masses, NaN and negatives count as zero."""
-    ordered = ranked.ordered.clamp_min(0)
-    before = torch.cumsum(ordered, dim=-1) - ordered
-    count = (before < gamma * ordered.sum(-1, keepdim=True)).sum(-1)
-    n = ordered.shape[-1]
-    return count.clamp(min=min(min_count, n), max=n)
+__all__ = ["Ranked", "a_shape_mask", "budget_of", "gamma_budget", "js_distance", "mass_covered",
+           "pooled_profiles", "probe_coverage", "rank_desc", "tail_first_row", "top_k_mask",
+           "vertical_slash_mask"]
 
 
 def gamma_budget(pooled: torch.Tensor, gamma: float, min_count: int) -> torch.Tensor:
@@ -85,21 +66,6 @@ def a_shape_mask(batch: int, heads: int, nq: int, nk: int, block_size: int, sink
 def pooled_profiles(vertical: torch.Tensor, slash: torch.Tensor, block_size: int):
     """Token profiles ``[B, H, Nk]`` -> block-pooled ``[B, H, nkb]`` each (sums, so still summing to 1)."""
     return pool_cols_sum(vertical, block_size), pool_cols_sum(slash, block_size)
-
-
-def js_distance(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
-    """Square-root Jensen-Shannon distance (base 2, in [0, 1]) between matching rows ``[..., n]``.
-
-    NaN-safe: inputs are cleaned and renormalised with ``eps``, so 0 log 0 never occurs and an
-    all-zero row is treated as uniform."""
-    def norm(x):
-        x = torch.nan_to_num(x.float(), nan=0.0).clamp_min(0) + eps
-        return x / x.sum(-1, keepdim=True)
-
-    p, q = norm(p), norm(q)
-    m = 0.5 * (p + q)
-    js = 0.5 * (p * (p / m).log2()).sum(-1) + 0.5 * (q * (q / m).log2()).sum(-1)
-    return js.clamp(0, 1).sqrt()
 
 
 def probe_coverage(mask: torch.Tensor, v_blocks: torch.Tensor) -> torch.Tensor:

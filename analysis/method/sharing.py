@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .coverage import coverage_mask
-from .patterns import js_distance, mass_covered
+from ... import kernels
+from ...kernels.reference import ShareState, share_decisions_ref
+from .patterns import mass_covered
 
 
 def cluster_table(lookup, num_layers: int, num_heads: int) -> torch.Tensor:
@@ -57,16 +58,12 @@ class SharingState:
         self._stores: dict = {}  # device -> the state tensors there (_STATE_FIELDS)
         self._device = None  # the device whose tensors hold the current state (self.exists, ...)
         self.generation = 0
-        self._on_device: dict = {}  # device -> (table [L, H], earlier-head mask [H, H], layers [L])
+        self._on_device: dict = {}  # device -> (table [L, H], layers [L])
 
-    def _tables(self, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The cluster table, the strict lower-triangular head order and the layer numbers, moved
-        to ``device`` once."""
+    def _tables(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cluster table and the layer numbers, moved to ``device`` once."""
         if device not in self._on_device:
-            num_layers, h = self.table.shape
-            self._on_device[device] = (self.table.to(device),
-                                       torch.ones(h, h, dtype=torch.bool, device=device).tril(-1),
-                                       torch.arange(num_layers, device=device))
+            self._on_device[device] = (self.table.to(device), torch.arange(self.table.shape[0], device=device))
         return self._on_device[device]
 
     def cluster_row(self, layer: int, device) -> torch.Tensor:
@@ -76,7 +73,7 @@ class SharingState:
     def layer_index(self, layer: int, device) -> torch.Tensor:
         """0-d int64 tensor holding ``layer``, on ``device`` (a view of a cached tensor: no copy
         from the host, so no sync)."""
-        return self._tables(device)[2][layer]
+        return self._tables(device)[1][layer]
 
     def reset(self, batch: int, nqb: int, nkb: int, device) -> None:
         """Empty state for a new forward pass, on ``device``; the tensors of one geometry are
@@ -118,31 +115,24 @@ class SharingState:
         for name, tensor in store.items():
             setattr(self, name, tensor)
 
+    def share_state(self, cluster: torch.Tensor, tau_s: float) -> ShareState:
+        """The current state as the decisions read it, for the layer whose row of the table is
+        ``cluster`` (``cluster_row``)."""
+        return ShareState(cluster, self.exists, self.vs_enough, self.v, self.s, self.source, tau_s)
+
+    def patterns_of(self, cid: torch.Tensor) -> torch.Tensor:
+        """``[B, H, nqb, nkb]``: the pattern of each head's cluster slot ``cid`` ``[B, H]``."""
+        b, h = cid.shape
+        return self.pattern.gather(1, cid[:, :, None, None].expand(b, h, *self.pattern.shape[2:]))
+
     def decide(self, cluster: torch.Tensor, candidates: torch.Tensor, v_blocks: torch.Tensor,
                s_blocks: torch.Tensor, tau_s: float) -> SharingDecision:
         """``cluster`` ``[H]``: the layer's row of the table (``cluster_row``); ``candidates``
-        ``[B, H]``: non-query-aware heads; pooled profiles ``[B, H, nkb]``. Reads the state only."""
-        b, h = candidates.shape
-        earlier = self._tables(candidates.device)[1]
-        in_cluster = cluster >= 0
-        cid = cluster.clamp(min=0)[None, :].expand(b, h)  # [B, H]
-        cand = candidates & in_cluster[None, :]
-        had = self.exists.gather(1, cid) & cand  # pivotal from an earlier layer
-        fresh = cand & ~had
-        same = (cluster[:, None] == cluster[None, :]) & in_cluster[:, None]  # [H, H]
-        beaten = (fresh[:, None, :] & (same & earlier)[None]).any(-1)  # a lower head claims it
-        pivotal = fresh & ~beaten
-        idx = cid[..., None].expand_as(v_blocks)
-        # both profiles in one batched distance (one set of launches for the two)
-        theirs = torch.stack([self.v.gather(1, idx), self.s.gather(1, idx)])
-        dist = js_distance(torch.stack([v_blocks, s_blocks]), theirs)
-        close = (dist < tau_s).all(0)
-        shared = had & close & ~self.vs_enough.gather(1, cid)
-        index = cid[:, :, None, None].expand(-1, -1, *self.pattern.shape[2:])
-        pattern = self.pattern.gather(1, index)
-        source = self.source.gather(1, cid[..., None].expand(b, h, 2))
-        source = torch.where(shared[..., None], source, torch.full_like(source, -1))
-        return SharingDecision(pivotal, shared, pattern, source)
+        ``[B, H]``: non-query-aware heads; pooled profiles ``[B, H, nkb]``. Reads the state only.
+        The decision step makes the same decisions inside ``kernels.head_decisions``."""
+        pivotal, shared, source, cid = share_decisions_ref(self.share_state(cluster, tau_s), candidates,
+                                                           v_blocks, s_blocks)
+        return SharingDecision(pivotal, shared, self.patterns_of(cid), source)
 
     def record_pivotals(self, cluster: torch.Tensor, layer: torch.Tensor, pivotal: torch.Tensor,
                         block_mass: torch.Tensor, own_vs_mask: torch.Tensor, v_blocks: torch.Tensor,
@@ -169,7 +159,8 @@ class SharingState:
             idx = slot.reshape(b, h, *([1] * (store.dim() - 2))).expand(b, h, *store.shape[2:])
             store.copy_(padded.scatter(1, idx, values.to(store.dtype))[:, :c])
 
-        pattern = coverage_mask(block_mass, gamma)
+        rank, count = kernels.coverage_rows(block_mass, gamma, pivotal)  # the pivotal heads' rows only
+        pattern = (rank < count[..., None]) & pivotal[..., None, None]
         covered = mass_covered(own_vs_mask, block_mass) >= tau_fb  # [B, H]
         if fallback_needs_sparser:
             covered &= own_vs_mask.sum(dim=(-2, -1)) <= pattern.sum(dim=(-2, -1))

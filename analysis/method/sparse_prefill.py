@@ -17,28 +17,17 @@ import torch
 from ... import kernels
 from ...kernels.layout import LayoutDraft
 from ...kernels.reference import causal_block_mask, num_blocks
-from .coverage import coverage_counts
 from .decision_graphs import DecisionGraphs
 from .method_config import (
     AShapeConfig,
     Decision,
     FallbackRule,
-    FlexPrefillConfig,
     MethodConfig,
     MethodName,
     SharePrefillConfig,
     VerticalSlashConfig,
 )
-from .patterns import (
-    Ranked,
-    a_shape_mask,
-    budget_of,
-    js_distance,
-    mass_covered,
-    probe_coverage,
-    rank_desc,
-    tail_first_row,
-)
+from .patterns import a_shape_mask, mass_covered, probe_coverage, tail_first_row
 from .sharing import SharingState
 
 # Longest prompt (keys) whose decision step (and pivotal record) is recorded as a CUDA graph.
@@ -46,6 +35,9 @@ from .sharing import SharingState
 # while a graph keeps its intermediates (the probe's workspace, the pooled estimate and its sort)
 # and its static copies of q and k allocated for as long as it is kept.
 GRAPHS_UP_TO = 65536
+# what kernels.head_decisions writes for (vertical-slash, query-aware, shared, pivotal)
+DECISION_CODES = (int(Decision.VERTICAL_SLASH), int(Decision.QUERY_AWARE), int(Decision.SHARED),
+                  int(Decision.PIVOTAL))
 
 
 @dataclass
@@ -111,6 +103,13 @@ class SparsePrefill:
             raise ValueError("shareprefill needs a SharingState (a lookup; empty means no sharing)")
 
     # ---- entry point -------------------------------------------------------------------------
+    def continue_after(self, layer: int) -> None:
+        """The next ``attend`` continues the forward pass that ran ``layer`` (SharePrefill keeps its
+        pivotal patterns) even when its layer number is not higher than the last one's: how a
+        benchmark times one sharing layer again and again. Without it a layer number at or below
+        the last one starts a new forward pass (the state is reset)."""
+        self._last_layer = layer
+
     def attend(self, layer: int, q, k, v, scale: float) -> tuple[torch.Tensor, LayerTrace]:
         b, h, nq, _ = q.shape
         nk = k.shape[2]
@@ -177,21 +176,21 @@ class SparsePrefill:
             draft = kernels.BlockLayout.draft(mask, bs, nq, nk)
         else:
             cfg: VerticalSlashConfig = self.config
-            ranked = rank_desc(vertical), rank_desc(slash)  # one sort each, shared by every mask below
-            decision = _full((b, h), int(Decision.VERTICAL_SLASH), dev, torch.int8)
-            minimal = query_aware = share_args = None
+            heads = self._heads(vertical, slash, estimate, cluster)
+            decision, minimal, query_aware, share_args = heads.decision, None, None, None
             if self.method is not MethodName.VERTICAL_SLASH:
-                fcfg: FlexPrefillConfig = cfg
-                minimal = self._budgets(*ranked, 0.0, fixed=False)
-                qa = js_distance(estimate, vertical) < fcfg.tau_qa  # [B, H]
-                query_aware = (qa, *coverage_counts(pooled, cfg.gamma))
-                decision = torch.where(qa, int(Decision.QUERY_AWARE), decision).to(torch.int8)
-                if self.method is MethodName.SHAREPREFILL:
-                    decision, share, share_args = self._share(decision, vertical, slash, qa, cluster)
+                least = _full((b, h), min(num_blocks(cfg.min_budget, bs), vertical.shape[-1]), dev, torch.long)
+                minimal = (least, least)  # the minimal vertical-slash budgets
+                # each row's coverage of the pooled estimate, sorted for the query-aware heads only
+                query_aware = (heads.qa, *kernels.coverage_rows(pooled, cfg.gamma, heads.qa))
+            if self.method is MethodName.SHAREPREFILL:
+                share = heads
+                last_row = (heads.lr_rank, heads.lr_count) if heads.lr_rank is not None else None
+                share_args = (heads.shared, heads.pivotal, self.sharing.patterns_of(heads.cid), last_row)
             # the masks (own vertical-slash, query-aware, borrowed, pivotal, exact tail) and the
             # layout draft: one launch on the Triton backend (kernels/decide.py)
             mask, own, draft = kernels.assemble_layout(
-                ranked[0].ranks, ranked[1].ranks, *self._budgets(*ranked, cfg.gamma, fixed=True), nq, nk, bs,
+                heads.v_rank, heads.s_rank, heads.v_count, heads.s_count, nq, nk, bs,
                 minimal=minimal, query_aware=query_aware, share=share_args,
                 tail_first=tail_first_row(cfg.exact_tail, nq, bs), want_own=share is not None)
         n_pivotal = share.pivotal.sum() if share is not None else torch.zeros((), dtype=torch.long, device=dev)
@@ -204,32 +203,23 @@ class SparsePrefill:
             host_flags=flags, vertical=vertical, slash=slash, pivotal=None if share is None else share.pivotal,
             own_pattern=None if share is None else own)
 
-    def _share(self, decision, vertical, slash, qa, cluster):
-        """SharePrefill's step on top of FlexPrefill's: shared heads borrow their cluster's pivotal
-        pattern (plus the minimal vertical-slash mask and, with ``own_last_row``, their own coverage
-        of the probe row), new pivotal heads run dense. Returns the decisions, the sharing test and
-        the ``share`` argument of ``kernels.assemble_layout``."""
-        cfg: SharePrefillConfig = self.config
-        share = self.sharing.decide(cluster, ~qa, vertical, slash, cfg.tau_s)
-        last_row = coverage_counts(vertical, cfg.gamma) if cfg.own_last_row else None
-        decision = torch.where(share.shared, int(Decision.SHARED), decision)
-        decision = torch.where(share.pivotal, int(Decision.PIVOTAL), decision).to(torch.int8)
-        return decision, share, (share.shared, share.pivotal, share.pattern, last_row)
-
-    def _budgets(self, vertical: Ranked, slash: Ranked, gamma: float, fixed: bool):
-        """``(v_count, s_count)`` ``[B, H]``: the vertical-slash budgets (gamma 0: the minimal ones)."""
+    def _heads(self, vertical, slash, estimate, cluster):
+        """Every head's ranks, budgets and decision (``kernels.head_decisions``: one launch on the
+        Triton backend): vertical-slash budgets at gamma; FlexPrefill's query-aware test; for
+        SharePrefill the sharing test against the pivotal patterns of earlier layers (shared heads
+        borrow their cluster's pattern plus the minimal vertical-slash mask and, with
+        ``own_last_row``, their own coverage of the probe row; new pivotal heads run dense)."""
         cfg: VerticalSlashConfig = self.config
         bs = cfg.block_size
-        min_blocks = num_blocks(cfg.min_budget, bs)
-        shape, dev = vertical.ranks.shape, vertical.ranks.device
-        v_count = budget_of(vertical, gamma, min_blocks) if gamma > 0 else \
-            _full(shape[:2], min(min_blocks, shape[-1]), dev, torch.long)
-        s_count = budget_of(slash, gamma, min_blocks) if gamma > 0 else v_count.clone()
-        if fixed and cfg.vertical_tokens is not None:
-            v_count = torch.full_like(v_count, num_blocks(cfg.vertical_tokens, bs))
-        if fixed and cfg.slash_tokens is not None:
-            s_count = torch.full_like(s_count, num_blocks(cfg.slash_tokens, bs))
-        return v_count, s_count
+        kw = {}
+        if self.method is not MethodName.VERTICAL_SLASH:
+            kw.update(estimate=estimate, tau_qa=cfg.tau_qa)
+        if self.method is MethodName.SHAREPREFILL:
+            kw.update(share=self.sharing.share_state(cluster, cfg.tau_s), last_row=cfg.own_last_row)
+        return kernels.head_decisions(
+            vertical, slash, gamma=cfg.gamma, min_count=num_blocks(cfg.min_budget, bs), codes=DECISION_CODES,
+            v_fixed=None if cfg.vertical_tokens is None else num_blocks(cfg.vertical_tokens, bs),
+            s_fixed=None if cfg.slash_tokens is None else num_blocks(cfg.slash_tokens, bs), **kw)
 
     # ---- kernel and trace --------------------------------------------------------------------
     def _run(self, layer, q, k, v, scale, plan: DecisionPlan):

@@ -22,9 +22,9 @@ from sharedattn.analysis.method.method_config import MethodName, make_config
 from sharedattn.analysis.method.sharing import SharingState
 from sharedattn.kernels.bench import time_ms
 
-WRAPPED = {sp: ("a_shape_mask", "rank_desc", "budget_of", "js_distance", "coverage_counts",
-                "probe_coverage"),
-           kernels: ("last_block_pooled_profiles", "probe_column_estimate", "pooled_block_estimate", "assemble_layout")}
+WRAPPED = {sp: ("a_shape_mask", "coverage_counts", "probe_coverage"),
+           kernels: ("last_block_pooled_profiles", "probe_column_estimate", "pooled_block_estimate", "head_decisions",
+                     "assemble_layout")}
 
 
 def _label(name, fn):
@@ -39,8 +39,7 @@ def main(lengths):
     for module, names in WRAPPED.items():
         for name in names:
             setattr(module, name, _label(name, getattr(module, name)))
-    SharingState.decide = _label("sharing decide", SharingState.decide)
-    sp.SparsePrefill._share = _label("share step", sp.SparsePrefill._share)
+    SharingState.patterns_of = _label("borrowed patterns", SharingState.patterns_of)
     spec = PlantedSpec()
     for n in lengths:
         q, k, _ = planted_layer(spec, n, 1, "cuda")

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from sharedattn import kernels
 from sharedattn.analysis.files.prompts import passkey_prompt
 from sharedattn.analysis.hf.models import load_model
 from sharedattn.analysis.hf.prefill_run import logit_fidelity, run_prefill
@@ -40,7 +41,8 @@ REASONS = ("unclustered", "query_aware", "pivotal", "same_layer", "fallback", "p
 
 
 class Watch:
-    """Wraps SharingState.decide/record_pivotals and SparsePrefill.attend while active."""
+    """Wraps the head decisions (kernels.head_decisions, where the sharing test runs),
+    SharingState.record_pivotals and SparsePrefill.attend while active."""
 
     def __init__(self, watch_sharing: bool = True):
         self.reasons: Counter = Counter()
@@ -48,7 +50,7 @@ class Watch:
         self.distances: list[float] = []  # max(d_vertical, d_slash) of heads with an earlier pivotal
         self.pivotal_vs_cover: list[float] = []
         self.layer_events: dict[int, list] = {}
-        self._orig = (sharing_mod.SharingState.decide, sharing_mod.SharingState.record_pivotals,
+        self._orig = (kernels.head_decisions, sharing_mod.SharingState.record_pivotals,
                       sp_mod.SparsePrefill.attend)
         self.layer = None
         self.watch_sharing = watch_sharing  # False while timing: no host syncs added
@@ -67,11 +69,13 @@ class Watch:
             watch.layer_events.setdefault(layer, []).append((start, end))
             return out
 
-        def decide_watched(state, cluster, candidates, v_blocks, s_blocks, tau_s):
-            result = decide(state, cluster, candidates, v_blocks, s_blocks, tau_s)
-            if not watch.watch_sharing or (cluster.is_cuda and torch.cuda.is_current_stream_capturing()):
+        def decide_watched(vertical, slash, **kw):
+            result = decide(vertical, slash, **kw)
+            share = kw.get("share")
+            capturing = vertical.is_cuda and torch.cuda.is_current_stream_capturing()
+            if share is None or not watch.watch_sharing or capturing:
                 return result  # recorded into a decision graph: only the eager pass is watched
-            watch._classify(state, cluster, candidates, v_blocks, s_blocks, tau_s, result)
+            watch._classify(share, share.cluster, ~result.qa, vertical, slash, share.tau_s, result)
             return result
 
         def record_watched(state, cluster, layer, pivotal, block_mass, own_vs_mask, *rest, **kw):
@@ -80,13 +84,13 @@ class Watch:
                 watch.pivotal_vs_cover += cover.float().cpu().tolist()
             return record(state, cluster, layer, pivotal, block_mass, own_vs_mask, *rest, **kw)
 
-        sharing_mod.SharingState.decide = decide_watched
+        kernels.head_decisions = decide_watched
         sharing_mod.SharingState.record_pivotals = record_watched
         sp_mod.SparsePrefill.attend = attend_timed
         return self
 
     def __exit__(self, *exc):
-        (sharing_mod.SharingState.decide, sharing_mod.SharingState.record_pivotals,
+        (kernels.head_decisions, sharing_mod.SharingState.record_pivotals,
          sp_mod.SparsePrefill.attend) = self._orig
 
     def _classify(self, state, cluster, candidates, v_blocks, s_blocks, tau_s, result):

@@ -139,6 +139,19 @@ def test_state_resets_each_forward():
         assert run.attend(0, q, k, v, 0.2)[1].decision[0, 0] == Decision.PIVOTAL
 
 
+def test_continue_after_times_one_sharing_layer_again():
+    """A layer number at or below the last one starts a new pass (layer 1 then finds no pivotal
+    and becomes one); ``continue_after`` keeps the pass, as the layer benchmark's repeats need."""
+    q, k, v = qkv(nq=1024, nk=1024)
+    run = runner("shareprefill", lookup_of([(0, 0), (1, 0)]), gamma=0.5, tau_fb=1.0, tau_qa=0.0)
+    run.attend(0, q, k, v, 0.2)
+    assert run.attend(1, q, k, v, 0.2)[1].decision[0, 0] == Decision.SHARED
+    for _ in range(2):
+        run.continue_after(0)
+        assert run.attend(1, q, k, v, 0.2)[1].decision[0, 0] == Decision.SHARED
+    assert run.attend(1, q, k, v, 0.2)[1].decision[0, 0] == Decision.PIVOTAL  # a new pass
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="tau_s"):
         make_config("shareprefill", tau_s=1.5)

@@ -1,0 +1,125 @@
+"""One sparse layer's cost at 4K-32K for every method, against dense cuDNN (issue 17's profile).
+
+    python docs/scripts/layer_profile.py OUT.json [N ...]      (default: 4096 8192 16384 32768)
+
+Planted Llama-3.1-8B-shape layers (analysis/evaluation/planted.py: B=1, 32 query heads, 8 KV
+heads, head dim 128, bf16, block 128), paper defaults, ``dense_below=0``. Per length and method:
+
+* ``wall``: ``SparsePrefill.attend`` from the host's call to the GPU's end (decision graphs
+  recorded first; median of CUDA-event-timed repeats, ``kernels.bench.time_ms``);
+* ``gpu busy`` and ``kernels``: the GPU time and the number of kernels of one layer under
+  torch.profiler (kernels replayed inside CUDA graphs included);
+* ``attention``: the GPU time of the attention itself (the sparse kernel, the pivotal block-mass
+  pass, or dense SDPA where a layer keeps every block);
+* ``fixed`` = wall - attention: what the layer pays beyond the attention it computes (host work,
+  launches, the decision step, the sync).
+
+SharePrefill is timed on layer 0 (``pivotal``: each cluster's first head runs dense and records
+its map) and on layer 1 (``shared``: every repeat continues the pass that ran layer 0).
+
+The script also runs on older trees of the package (module paths before analysis/ was split into
+packages), so one device call can profile the code before and after a change: put the old tree's
+``kernels`` and ``analysis`` under a ``sharedattn`` folder first on PYTHONPATH.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import sys
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from sharedattn.kernels.bench import time_ms
+
+try:  # the tree since the analysis packages
+    from sharedattn.analysis.evaluation.planted import PlantedSpec, planted_cluster_table, planted_layer
+    from sharedattn.analysis.method.method_config import MethodName, make_config
+    from sharedattn.analysis.method.sharing import SharingState
+    from sharedattn.analysis.method.sparse_prefill import SparsePrefill
+except ImportError:  # the flat analysis/ of session 4
+    from sharedattn.analysis.method_config import MethodName, make_config
+    from sharedattn.analysis.planted import PlantedSpec, planted_cluster_table, planted_layer
+    from sharedattn.analysis.sharing import SharingState
+    from sharedattn.analysis.sparse_prefill import SparsePrefill
+
+ATTENTION_KERNELS = ("attn_fwd", "block_mass_kernel", "cudnn", "fmha", "flash", "sdpa")
+ROWS = (("a-shape", "any"), ("vertical-slash", "any"), ("flexprefill", "any"), ("shareprefill", "pivotal"),
+        ("shareprefill", "shared"))
+
+
+def _dense(q, k, v, scale):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+
+
+def _dense_ms(q, k, v, scale) -> float:
+    """cuDNN on K/V expanded to the query heads beforehand (the expansion is not timed)."""
+    groups = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
+    return time_ms(lambda: _dense(q, k, v, scale))
+
+
+def _profiled(fn) -> dict:
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    gpu = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA and e.device_time > 0]
+    busy = sum(e.device_time for e in gpu) / 1000
+    attention = sum(e.device_time for e in gpu if any(a in e.name.lower() for a in ATTENTION_KERNELS)) / 1000
+    return {"gpu_busy_ms": busy, "attention_ms": attention, "kernels": len(gpu)}
+
+
+def _layer_call(method: str, layer: str, spec, layers, scale):
+    cfg = make_config(method, dense_below=0)
+    sharing = SharingState(planted_cluster_table(spec, 2)) if method == "shareprefill" else None
+    runner = SparsePrefill(MethodName(method), cfg, sharing)
+    (q0, k0, v0), (q1, k1, v1) = layers
+    if layer != "shared":
+        return lambda: runner.attend(0, q0, k0, v0, scale)
+    runner.attend(0, q0, k0, v0, scale)
+
+    def shared():
+        if hasattr(runner, "continue_after"):  # since session 7 a repeated layer number starts a new pass
+            runner.continue_after(0)
+        return runner.attend(1, q1, k1, v1, scale)
+    return shared
+
+
+def main(out: str, lengths: list[int]) -> None:
+    spec = PlantedSpec()
+    scale = spec.head_dim ** -0.5
+    command = "python docs/scripts/layer_profile.py " + " ".join(sys.argv[1:])
+    machine = f"{torch.cuda.get_device_name()} (torch {torch.version.__version__}, {platform.node()})"
+    print(command, "\n", machine, sep="")
+    rows = []
+    for n in lengths:
+        layers = [planted_layer(spec, n, layer, "cuda") for layer in (0, 1)]
+        dense_ms = _dense_ms(*layers[0], scale)
+        print(f"\nN={n}: dense cuDNN {dense_ms:.3f} ms")
+        print(f"{'method':<16}{'layer':<9}{'wall':>8}{'fixed':>8}{'attn':>8}{'busy':>8}{'kernels':>9}{'x dense':>9}")
+        for method, layer in ROWS:
+            call = _layer_call(method, layer, spec, layers, scale)
+            call()  # records the graphs of this geometry
+            walls = [time_ms(call) for _ in range(3)]
+            wall = statistics.median(walls)
+            prof = _profiled(call)
+            row = {"n": n, "method": method, "layer": layer, "wall_ms": wall, "dense_ms": dense_ms,
+                   "fixed_ms": wall - prof["attention_ms"], "speedup": dense_ms / wall, **prof}
+            rows.append(row)
+            print(f"{method:<16}{layer:<9}{wall:8.3f}{row['fixed_ms']:8.3f}{prof['attention_ms']:8.3f}"
+                  f"{prof['gpu_busy_ms']:8.3f}{prof['kernels']:9d}{row['speedup']:9.2f}")
+            sys.stdout.flush()
+        del layers
+        torch.cuda.empty_cache()
+    with open(out, "w") as f:
+        json.dump({"command": command, "machine": machine, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], [int(a) for a in sys.argv[2:]] or [4096, 8192, 16384, 32768])

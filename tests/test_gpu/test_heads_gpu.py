@@ -1,0 +1,16 @@
+"""The one-launch head decisions (kernels/heads.py) on the GPU against their twin: the bitonic
+sort of packed keys at the widths real prompts reach (32K and 128K tokens at block 128)."""
+import pytest
+import torch
+from head_cases import METHODS, check_coverage_rows, check_head_decisions
+
+
+@pytest.mark.parametrize("nkb", [256, 250, 1024])
+@pytest.mark.parametrize("method", METHODS)
+def test_head_decisions_match_twin_on_cuda(nkb, method):
+    check_head_decisions(nkb, method, torch.device("cuda"))
+
+
+@pytest.mark.parametrize("nkb", [256, 250, 1024])
+def test_coverage_rows_match_twin_on_cuda(nkb):
+    check_coverage_rows(nkb, torch.device("cuda"))
