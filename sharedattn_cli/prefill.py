@@ -85,8 +85,9 @@ def prefill(
     block_size: BlockSizeOpt = None,
     dense_below: Annotated[Optional[int], Opt("--dense-below", help="Prompts shorter than this run dense "
                                               f"(tokens; default {_MethodConfig.dense_below}, the crossover "
-                                              "measured on an H200 for Llama-3.1-8B shapes: pass 0 to study "
-                                              "the sparse path on short prompts).")] = None,
+                                              "measured on an H200 that holds for planted Llama-3.1-8B shapes "
+                                              "and the real Qwen2.5-Coder-0.5B: pass 0 to study the sparse "
+                                              "path on short prompts).")] = None,
     gamma: GammaOpt = None,
     min_budget: MinBudgetOpt = None,
     tau_qa: TauQaOpt = None,

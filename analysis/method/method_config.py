@@ -73,9 +73,11 @@ class MethodConfig:
     """Parameters every method shares."""
 
     block_size: int = DEFAULT_BLOCK_SIZE  # tokens per block, queries and keys alike; one of BLOCK_SIZES
-    # Prompts (keys) shorter than this run dense: the crossover measured on the H200 with
-    # Llama-3.1-8B shapes (docs/benchmarks.md, "Crossover"): below 32K a whole sparse layer
-    # (estimation, decisions, layout, kernel) is slower than cuDNN dense attention.
+    # Prompts (keys) shorter than this run dense. Measured on the H200 (docs/benchmarks.md, "One
+    # sparse layer before and after the one-launch decisions"): on planted Llama-3.1-8B-shape layers
+    # every steady-state method beats cuDNN dense from 12288 keys on every backend, but on the one
+    # real model measured (Qwen2.5-Coder-0.5B, density 0.52 at 16K) no method does at 16K and all
+    # do at 32K; the default is the crossover that holds for both.
     dense_below: int = 32768
     # The attention kernel (kernels/backend.py): auto (flash-attn-4 where it measured faster and is
     # installed, else Triton; the torch twin on CPU), triton or flash. Applied around each layer

@@ -1,6 +1,6 @@
 """One sparse layer's cost at 4K-32K for every method, against dense cuDNN (issue 17's profile).
 
-    python docs/scripts/layer_profile.py OUT.json [N ...]      (default: 4096 8192 16384 32768)
+    python docs/scripts/layer_profile.py OUT.json [N ...] [--host]     (default: 4096 8192 16384 32768)
 
 Planted Llama-3.1-8B-shape layers (analysis/evaluation/planted.py: B=1, 32 query heads, 8 KV
 heads, head dim 128, bf16, block 128), paper defaults, ``dense_below=0``. Per length and method:
@@ -12,7 +12,11 @@ heads, head dim 128, bf16, block 128), paper defaults, ``dense_below=0``. Per le
 * ``attention``: the GPU time of the attention itself (the sparse kernel, the pivotal block-mass
   pass, or dense SDPA where a layer keeps every block);
 * ``fixed`` = wall - attention: what the layer pays beyond the attention it computes (host work,
-  launches, the decision step, the sync).
+  launches, the decision step, the sync);
+* ``--host``: also the CPU time of the layer's parts in the profiled call (the decision step's
+  graph replay, the kernel step after the sync, the layout, the attention call, the pivotal
+  record), each wrapped in a profiler range. The wrappers cost host time themselves (measured
+  on the H200: +0.1-0.2 ms a layer at 4K), so the other columns come from a run without it.
 
 SharePrefill is timed on layer 0 (``pivotal``: each cluster's first head runs dense and records
 its map) and on layer 1 (``shared``: every repeat continues the pass that ran layer 0).
@@ -23,13 +27,14 @@ packages), so one device call can profile the code before and after a change: pu
 """
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import statistics
 import sys
 
 import torch
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity, profile, record_function
 
 from sharedattn.kernels.bench import time_ms
 
@@ -44,6 +49,13 @@ except ImportError:  # the flat analysis/ of session 4
     from sharedattn.analysis.sharing import SharingState
     from sharedattn.analysis.sparse_prefill import SparsePrefill
 
+# host time of one layer by part (CPU time of these calls inside the profiled layer; only the
+# parts the tree has): module path, owner, attribute
+HOST_PARTS = (("analysis.method.decision_graphs", "DecisionGraphs", "run"),
+              ("analysis.method.sparse_prefill", "SparsePrefill", "_run"),
+              ("kernels.layout", "LayoutDraft", "finish"),
+              ("kernels.backend", None, "sparse_attention"),
+              ("analysis.method.sparse_prefill", "SparsePrefill", "_record_pivotals"))
 ATTENTION_KERNELS = ("attn_fwd", "block_mass_kernel", "cudnn", "fmha", "flash", "sdpa")
 ROWS = (("a-shape", "any"), ("vertical-slash", "any"), ("flexprefill", "any"), ("shareprefill", "pivotal"),
         ("shareprefill", "shared"))
@@ -63,16 +75,45 @@ def _dense_ms(q, k, v, scale) -> float:
     return time_ms(lambda: _dense(q, k, v, scale))
 
 
+def _label_host_parts() -> None:
+    """Wrap the layer's host-side parts in profiler ranges named ``@part``."""
+    import importlib
+
+    for module, owner, name in HOST_PARTS:
+        try:
+            mod = importlib.import_module(f"sharedattn.{module}")
+        except ImportError:
+            continue
+        target = getattr(mod, owner, None) if owner else mod
+        fn = getattr(target, name, None) if target is not None else None
+        if fn is None:
+            continue
+
+        def wrapped(*a, _fn=fn, _label=f"@{owner + '.' if owner else ''}{name}", **kw):
+            with record_function(_label):
+                return _fn(*a, **kw)
+        setattr(target, name, functools.wraps(fn)(wrapped))
+        if owner is None:  # the package's lazily cached name too
+            from sharedattn import kernels
+            if name in vars(kernels):
+                setattr(kernels, name, getattr(target, name))
+
+
 def _profiled(fn) -> dict:
     fn()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
-    gpu = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA and e.device_time > 0]
+    gpu = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA and e.device_time > 0
+           and not e.name.startswith("@")]  # kernels, not the ranges' own GPU-side spans
     busy = sum(e.device_time for e in gpu) / 1000
     attention = sum(e.device_time for e in gpu if any(a in e.name.lower() for a in ATTENTION_KERNELS)) / 1000
-    return {"gpu_busy_ms": busy, "attention_ms": attention, "kernels": len(gpu)}
+    host: dict[str, float] = {}
+    for e in prof.events():
+        if e.name.startswith("@") and e.device_type == torch.autograd.DeviceType.CPU:
+            host[e.name[1:]] = host.get(e.name[1:], 0.0) + e.cpu_time_total / 1000
+    return {"gpu_busy_ms": busy, "attention_ms": attention, "kernels": len(gpu), "host_ms": host}
 
 
 def _layer_call(method: str, layer: str, spec, layers, scale):
@@ -91,7 +132,9 @@ def _layer_call(method: str, layer: str, spec, layers, scale):
     return shared
 
 
-def main(out: str, lengths: list[int]) -> None:
+def main(out: str, lengths: list[int], host: bool = False) -> None:
+    if host:
+        _label_host_parts()
     spec = PlantedSpec()
     scale = spec.head_dim ** -0.5
     command = "python docs/scripts/layer_profile.py " + " ".join(sys.argv[1:])
@@ -113,7 +156,8 @@ def main(out: str, lengths: list[int]) -> None:
                    "fixed_ms": wall - prof["attention_ms"], "speedup": dense_ms / wall, **prof}
             rows.append(row)
             print(f"{method:<16}{layer:<9}{wall:8.3f}{row['fixed_ms']:8.3f}{prof['attention_ms']:8.3f}"
-                  f"{prof['gpu_busy_ms']:8.3f}{prof['kernels']:9d}{row['speedup']:9.2f}")
+                  f"{prof['gpu_busy_ms']:8.3f}{prof['kernels']:9d}{row['speedup']:9.2f}"
+                  + ("  host: " + ", ".join(f"{k} {v:.3f}" for k, v in prof["host_ms"].items()) if host else ""))
             sys.stdout.flush()
         del layers
         torch.cuda.empty_cache()
@@ -122,4 +166,5 @@ def main(out: str, lengths: list[int]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], [int(a) for a in sys.argv[2:]] or [4096, 8192, 16384, 32768])
+    args = [a for a in sys.argv[2:] if a != "--host"]
+    main(sys.argv[1], [int(a) for a in args] or [4096, 8192, 16384, 32768], host="--host" in sys.argv[2:])
