@@ -23,7 +23,9 @@ def eager_run(smollm2):
 def test_logits_equal_eager_and_maps_match(smollm2, eager_run):
     prompt, eager_logits, eager_attn = eager_run
     record, logits = capture_prompt(smollm2, prompt, CaptureConfig(block_size=64, chunk_size=64))
-    assert torch.allclose(logits, eager_logits, atol=2e-4, rtol=1e-4)
+    # fp32 rounding over 30 layers: up to 4e-4 on small logits when MKL changes its thread count
+    # under load (seen once in a loaded full run); a wrong attention moves logits by far more
+    assert torch.allclose(logits, eager_logits, atol=1e-3, rtol=1e-4)
     assert record.block_mass.shape == (30, 9, 3, 3)  # 150 tokens -> 3 blocks, the last partial
     expected = torch.stack([block_mass_from_probs(a[0].float(), 64) for a in eager_attn])
     assert torch.allclose(record.block_mass, expected, atol=1e-5)
