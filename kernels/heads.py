@@ -21,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .decide import _u8
 from .device import on_input_device
 from .reference import HeadDecisions, ShareState
 
@@ -162,10 +163,6 @@ def head_decisions_kernel(V, S, E, Cluster, Exists, VsEnough, VState, SState, Sr
 
 def _f32(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.float32 and t.is_contiguous() else t.float().contiguous()
-
-
-def _u8(t: torch.Tensor) -> torch.Tensor:
-    return t.contiguous().view(torch.uint8) if t.dtype == torch.bool else t.to(torch.uint8).contiguous()
 
 
 @on_input_device

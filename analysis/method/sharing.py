@@ -4,8 +4,9 @@ State lives for one forward pass: per (batch element, cluster) the pivotal head'
 its pooled profiles, whether its own vertical-slash mask already covers tau_fb of its mass, and
 where it came from. Decisions for a whole layer are tensor operations; no per-head Python loop.
 The state tensors keep their storage for a given geometry (reset and updates write in place), so
-CUDA graphs of ``decide`` and ``record_pivotals`` (analysis/method/decision_graphs.py) read and
-write the current state on every replay. Both take the layer as tensors (its row of the cluster
+CUDA graphs of the decision step (which reads it through ``share_state``; the sharing test itself
+is ``kernels.head_decisions``) and of ``record_pivotals`` (analysis/method/decision_graphs.py) read
+and write the current state on every replay. Both take the layer as tensors (its row of the cluster
 table, its number as a 0-d tensor), so one graph per geometry serves every layer.
 
 A model sharded over several GPUs keeps one copy of the state per GPU its layers run on: the first
@@ -14,12 +15,10 @@ boundary and forward pass), so a head on GPU 1 shares from a pivotal on GPU 0 as
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from ... import kernels
-from ...kernels.reference import ShareState, share_decisions_ref
+from ...kernels.reference import ShareState
 from .patterns import mass_covered
 
 
@@ -35,14 +34,6 @@ def cluster_table(lookup, num_layers: int, num_heads: int) -> torch.Tensor:
             if layer < num_layers and head < num_heads:
                 table[layer, head] = new_id
     return table
-
-
-@dataclass
-class SharingDecision:
-    pivotal: torch.Tensor  # [B, H] bool: runs dense, its map becomes the cluster's pattern
-    shared: torch.Tensor  # [B, H] bool: uses its cluster's pivotal pattern
-    pattern: torch.Tensor  # [B, H, nqb, nkb] bool: the pivotal pattern for sharing heads
-    source: torch.Tensor  # [B, H, 2] long: (layer, head) of the pivotal shared from, or -1
 
 
 _STATE_FIELDS = ("exists", "vs_enough", "pattern", "v", "s", "source")
@@ -124,15 +115,6 @@ class SharingState:
         """``[B, H, nqb, nkb]``: the pattern of each head's cluster slot ``cid`` ``[B, H]``."""
         b, h = cid.shape
         return self.pattern.gather(1, cid[:, :, None, None].expand(b, h, *self.pattern.shape[2:]))
-
-    def decide(self, cluster: torch.Tensor, candidates: torch.Tensor, v_blocks: torch.Tensor,
-               s_blocks: torch.Tensor, tau_s: float) -> SharingDecision:
-        """``cluster`` ``[H]``: the layer's row of the table (``cluster_row``); ``candidates``
-        ``[B, H]``: non-query-aware heads; pooled profiles ``[B, H, nkb]``. Reads the state only.
-        The decision step makes the same decisions inside ``kernels.head_decisions``."""
-        pivotal, shared, source, cid = share_decisions_ref(self.share_state(cluster, tau_s), candidates,
-                                                           v_blocks, s_blocks)
-        return SharingDecision(pivotal, shared, self.patterns_of(cid), source)
 
     def record_pivotals(self, cluster: torch.Tensor, layer: torch.Tensor, pivotal: torch.Tensor,
                         block_mass: torch.Tensor, own_vs_mask: torch.Tensor, v_blocks: torch.Tensor,
