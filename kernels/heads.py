@@ -66,6 +66,19 @@ def _ranked_budget(ptr, rank_ptr, n, gamma, min_count, NP: tl.constexpr):
 
 
 @triton.jit
+def _ranked_coverage(ptr, rank_ptr, n, gamma, NP: tl.constexpr):
+    """Store the ranks of the ``n`` cleaned masses at ``ptr`` and return ``coverage_counts_ref``'s
+    count: the fewest top-ranked blocks reaching ``gamma`` of the total, never a zero-mass one."""
+    i = tl.arange(0, NP)
+    ok = i < n
+    idx, ordered = _sorted_desc(ptr, n, NP, True)
+    tl.store(rank_ptr + idx, i.to(tl.int64), mask=ok)
+    before = tl.cumsum(ordered, 0) - ordered
+    target = gamma * tl.sum(ordered, 0)
+    return tl.sum((ok & (before < target) & (ordered > 0)).to(tl.int64), 0)
+
+
+@triton.jit
 def _normalised(ptr, n, NP: tl.constexpr):
     i = tl.arange(0, NP)
     ok = i < n
@@ -145,13 +158,7 @@ def head_decisions_kernel(V, S, E, Cluster, Exists, VsEnough, VState, SState, Sr
         decision = tl.where(shared != 0, code_shared, decision)
         decision = tl.where(pivotal != 0, code_pivotal, decision)
         if HAS_LAST_ROW:
-            i = tl.arange(0, NP)
-            ok = i < NKB
-            idx, ordered = _sorted_desc(V + prof, NKB, NP, True)
-            tl.store(LrRank + prof + idx, i.to(tl.int64), mask=ok)
-            before = tl.cumsum(ordered, 0) - ordered
-            target = gamma * tl.sum(ordered, 0)
-            tl.store(LrCount + bh, tl.sum((ok & (before < target) & (ordered > 0)).to(tl.int64), 0))
+            tl.store(LrCount + bh, _ranked_coverage(V + prof, LrRank + prof, NKB, gamma, NP))
     tl.store(Decision + bh, decision.to(tl.int8))
     tl.store(Qa + bh, qa.to(tl.int8))
     tl.store(Pivotal + bh, pivotal.to(tl.int8))
@@ -215,13 +222,7 @@ def coverage_rows_kernel(Mass, Wanted, Rank, Count, R, NKB, gamma, NP: tl.conste
         want = tl.load(Wanted + pid // R) != 0
     if want:
         row = pid.to(tl.int64) * NKB
-        i = tl.arange(0, NP)
-        ok = i < NKB
-        idx, ordered = _sorted_desc(Mass + row, NKB, NP, True)
-        tl.store(Rank + row + idx, i.to(tl.int64), mask=ok)
-        before = tl.cumsum(ordered, 0) - ordered
-        target = gamma * tl.sum(ordered, 0)
-        tl.store(Count + pid, tl.sum((ok & (before < target) & (ordered > 0)).to(tl.int64), 0))
+        tl.store(Count + pid, _ranked_coverage(Mass + row, Rank + row, NKB, gamma, NP))
     else:
         tl.store(Count + pid, tl.zeros([], tl.int64))
 
