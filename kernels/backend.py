@@ -16,7 +16,8 @@ analysis code on CPU always gets the fast torch twin, even inside a test session
   ``flash`` asked for where it cannot run is a ``ConfigError``. A call that wants the block-mass
   map (SharePrefill's pivotal heads) runs on Triton, whose forward pass makes it.
 * ``record_backends()`` counts, inside a ``with`` block, the attention calls each backend ran
-  (``prefill`` reports them per layer).
+  (``prefill`` reports them per layer); a call replayed from a CUDA graph is counted by its
+  caller (``uncounted``, ``count_call``).
 
 Triton and flash modules are imported lazily, so importing this module never imports triton.
 Every dispatching function returns the same shapes and dtypes on every backend: attention output
@@ -28,7 +29,7 @@ import os
 from collections import Counter
 from contextlib import contextmanager
 from enum import Enum
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import torch
 
@@ -58,6 +59,7 @@ AUTO_FLASH_BLOCK_SIZES = (128,)
 
 _override: Backend | None = None
 _recorders: list[Counter] = []
+_paused = 0  # inside uncounted()
 
 
 def set_backend(backend: Backend | str | None) -> None:
@@ -112,7 +114,15 @@ def require_flash(device: torch.device | str | None = None) -> None:
         raise ConfigError(f"kernel flash: {reason}")
 
 
-def auto_backend(q: torch.Tensor, layout: BlockLayout, return_block_mass: bool = False) -> Backend:
+class Geometry(NamedTuple):
+    """What the backend rule reads of a layout (a ``BlockLayout`` serves as one too)."""
+
+    nq: int
+    nk: int
+    block_size: int
+
+
+def auto_backend(q: torch.Tensor, layout: BlockLayout | Geometry, return_block_mass: bool = False) -> Backend:
     """``auto`` on a CUDA attention call: flash-attn-4 where it measured faster (the constants
     above), Triton otherwise and wherever flash cannot run."""
     if return_block_mass or q.shape[-1] not in AUTO_FLASH_HEAD_DIMS \
@@ -125,8 +135,9 @@ def auto_backend(q: torch.Tensor, layout: BlockLayout, return_block_mass: bool =
     return Backend.FLASH
 
 
-def attention_backend(q: torch.Tensor, layout: BlockLayout, return_block_mass: bool = False) -> Backend:
-    """The kernel one ``sparse_attention`` call runs on: triton, reference or flash (module docstring)."""
+def attention_backend(q: torch.Tensor, layout: BlockLayout | Geometry, return_block_mass: bool = False) -> Backend:
+    """The kernel one ``sparse_attention`` call runs on: triton, reference or flash (module docstring).
+    A ``Geometry`` in place of the layout asks before the layout exists (same answer)."""
     chosen = requested_backend()
     if chosen is None:
         chosen = Backend.AUTO if q.is_cuda else Backend.REFERENCE
@@ -154,17 +165,39 @@ def record_backends() -> Iterator[Counter]:
         _recorders[:] = [c for c in _recorders if c is not counts]
 
 
+@contextmanager
+def uncounted() -> Iterator[None]:
+    """No attention call inside the block is counted by ``record_backends`` (a step recorded as a
+    CUDA graph runs its calls when recorded, not when replayed: its caller counts with
+    ``count_call`` once per replay instead)."""
+    global _paused
+    _paused += 1
+    try:
+        yield
+    finally:
+        _paused -= 1
+
+
+def count_call(backend: Backend) -> None:
+    """One attention call on ``backend``, for every open ``record_backends`` block."""
+    if not _paused:
+        for counts in _recorders:
+            counts[backend.value] += 1
+
+
 def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockLayout, *,
                      scale: float | None = None, return_block_mass: bool = False,
-                     mass_heads: torch.Tensor | None = None, num_mass_heads: int | None = None):
+                     mass_heads: torch.Tensor | None = None, num_mass_heads: int | None = None,
+                     mass_pass: str = "auto"):
     """Block-sparse causal attention: q ``[B, H, Nq, D]``, k/v ``[B, H_kv, Nk, D]`` -> out
     ``[B, H, Nq, D]`` (q's dtype), plus the mass map ``[B, H, nqb, nkb]`` fp32 when asked
     (only for the heads of the bool ``[B, H]`` ``mass_heads`` if given; zeros elsewhere;
-    ``num_mass_heads``: how many those are, when the caller knows, which saves a host sync).
+    ``num_mass_heads``: how many those are, when the caller knows, which saves a host sync;
+    ``mass_pass``: the Triton map's pass, ``block_sparse_attention``'s argument: ``"two"`` never
+    reads the device from the host, so a CUDA graph can record it).
     The backend: ``attention_backend``."""
     backend = attention_backend(q, layout, return_block_mass)
-    for counts in _recorders:
-        counts[backend.value] += 1
+    count_call(backend)
     if backend is Backend.FLASH:
         from .flash import flash_sparse_attention
 
@@ -173,7 +206,7 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: 
         from .block_sparse import block_sparse_attention
 
         return block_sparse_attention(q, k, v, layout, scale=scale, return_block_mass=return_block_mass,
-                                      mass_heads=mass_heads, num_mass_heads=num_mass_heads)
+                                      mass_heads=mass_heads, num_mass_heads=num_mass_heads, mass_pass=mass_pass)
     if not return_block_mass:
         return _masked_sdpa(q, k, v, layout, scale)
     if mass_heads is None:

@@ -71,7 +71,7 @@ def print_report(console, doc: dict) -> None:
     shares = ", ".join(f"{k} {v:.0%}" for k, v in doc["decision_shares"].items() if v > 0)
     graphs = doc.get("decision_graphs") or {}
     console.print(f"density {s['density']:.3f}; heads: {shares}"
-                  + (f"; decision step: {graphs['recorded']} CUDA graph(s) recorded, replayed "
+                  + (f"; layer steps: {graphs['recorded']} CUDA graph(s) recorded, replayed "
                      f"{graphs['replayed']} times (last run)" if graphs.get("recorded") else ""))
     for line in (kernels_line(doc), dense_layers_line(doc), sharing_line(doc)):
         if line:

@@ -70,12 +70,13 @@ class PrefillSession:
             while len(_RUNNERS) > _RUNNERS_KEPT:
                 _RUNNERS.popitem(last=False)
             self._runners[key] = runner
-            self._graph_base[key] = (runner.graphs.captures, runner.graphs.replays)
+            self._graph_base[key] = runner.graph_counts()
         return self._runners[key]
 
     def graph_counts(self) -> dict:
-        """Decision steps recorded as CUDA graphs and replays of them, by this session's runners."""
-        counts = [(r.graphs.captures - self._graph_base[k][0], r.graphs.replays - self._graph_base[k][1])
+        """Layer steps (whole layers or decision steps) recorded as CUDA graphs and replays of them,
+        by this session's runners."""
+        counts = [tuple(now - base for now, base in zip(r.graph_counts(), self._graph_base[k]))
                   for k, r in self._runners.items()]
         return {"recorded": sum(c for c, _ in counts), "replayed": sum(r for _, r in counts)}
 

@@ -6,6 +6,16 @@ through the group index by the kernels) and returns the output ``[B, H, Nq, D]``
 (batched tensor operations and Triton launches; on CUDA a CUDA graph per geometry, fed copies of
 q and k); SharePrefill's recording of its pivotal heads after the kernel is a second graph. The
 host syncs once per layer, to size the layout.
+
+On CUDA, where the attention runs on our Triton kernel, the whole layer is one step instead
+(``whole_layer``, the default): decision step, layout, attention, and SharePrefill's record of its
+pivotal heads, with no host sync, recorded as one CUDA graph per geometry (up to
+``GRAPHS_UP_TO`` keys) and replayed for every layer of that geometry. What it gives up for that:
+the layout keeps every row's full width (the kernel loops each row's own count, so this costs
+nothing), a SharePrefill layer always launches its block-mass pass for its pivotal heads (in two
+passes: the one-pass scratch is sized on the host; without pivotal heads its programs do no work),
+and a layer whose heads keep every block runs the sparse kernel, not the model's dense SDPA (equal
+within bf16 rounding, no longer bit for bit).
 """
 from __future__ import annotations
 
@@ -35,6 +45,8 @@ from .sharing import SharingState
 # while a graph keeps its intermediates (the probe's workspace, the pooled estimate and its sort)
 # and its static copies of q and k allocated for as long as it is kept.
 GRAPHS_UP_TO = 65536
+# (the whole layer as one graph takes the same bound: its static copies of q, k, v and its output
+# are the largest part of its memory)
 # what kernels.head_decisions writes for (vertical-slash, query-aware, shared, pivotal)
 DECISION_CODES = (int(Decision.VERTICAL_SLASH), int(Decision.QUERY_AWARE), int(Decision.SHARED),
                   int(Decision.PIVOTAL))
@@ -90,17 +102,25 @@ class SparsePrefill:
     pivotal heads (a second graph per geometry on CUDA: ``record_graphs``) and the trace."""
 
     def __init__(self, method: MethodName, config: MethodConfig, sharing: SharingState | None = None,
-                 measure_recall: bool = False, keep_masks: bool = False, use_graphs: bool = True):
+                 measure_recall: bool = False, keep_masks: bool = False, use_graphs: bool = True,
+                 whole_layer: bool = True):
         self.method = MethodName(method)
         self.config = config
         self.sharing = sharing
         self.measure_recall = measure_recall  # costs one exact block-mass pass per layer
         self.keep_masks = keep_masks
+        self.whole_layer = whole_layer  # on CUDA with the Triton kernel: one step, no host sync
         self.graphs = DecisionGraphs(enabled=use_graphs)  # the decision step
         self.record_graphs = DecisionGraphs(enabled=use_graphs)  # SharingState.record_pivotals
+        self.layer_graphs = DecisionGraphs(enabled=use_graphs)  # whole layers (_layer_step)
         self._last_layer = 1 << 30  # the last layer SharePrefill ran the sparse path on
         if self.method is MethodName.SHAREPREFILL and sharing is None:
             raise ValueError("shareprefill needs a SharingState (a lookup; empty means no sharing)")
+
+    def graph_counts(self) -> tuple[int, int]:
+        """CUDA graphs recorded and replays of them, per layer: decision steps and whole layers
+        (a whole layer's graph holds its decision step; pivotal records are inside layers)."""
+        return (self.graphs.captures + self.layer_graphs.captures, self.graphs.replays + self.layer_graphs.replays)
 
     # ---- entry point -------------------------------------------------------------------------
     def continue_after(self, layer: int) -> None:
@@ -124,6 +144,9 @@ class SparsePrefill:
             self._last_layer = layer
             self.sharing.ensure(b, nqb, nkb, q.device)
             inputs["cluster"] = self.sharing.cluster_row(layer, q.device)
+        backend = self._whole_layer_backend(q, nk)
+        if backend is not None:
+            return self._run_whole(layer, q, k, v, scale, inputs, backend)
         key = (scale, kernels.select_backend(q), self.sharing.generation if self.sharing else 0,
                _signature(inputs))
         plan = self.graphs.run(key, lambda **t: self._step(scale=scale, **t), inputs,
@@ -221,6 +244,46 @@ class SparsePrefill:
             v_fixed=None if cfg.vertical_tokens is None else num_blocks(cfg.vertical_tokens, bs),
             s_fixed=None if cfg.slash_tokens is None else num_blocks(cfg.slash_tokens, bs), **kw)
 
+    # ---- the whole layer as one step ------------------------------------------------------------
+    def _whole_layer_backend(self, q, nk: int):
+        """The attention backend if this layer runs as one step without a host sync, else None:
+        on CUDA, where the attention runs on the Triton kernel (the step records the kernel into a
+        CUDA graph; a compiled flash-attn-4 call inside a recording is untried)."""
+        if not (self.whole_layer and q.is_cuda):
+            return None
+        backend = kernels.attention_backend(q, kernels.Geometry(q.shape[2], nk, self.config.block_size))
+        return backend if backend is kernels.Backend.TRITON else None
+
+    def _run_whole(self, layer, q, k, v, scale, inputs: dict, backend):
+        """``_layer_step`` on CUDA: recorded once per geometry as one graph (up to GRAPHS_UP_TO
+        keys) and replayed, eager beyond; either way no host sync. The attention call is counted
+        here, once per layer (a replay does not pass through the dispatcher)."""
+        inputs = dict(inputs, v=v)
+        if self.method is MethodName.SHAREPREFILL:
+            inputs["layer"] = self.sharing.layer_index(layer, q.device)
+        key = (scale, self.sharing.generation if self.sharing else 0, _signature(inputs))
+        with kernels.uncounted():
+            out, plan = self.layer_graphs.run(key, lambda **t: self._layer_step(scale=scale, **t), inputs,
+                                              record=k.shape[2] <= GRAPHS_UP_TO)
+        kernels.count_call(backend)
+        recall = self._recall(q, k, scale, plan)
+        return out.clone(), self._trace(layer, plan, recall)  # the graph's output: the next replay reuses it
+
+    def _layer_step(self, q, k, v, scale: float, cluster=None, layer=None):
+        """One whole layer without a host sync: the decision step, the layout at full width, the
+        attention and, for SharePrefill, the two-pass block-mass map of its pivotal heads and
+        their record (both do nothing for a layer without pivotal heads). ``(out, plan)``."""
+        plan = self._step(q, k, scale, cluster)
+        draft = LayoutDraft(plan.counts, plan.ordered, plan.num_full, self.config.block_size,
+                            q.shape[2], k.shape[2])
+        layout = draft.finish(plan.ordered.shape[-1])  # every row's full width: no widest row to read
+        if self.method is not MethodName.SHAREPREFILL:
+            return kernels.sparse_attention(q, k, v, layout, scale=scale), plan
+        out, mass = kernels.sparse_attention(q, k, v, layout, scale=scale, return_block_mass=True,
+                                             mass_heads=plan.pivotal, mass_pass="two")
+        self._record(cluster, layer, plan, mass)
+        return out, plan
+
     # ---- kernel and trace --------------------------------------------------------------------
     def _run(self, layer, q, k, v, scale, plan: DecisionPlan):
         bs = self.config.block_size
@@ -238,30 +301,43 @@ class SparsePrefill:
             out, mass = result if want_mass else (result, None)
         if want_mass:
             self._record_pivotals(layer, k.shape[2], plan, mass)
-        recall = None
-        if self.measure_recall:
-            recall = mass_covered(plan.mask, kernels.block_mass(q, k, bs, scale))
+        return out, self._trace(layer, plan, self._recall(q, k, scale, plan))
+
+    def _recall(self, q, k, scale, plan: DecisionPlan) -> torch.Tensor | None:
+        """With ``measure_recall``: the true attention mass inside each head's kept blocks."""
+        if not self.measure_recall:
+            return None
+        return mass_covered(plan.mask, kernels.block_mass(q, k, self.config.block_size, scale))
+
+    def _trace(self, layer: int, plan: DecisionPlan, recall) -> LayerTrace:
         kept = plan.mask.cpu() if self.keep_masks else None
         # the plan's tensors belong to the recorded graph: the trace keeps copies
-        return out, LayerTrace(layer, plan.decision.clone(), plan.density.clone(), plan.coverage.clone(),
-                               plan.source.clone(), recall, kept)
+        return LayerTrace(layer, plan.decision.clone(), plan.density.clone(), plan.coverage.clone(),
+                          plan.source.clone(), recall, kept)
+
+    def _record(self, cluster, layer, plan: DecisionPlan, mass: torch.Tensor) -> None:
+        """``SharingState.record_pivotals`` of the plan's pivotal heads from their block-mass maps
+        ``mass`` ``[B, H, nqb, nkb]`` (``cluster``: the layer's row of the table; ``layer``: its
+        number as a 0-d tensor)."""
+        cfg: SharePrefillConfig = self.config
+        self.sharing.record_pivotals(cluster, layer, plan.pivotal, mass, plan.own_pattern, plan.vertical,
+                                     plan.slash, cfg.gamma, cfg.tau_fb,
+                                     cfg.fallback is FallbackRule.COVERS_AND_SPARSER)
 
     def _record_pivotals(self, layer: int, nk: int, plan: DecisionPlan, mass: torch.Tensor) -> None:
-        """``SharingState.record_pivotals`` of the plan's pivotal heads from their block-mass maps
-        ``mass`` ``[B, H, nqb, nkb]``; on CUDA a graph per geometry that serves every layer (the
-        layer's cluster row and number are inputs, the state keeps its storage)."""
+        """``_record`` on CUDA as a graph per geometry that serves every layer (the layer's cluster
+        row and number are inputs, the state keeps its storage)."""
         cfg: SharePrefillConfig = self.config
-        needs_sparser = cfg.fallback is FallbackRule.COVERS_AND_SPARSER
         dev = mass.device
         inputs = {"cluster": self.sharing.cluster_row(layer, dev), "layer": self.sharing.layer_index(layer, dev),
                   "pivotal": plan.pivotal, "block_mass": mass, "own_vs_mask": plan.own_pattern,
                   "v_blocks": plan.vertical, "s_blocks": plan.slash}
 
         def record(cluster, layer, pivotal, block_mass, own_vs_mask, v_blocks, s_blocks):
-            self.sharing.record_pivotals(cluster, layer, pivotal, block_mass, own_vs_mask, v_blocks, s_blocks,
-                                         cfg.gamma, cfg.tau_fb, needs_sparser)
+            self._record(cluster, layer, plan._replace(pivotal=pivotal, own_pattern=own_vs_mask, vertical=v_blocks,
+                                                       slash=s_blocks), block_mass)
 
-        key = (self.sharing.generation, cfg.gamma, cfg.tau_fb, needs_sparser, _signature(inputs))
+        key = (self.sharing.generation, cfg.gamma, cfg.tau_fb, cfg.fallback, _signature(inputs))
         self.record_graphs.run(key, record, inputs, record=nk <= GRAPHS_UP_TO)
 
 

@@ -1,6 +1,7 @@
 """One sparse layer's cost at 4K-32K for every method, against dense cuDNN (issue 17's profile).
 
-    python docs/scripts/layer_profile.py OUT.json [N ...] [--host]     (default: 4096 8192 16384 32768)
+    python docs/scripts/layer_profile.py OUT.json [N ...] [--host] [--synced]
+                                                          (default: 4096 8192 16384 32768)
 
 Planted Llama-3.1-8B-shape layers (analysis/evaluation/planted.py: B=1, 32 query heads, 8 KV
 heads, head dim 128, bf16, block 128), paper defaults, ``dense_below=0``. Per length and method:
@@ -18,6 +19,10 @@ heads, head dim 128, bf16, block 128), paper defaults, ``dense_below=0``. Per le
   record), each wrapped in a profiler range. The wrappers cost host time themselves (measured
   on the H200: +0.1-0.2 ms a layer at 4K), so the other columns come from a run without it.
 
+``--synced``: every row twice, ``mode`` ``whole`` (the default since session 8: the layer as one
+recorded step, no host sync) and ``synced`` (``whole_layer=False``: the decision graph, one host
+sync, then the kernel), side by side in one process. Trees without ``whole_layer`` run ``synced``.
+
 SharePrefill is timed on layer 0 (``pivotal``: each cluster's first head runs dense and records
 its map) and on layer 1 (``shared``: every repeat continues the pass that ran layer 0).
 
@@ -28,6 +33,7 @@ packages), so one device call can profile the code before and after a change: pu
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import platform
 import statistics
@@ -53,6 +59,7 @@ except ImportError:  # the flat analysis/ of session 4
 # parts the tree has): module path, owner, attribute
 HOST_PARTS = (("analysis.method.decision_graphs", "DecisionGraphs", "run"),
               ("analysis.method.sparse_prefill", "SparsePrefill", "_run"),
+              ("analysis.method.sparse_prefill", "SparsePrefill", "_run_whole"),
               ("kernels.layout", "LayoutDraft", "finish"),
               ("kernels.backend", None, "sparse_attention"),
               ("analysis.method.sparse_prefill", "SparsePrefill", "_record_pivotals"))
@@ -116,10 +123,17 @@ def _profiled(fn) -> dict:
     return {"gpu_busy_ms": busy, "attention_ms": attention, "kernels": len(gpu), "host_ms": host}
 
 
-def _layer_call(method: str, layer: str, spec, layers, scale):
+def _runner(method: MethodName, cfg, sharing, whole: bool):
+    try:
+        return SparsePrefill(method, cfg, sharing, whole_layer=whole)
+    except TypeError:  # a tree from before the whole-layer step: always synced
+        return SparsePrefill(method, cfg, sharing)
+
+
+def _layer_call(method: str, layer: str, spec, layers, scale, whole: bool = True):
     cfg = make_config(method, dense_below=0)
     sharing = SharingState(planted_cluster_table(spec, 2)) if method == "shareprefill" else None
-    runner = SparsePrefill(MethodName(method), cfg, sharing)
+    runner = _runner(MethodName(method), cfg, sharing, whole)
     (q0, k0, v0), (q1, k1, v1) = layers
     if layer != "shared":
         return lambda: runner.attend(0, q0, k0, v0, scale)
@@ -132,7 +146,7 @@ def _layer_call(method: str, layer: str, spec, layers, scale):
     return shared
 
 
-def main(out: str, lengths: list[int], host: bool = False) -> None:
+def main(out: str, lengths: list[int], host: bool = False, synced: bool = False) -> None:
     if host:
         _label_host_parts()
     spec = PlantedSpec()
@@ -145,17 +159,18 @@ def main(out: str, lengths: list[int], host: bool = False) -> None:
         layers = [planted_layer(spec, n, layer, "cuda") for layer in (0, 1)]
         dense_ms = _dense_ms(*layers[0], scale)
         print(f"\nN={n}: dense cuDNN {dense_ms:.3f} ms")
-        print(f"{'method':<16}{'layer':<9}{'wall':>8}{'fixed':>8}{'attn':>8}{'busy':>8}{'kernels':>9}{'x dense':>9}")
-        for method, layer in ROWS:
-            call = _layer_call(method, layer, spec, layers, scale)
+        print(f"{'method':<16}{'layer':<9}{'mode':<8}{'wall':>8}{'fixed':>8}{'attn':>8}{'busy':>8}"
+              f"{'kernels':>9}{'x dense':>9}")
+        for (method, layer), mode in itertools.product(ROWS, ("whole", "synced") if synced else ("whole",)):
+            call = _layer_call(method, layer, spec, layers, scale, whole=mode == "whole")
             call()  # records the graphs of this geometry
             walls = [time_ms(call) for _ in range(3)]
             wall = statistics.median(walls)
             prof = _profiled(call)
-            row = {"n": n, "method": method, "layer": layer, "wall_ms": wall, "dense_ms": dense_ms,
+            row = {"n": n, "method": method, "layer": layer, "mode": mode, "wall_ms": wall, "dense_ms": dense_ms,
                    "fixed_ms": wall - prof["attention_ms"], "speedup": dense_ms / wall, **prof}
             rows.append(row)
-            print(f"{method:<16}{layer:<9}{wall:8.3f}{row['fixed_ms']:8.3f}{prof['attention_ms']:8.3f}"
+            print(f"{method:<16}{layer:<9}{mode:<8}{wall:8.3f}{row['fixed_ms']:8.3f}{prof['attention_ms']:8.3f}"
                   f"{prof['gpu_busy_ms']:8.3f}{prof['kernels']:9d}{row['speedup']:9.2f}"
                   + ("  host: " + ", ".join(f"{k} {v:.3f}" for k, v in prof["host_ms"].items()) if host else ""))
             sys.stdout.flush()
@@ -166,5 +181,6 @@ def main(out: str, lengths: list[int], host: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[2:] if a != "--host"]
-    main(sys.argv[1], [int(a) for a in args] or [4096, 8192, 16384, 32768], host="--host" in sys.argv[2:])
+    args = [a for a in sys.argv[2:] if not a.startswith("--")]
+    main(sys.argv[1], [int(a) for a in args] or [4096, 8192, 16384, 32768], host="--host" in sys.argv[2:],
+         synced="--synced" in sys.argv[2:])

@@ -152,6 +152,42 @@ def test_continue_after_times_one_sharing_layer_again():
     assert run.attend(1, q, k, v, 0.2)[1].decision[0, 0] == Decision.PIVOTAL  # a new pass
 
 
+@pytest.mark.parametrize("method", ["a-shape", "vertical-slash", "flexprefill", "shareprefill"])
+def test_whole_layer_step_matches_the_synced_path(method, monkeypatch):
+    """The whole layer as one step (what CUDA records as one graph: full-width layout, the
+    two-pass map of the pivotal heads always asked for, their record inside) gives the synced
+    path's outputs and traces, layer after layer; the dispatcher counts one call per layer.
+    On CPU the step is taken by making the layer eligible (on CUDA: the Triton backend)."""
+    from sharedattn import kernels
+
+    q, k, v = qkv(nq=1024, nk=1024)
+    lookup = lookup_of([(0, 0), (0, 1), (1, 0), (1, 1)])
+    cfg = dict(gamma=0.5, tau_fb=1.0, tau_qa=0.0)
+    synced, whole = runner(method, lookup, **cfg), runner(method, lookup, **cfg)
+    monkeypatch.setattr(SparsePrefill, "_whole_layer_backend",
+                        lambda self, q, nk: kernels.Backend.REFERENCE if self is whole else None)
+    calls = []
+    real_kernel = kernels.sparse_attention
+    monkeypatch.setattr("sharedattn.kernels.sparse_attention",
+                        lambda *a, **kw: calls.append(dict(kw, layout=a[3])) or real_kernel(*a, **kw))
+    for layer in (0, 1):
+        want, want_trace = synced.attend(layer, q, k, v, 0.2)
+        calls.clear()
+        with kernels.record_backends() as ran:
+            got, trace = whole.attend(layer, q, k, v, 0.2)
+        assert torch.equal(got, want) and dict(ran) == {"reference": 1}
+        for field in ("decision", "density", "coverage", "source"):
+            assert torch.equal(getattr(trace, field), getattr(want_trace, field)), field
+        assert calls[0]["layout"].indices.shape[-1] == 1024 // 64  # full width: no widest row read
+        if method == "shareprefill":
+            assert calls[0]["mass_pass"] == "two" and calls[0]["return_block_mass"]
+            assert torch.equal(calls[0]["mass_heads"], trace.decision == Decision.PIVOTAL)
+    if method == "shareprefill":
+        assert trace.decision[0, :2].tolist() == [Decision.SHARED, Decision.SHARED]
+        for name in ("exists", "pattern", "v", "s", "source", "vs_enough"):
+            assert torch.equal(getattr(whole.sharing, name), getattr(synced.sharing, name)), name
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="tau_s"):
         make_config("shareprefill", tau_s=1.5)
