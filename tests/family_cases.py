@@ -33,10 +33,17 @@ def sparse(method: MethodName, num_layers: int, num_heads: int):
     return config, lookup if method is MethodName.SHAREPREFILL else None
 
 
-def check_keep_all_equals_dense(loaded) -> None:
-    """Every method, with layouts that keep every block, gives dense's logits bit for bit."""
+def check_keep_all_equals_dense(loaded, whole_layer: bool = False) -> None:
+    """Every method, with layouts that keep every block, gives dense's logits bit for bit (the
+    synced path runs such a layer on dense SDPA). ``whole_layer`` (CUDA): the layer as one step,
+    which runs its sparse kernel on the full layout instead (it cannot look at the layout before it
+    launches): equal to dense within bf16 rounding."""
     dense = run_prefill(loaded, IDS[:320], MethodName.DENSE, make_config("dense", block_size=64))
     for method in MethodName:
-        run = run_prefill(loaded, IDS[:320], method, keep_all(method))
-        assert torch.equal(run.logits, dense.logits), method
+        run = run_prefill(loaded, IDS[:320], method, keep_all(method), whole_layer=whole_layer)
+        if whole_layer and method is not MethodName.DENSE:
+            scale = dense.logits.float().abs().max()
+            assert (run.logits.float() - dense.logits.float()).abs().max() <= 0.02 * scale, method
+        else:
+            assert torch.equal(run.logits, dense.logits), method
         assert run.trace.overall_density() == 1.0

@@ -58,10 +58,12 @@ def run_prefill(loaded: LoadedModel, input_ids: list[int] | tuple[int, ...], met
                 config: MethodConfig, lookup=None, *, compare_dense: bool = False,
                 measure_recall: bool = False, keep_masks: bool = False,
                 chunk: int | None = None, max_new_tokens: int = 0, eval_positions: int = 64,
-                use_graphs: bool = True) -> PrefillRun:
+                use_graphs: bool = True, whole_layer: bool = True) -> PrefillRun:
     """Prefill ``input_ids`` (batch 1) with ``method``; optionally in chunks over a growing cache,
     then greedy-decode ``max_new_tokens`` tokens with dense attention. ``use_graphs``: record the
-    decision step as a CUDA graph per length (analysis/method/decision_graphs.py)."""
+    decision step as a CUDA graph per length (analysis/method/decision_graphs.py); ``whole_layer``:
+    on CUDA with the Triton kernel, each layer as one step without a host sync, recorded whole
+    (``SparsePrefill``; False: the synced path, where a layer keeping every block runs dense SDPA)."""
     from transformers import DynamicCache
 
     register_methods()
@@ -72,7 +74,7 @@ def run_prefill(loaded: LoadedModel, input_ids: list[int] | tuple[int, ...], met
     ids = torch.tensor([list(input_ids)], device=device)
     n = ids.shape[1]
     session = PrefillSession(MethodName(method), config, fp.num_layers, fp.num_heads, lookup, compare_dense,
-                             measure_recall, keep_masks, use_graphs=use_graphs)
+                             measure_recall, keep_masks, use_graphs=use_graphs, whole_layer=whole_layer)
     step = chunk or n
     cache = DynamicCache() if (chunk or max_new_tokens) else None
     kv = {cache_kwarg(model): cache}

@@ -46,6 +46,7 @@ class PrefillSession:
     measure_recall: bool = False  # record each head's true attention mass inside its kept blocks
     keep_masks: bool = False  # keep each head's block mask (CPU) in the trace, for figures
     use_graphs: bool = True  # record each length's decision step as a CUDA graph (on CUDA)
+    whole_layer: bool = True  # on CUDA with the Triton kernel: each layer one step, no host sync
     traces: dict = field(default_factory=dict)  # layer -> LayerTrace (last prefill chunk)
     layer_errors: dict = field(default_factory=dict)  # layer -> relative error vs dense
     attention_seconds: float = 0.0
@@ -59,13 +60,14 @@ class PrefillSession:
             table = None
             if self.method is MethodName.SHAREPREFILL:
                 table = cluster_table(self.lookup, self.num_layers, self.num_heads)
-            options = (self.method, self.config, self.measure_recall, self.keep_masks, self.use_graphs, key,
+            options = (self.method, self.config, self.measure_recall, self.keep_masks, self.use_graphs,
+                       self.whole_layer, key,
                        None if table is None else (tuple(table.shape), table.numpy().tobytes()))
             runner = _RUNNERS.pop(options, None)
             if runner is None:
                 sharing = SharingState(table) if table is not None else None
                 runner = SparsePrefill(self.method, self.config, sharing, self.measure_recall,
-                                       self.keep_masks, self.use_graphs)
+                                       self.keep_masks, self.use_graphs, self.whole_layer)
             _RUNNERS[options] = runner  # most recently used last
             while len(_RUNNERS) > _RUNNERS_KEPT:
                 _RUNNERS.popitem(last=False)

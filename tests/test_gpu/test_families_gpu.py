@@ -22,7 +22,12 @@ def family(name):
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_keeping_every_block_equals_dense_bit_for_bit_on_cuda(name):
-    check_keep_all_equals_dense(family(name))
+    check_keep_all_equals_dense(family(name))  # the synced path: such a layer runs dense SDPA
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_keeping_every_block_as_one_step_is_dense_within_bf16_rounding_on_cuda(name):
+    check_keep_all_equals_dense(family(name), whole_layer=True)
 
 
 @pytest.mark.parametrize("method", [m for m in MethodName if m is not MethodName.DENSE])
