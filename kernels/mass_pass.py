@@ -26,39 +26,40 @@ def block_mass_kernel(Q, K, Stats, Mass, Counts, Indices, Wanted,
                        BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                        HEAD_DIM: tl.constexpr):
     pid_bh = tl.program_id(0)
-    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    kvh = h // GROUP
-    r = (pid_m * BLOCK_M) // BLOCK_SIZE
-    SUB: tl.constexpr = BLOCK_SIZE // BLOCK_N
-    offs_m, pos_m, q = load_query_tile(Q, b, h, pid_m, stride_qb, stride_qh, stride_qm, stride_qd,
-                                       NQ, NK, BLOCK_M, HEAD_DIM)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
-    row_ok = offs_m < NQ
-    s_base = Stats + (pid_bh * 2) * NQ
-    m_i = tl.load(s_base + offs_m, mask=row_ok, other=0.0)
-    l_i = tl.load(s_base + NQ + offs_m, mask=row_ok, other=0.0)
-    m_i = tl.where(m_i == float("-inf"), 0.0, m_i)
-    n_rows = tl.minimum(NQ - r * BLOCK_SIZE, BLOCK_SIZE).to(tl.float32)
-    ok = row_ok & (l_i > 0)
-    w = tl.where(ok, 1.0 / (tl.where(ok, l_i, 1.0) * n_rows), 0.0)  # [BLOCK_M] 1 / (l * rows)
-    row = b * stride_cb + h * stride_ch + r
-    count = tl.load(Counts + row) * tl.load(Wanted + pid_bh)  # heads that did not ask: no work
-    idx_ptr = Indices + b * stride_ib + h * stride_ih + r * stride_ir
-    k_base = K + b * stride_kb + kvh * stride_kh
-    mass_base = Mass + (pid_bh * tl.cdiv(NQ, BLOCK_SIZE) + r) * NKB
-    for it in range(0, count * SUB):
-        c = tl.load(idx_ptr + (it // SUB) * stride_ik)
-        cols = c * BLOCK_SIZE + (it % SUB) * BLOCK_N + offs_n
-        kt = tl.load(k_base + cols[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                     mask=cols[None, :] < NK, other=0.0)  # [HEAD_DIM, BLOCK_N]
-        qk = tl.dot(q, kt) * qk_scale
-        qk = tl.where(cols[None, :] <= pos_m[:, None], qk, float("-inf"))
-        p = tl.math.exp2(qk - m_i[:, None])  # [BLOCK_M, BLOCK_N]
-        part = tl.sum(tl.sum(p, 1) * w, 0)
-        tl.atomic_add(mass_base + c, part)
+    if tl.load(Wanted + pid_bh) != 0:  # heads that did not ask: no loads, no work
+        pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
+        b = pid_bh // H
+        h = pid_bh % H
+        kvh = h // GROUP
+        r = (pid_m * BLOCK_M) // BLOCK_SIZE
+        SUB: tl.constexpr = BLOCK_SIZE // BLOCK_N
+        offs_m, pos_m, q = load_query_tile(Q, b, h, pid_m, stride_qb, stride_qh, stride_qm, stride_qd,
+                                           NQ, NK, BLOCK_M, HEAD_DIM)
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, HEAD_DIM)
+        row_ok = offs_m < NQ
+        s_base = Stats + (pid_bh * 2) * NQ
+        m_i = tl.load(s_base + offs_m, mask=row_ok, other=0.0)
+        l_i = tl.load(s_base + NQ + offs_m, mask=row_ok, other=0.0)
+        m_i = tl.where(m_i == float("-inf"), 0.0, m_i)
+        n_rows = tl.minimum(NQ - r * BLOCK_SIZE, BLOCK_SIZE).to(tl.float32)
+        ok = row_ok & (l_i > 0)
+        w = tl.where(ok, 1.0 / (tl.where(ok, l_i, 1.0) * n_rows), 0.0)  # [BLOCK_M] 1 / (l * rows)
+        row = b * stride_cb + h * stride_ch + r
+        count = tl.load(Counts + row)
+        idx_ptr = Indices + b * stride_ib + h * stride_ih + r * stride_ir
+        k_base = K + b * stride_kb + kvh * stride_kh
+        mass_base = Mass + (pid_bh * tl.cdiv(NQ, BLOCK_SIZE) + r) * NKB
+        for it in range(0, count * SUB):
+            c = tl.load(idx_ptr + (it // SUB) * stride_ik)
+            cols = c * BLOCK_SIZE + (it % SUB) * BLOCK_N + offs_n
+            kt = tl.load(k_base + cols[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+                         mask=cols[None, :] < NK, other=0.0)  # [HEAD_DIM, BLOCK_N]
+            qk = tl.dot(q, kt) * qk_scale
+            qk = tl.where(cols[None, :] <= pos_m[:, None], qk, float("-inf"))
+            p = tl.math.exp2(qk - m_i[:, None])  # [BLOCK_M, BLOCK_N]
+            part = tl.sum(tl.sum(p, 1) * w, 0)
+            tl.atomic_add(mass_base + c, part)
 
 
 @on_input_device
