@@ -72,9 +72,9 @@ JsonOpt = Annotated[bool, Opt("--json", help="Print one JSON document instead of
 
 # ---- runs ------------------------------------------------------------------------------------
 
-GraphsOpt = Annotated[bool, Opt("--graphs/--no-graphs", help="On CUDA, record the decision step as a CUDA graph "
-                                "once per prompt length and replay it in the other layers (default), or run it "
-                                "eagerly.")]
+GraphsOpt = Annotated[bool, Opt("--graphs/--no-graphs", help="On CUDA, record each sparse layer as a CUDA graph "
+                                "once per prompt length and replay it in the other layers (default; the whole layer "
+                                "where the attention runs on Triton, else its decision step), or run it eagerly.")]
 
 KernelOpt = Annotated[KernelChoice, Opt(
     "--kernel", help="Attention kernel: auto (flash-attn-4 where it measured faster and is installed, else our "

@@ -45,7 +45,7 @@ class PrefillSession:
     compare_dense: bool = False  # also run dense on the same inputs and record each layer's error
     measure_recall: bool = False  # record each head's true attention mass inside its kept blocks
     keep_masks: bool = False  # keep each head's block mask (CPU) in the trace, for figures
-    use_graphs: bool = True  # record each length's decision step as a CUDA graph (on CUDA)
+    use_graphs: bool = True  # record each length's layer step as a CUDA graph (on CUDA)
     whole_layer: bool = True  # on CUDA with the Triton kernel: each layer one step, no host sync
     traces: dict = field(default_factory=dict)  # layer -> LayerTrace (last prefill chunk)
     layer_errors: dict = field(default_factory=dict)  # layer -> relative error vs dense
