@@ -11,6 +11,8 @@ import math
 import pytest
 import torch
 
+from sharedattn import kernels
+from sharedattn.kernels import backend as kb
 from sharedattn.kernels import flash
 from sharedattn.kernels import reference as ref
 from sharedattn.kernels.attn_fwd import AttnConfig, mass_config
@@ -96,6 +98,60 @@ def test_mass_kernel_from_lse(case, tiles):
         _check_map(mass, want, wanted)
         assert torch.allclose(mass, ref.block_mass_from_stats_ref(q, k, stats, dense, bs, scale, wanted),
                               atol=1e-5)
+
+
+# ---- the dispatcher, with a stand-in for flash-attn-4 ---------------------------------------------
+@pytest.fixture
+def fake_flash(monkeypatch):
+    """flash "runs" here: its call returns the twin's output and log-sum-exp (the calls are logged)."""
+    calls = []
+
+    def fake(q, k, v, layout, *, scale=None, return_lse=False):
+        calls.append(return_lse)
+        dense = layout.to_dense()
+        out = ref.block_sparse_attention_ref(q, k, v, dense, layout.block_size, scale).to(q.dtype)
+        return (out, ref.sparse_lse_ref(q, k, dense, layout.block_size, scale)) if return_lse else out
+
+    monkeypatch.setattr(kb, "flash_unavailable", lambda device=None: None)
+    monkeypatch.setattr(flash, "flash_unavailable", lambda device=None: None)
+    monkeypatch.setattr(flash, "call_unsupported", lambda q, layout: None)  # fp32 on CPU
+    monkeypatch.setattr(flash, "flash_sparse_attention", fake)
+    return calls
+
+
+@pytest.mark.parametrize("with_heads", [False, True])
+def test_flash_asked_for_with_a_map_runs_the_two_passes(fake_flash, with_heads):
+    """``flash`` with ``return_block_mass``: flash with lse, then the mass pass (interpreted here) for
+    the mapped heads; counted once, as flash."""
+    q, k, v, lay = _case(*CASES[0])
+    wanted = _wanted(*q.shape[:2]) if with_heads else None
+    with kernels.use_backend("flash"), kernels.record_backends() as ran:
+        assert kb.attention_backend(q, lay, return_block_mass=True) is kb.Backend.FLASH
+        out, mass = kernels.sparse_attention(q, k, v, lay, scale=0.3, return_block_mass=True, mass_heads=wanted)
+    assert dict(ran) == {"flash": 1} and fake_flash == [True]
+    want_out, want = ref.block_sparse_attention_ref(q, k, v, lay.to_dense(), lay.block_size, 0.3, True)
+    assert out.dtype == q.dtype and (out - want_out).abs().max().item() <= 1e-5
+    _check_map(mass, want, wanted)
+    with kernels.use_backend("flash"), kernels.record_backends() as ran:  # without the map: one call, no lse
+        kernels.sparse_attention(q, k, v, lay, scale=0.3)
+    assert dict(ran) == {"flash": 1} and fake_flash == [True, False]
+    with kernels.use_backend("flash"), pytest.raises(ValueError, match="mass_heads"):
+        kernels.sparse_attention(q, k, v, lay, return_block_mass=True, mass_heads=torch.ones(1, 2, dtype=torch.bool))
+
+
+def test_auto_with_a_map_follows_the_rule_and_the_switch(fake_flash, monkeypatch):
+    """``auto`` sends a map-asking call where it sends the same call without the map, unless
+    ``FLASH_MASS_MAP`` is off (then Triton, whose forward makes the map)."""
+    n = kb.AUTO_FLASH_MIN_KEYS[128]
+    q = torch.empty(1, 32, n, 128, dtype=torch.bfloat16, device="meta")
+    lay = BlockLayout.dense_causal(1, 1, 256, 256, 128, torch.device("cpu"))
+    object.__setattr__(lay, "nk", n)  # the rule reads the geometry only
+    object.__setattr__(lay, "nq", n)
+    short = kb.Geometry(8192, 8192, 128)
+    assert kb.auto_backend(q, lay, True) is kb.auto_backend(q, lay) is kb.Backend.FLASH
+    assert kb.auto_backend(q, short, True) is kb.auto_backend(q, short) is kb.Backend.TRITON
+    monkeypatch.setattr(kb, "FLASH_MASS_MAP", False)
+    assert kb.auto_backend(q, lay, True) is kb.Backend.TRITON and kb.auto_backend(q, lay) is kb.Backend.FLASH
 
 
 # ---- the compiled call's log-sum-exp ---------------------------------------------------------------
