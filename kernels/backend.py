@@ -23,7 +23,7 @@ analysis code on CPU always gets the fast torch twin, even inside a test session
   map-asking call exactly where it would without the map, while ``FLASH_MASS_MAP`` is True (the
   switch beside the rule's constants); ``flash`` asked for always runs that path. Both maps are the
   same maths (checked against each other in tests/test_gpu/test_flash_gpu.py); which one is faster
-  is not measured yet: ``docs/scripts/flash_bench.py mass`` times them side by side.
+  is not measured yet: ``docs/scripts/flash_bench.py --mode mass`` times them side by side.
 * ``record_backends()`` counts, inside a ``with`` block, the attention calls each backend ran
   (``prefill`` reports them per layer); a call replayed from a CUDA graph is counted by its
   caller (``uncounted``, ``count_call``).
@@ -67,7 +67,7 @@ AUTO_FLASH_HEAD_DIMS = tuple(AUTO_FLASH_MIN_KEYS)
 AUTO_FLASH_BLOCK_SIZES = (128,)
 # With the block-mass map: flash-attn-4 forward (with its log-sum-exp) then our mass pass for the mapped
 # heads, where the rule above picks flash; False sends every map-asking auto call to Triton (its one-call
-# map). Not yet measured against Triton's map: re-measure with docs/scripts/flash_bench.py mass.
+# map). Not yet measured against Triton's map: re-measure with docs/scripts/flash_bench.py --mode mass.
 FLASH_MASS_MAP = True
 
 _override: Backend | None = None
