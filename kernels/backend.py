@@ -13,8 +13,17 @@ analysis code on CPU always gets the fast torch twin, even inside a test session
   FlexAttention (``flash.py``). ``attention_backend`` decides per call: ``auto`` takes flash
   where ``auto_backend``'s measured rule says it is faster, and Triton otherwise, also wherever
   flash cannot run (not installed, not a Hopper GPU, a head dim or block size it does not take);
-  ``flash`` asked for where it cannot run is a ``ConfigError``. A call that wants the block-mass
-  map (SharePrefill's pivotal heads) runs on Triton, whose forward pass makes it.
+  ``flash`` asked for where it cannot run is a ``ConfigError``.
+* A call that wants the block-mass map (SharePrefill's pivotal heads, ``return_block_mass``) has two
+  ways to make it. Triton: its forward pass records the map (``block_sparse_attention``: one pass,
+  or a second over the kept blocks). flash: flash-attn-4 has no such pass, but it returns each
+  row's log-sum-exp, from which ``mass_pass.stats_from_lse`` makes the statistics the Triton mass
+  pass normalises with; that pass then re-reads the kept K blocks of the ``mass_heads`` only
+  (``flash.flash_sparse_attention_with_mass``: two passes, no host sync). ``auto`` takes flash for a
+  map-asking call exactly where it would without the map, while ``FLASH_MASS_MAP`` is True (the
+  switch beside the rule's constants); ``flash`` asked for always runs that path. Both maps are the
+  same maths (checked against each other in tests/test_gpu/test_flash_gpu.py); which one is faster
+  is not measured yet: ``docs/scripts/flash_bench.py --mode mass`` times them side by side.
 * ``record_backends()`` counts, inside a ``with`` block, the attention calls each backend ran
   (``prefill`` reports them per layer); a call replayed from a CUDA graph is counted by its
   caller (``uncounted``, ``count_call``).
@@ -56,6 +65,10 @@ class Backend(str, Enum):
 AUTO_FLASH_MIN_KEYS = {128: 24576, 64: 131072}  # head dim -> fewest keys from which flash runs
 AUTO_FLASH_HEAD_DIMS = tuple(AUTO_FLASH_MIN_KEYS)
 AUTO_FLASH_BLOCK_SIZES = (128,)
+# With the block-mass map: flash-attn-4 forward (with its log-sum-exp) then our mass pass for the mapped
+# heads, where the rule above picks flash; False sends every map-asking auto call to Triton (its one-call
+# map). Not yet measured against Triton's map: re-measure with docs/scripts/flash_bench.py --mode mass.
+FLASH_MASS_MAP = True
 
 _override: Backend | None = None
 _recorders: list[Counter] = []
@@ -124,8 +137,9 @@ class Geometry(NamedTuple):
 
 def auto_backend(q: torch.Tensor, layout: BlockLayout | Geometry, return_block_mass: bool = False) -> Backend:
     """``auto`` on a CUDA attention call: flash-attn-4 where it measured faster (the constants
-    above), Triton otherwise and wherever flash cannot run."""
-    if return_block_mass or q.shape[-1] not in AUTO_FLASH_HEAD_DIMS \
+    above), Triton otherwise and wherever flash cannot run; with the block-mass map the same, unless
+    ``FLASH_MASS_MAP`` is off."""
+    if (return_block_mass and not FLASH_MASS_MAP) or q.shape[-1] not in AUTO_FLASH_HEAD_DIMS \
             or layout.nk < AUTO_FLASH_MIN_KEYS[q.shape[-1]] or layout.block_size not in AUTO_FLASH_BLOCK_SIZES:
         return Backend.TRITON
     from . import flash
@@ -150,7 +164,7 @@ def attention_backend(q: torch.Tensor, layout: BlockLayout | Geometry, return_bl
         reason = call_unsupported(q, layout)
         if reason:
             raise ConfigError(f"kernel flash: {reason}")
-        return Backend.TRITON if return_block_mass else Backend.FLASH
+        return Backend.FLASH
     return chosen
 
 
@@ -195,13 +209,16 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: 
     ``num_mass_heads``: how many those are, when the caller knows, which saves a host sync;
     ``mass_pass``: the Triton map's pass, ``block_sparse_attention``'s argument: ``"two"`` never
     reads the device from the host, so a CUDA graph can record it).
-    The backend: ``attention_backend``."""
+    The backend: ``attention_backend``; on flash the map takes two passes whatever ``mass_pass`` says
+    (module docstring)."""
     backend = attention_backend(q, layout, return_block_mass)
     count_call(backend)
     if backend is Backend.FLASH:
-        from .flash import flash_sparse_attention
+        from . import flash
 
-        return flash_sparse_attention(q, k, v, layout, scale=scale)
+        if return_block_mass:
+            return flash.flash_sparse_attention_with_mass(q, k, v, layout, scale=scale, mass_heads=mass_heads)
+        return flash.flash_sparse_attention(q, k, v, layout, scale=scale)
     if backend is Backend.TRITON:
         from .block_sparse import block_sparse_attention
 

@@ -35,12 +35,18 @@ Recompiling per prompt length (``COMPILE``, or ``SHAREDATTN_FLASH_COMPILE=dynami
   materialises the scores).
 
 ``docs/scripts/flash_bench.py`` measures the first call at a new length in both modes.
+
+``return_lse=True`` also returns each row's natural-log log-sum-exp, which flash-attn-4 writes on
+every call; ``flash_sparse_attention_with_mass`` makes SharePrefill's block-mass map from it with our
+mass pass (``mass_pass.stats_from_lse``, ``launch_block_mass``). torch up to 2.11 hands that
+log-sum-exp back multiplied by ln 2 (``lse_to_natural`` undoes it).
 """
 from __future__ import annotations
 
 import contextlib
 import functools
 import importlib.util
+import math
 import os
 import sys
 
@@ -130,22 +136,64 @@ def call_unsupported(q: torch.Tensor, layout: BlockLayout) -> str | None:
     return None
 
 
-def _call(q, k, v, num_part, part_idx, num_full, full_idx, offset, block_size: int, scale: float):
-    """The compiled body: the BlockMask is made here so its lengths are q's and k's own (symbolic
-    under ``dynamic=True``). ``offset`` is None (equal lengths), an int (static) or a [1] tensor."""
-    from torch.nn.attention.flex_attention import flex_attention
+def _flex(q, k, v, num_part, part_idx, num_full, full_idx, offset, block_size: int, scale: float,
+          return_lse: bool):
+    """The compiled bodies' shared part: the BlockMask is made here so its lengths are q's and k's own
+    (symbolic under ``dynamic=True``). ``offset`` is None (equal lengths), an int (static) or a [1]
+    tensor. ``return_lse``: ``(out, AuxOutput)`` with FlexAttention's log-sum-exp ``[B, H, Nq]`` fp32
+    (FLASH's template writes one on every call; its base: ``lse_to_natural``)."""
+    from torch.nn.attention.flex_attention import AuxRequest, flex_attention
 
     mask_mod = end_aligned_causal(0 if offset is None else offset)
     bm = block_mask_from_tensors((num_part, part_idx, num_full, full_idx), block_size, q.shape[2], k.shape[2],
                                  mask_mod)
-    return flex_attention(q, k, v, block_mask=bm, scale=scale, enable_gqa=True,
-                          kernel_options={"BACKEND": "FLASH"})
+    return flex_attention(q, k, v, block_mask=bm, scale=scale, enable_gqa=True, kernel_options={"BACKEND": "FLASH"},
+                          return_aux=AuxRequest(lse=True) if return_lse else None)
+
+
+def _call(q, k, v, num_part, part_idx, num_full, full_idx, offset, block_size: int, scale: float):
+    """The compiled body without the log-sum-exp: ``out`` ``[B, H, Nq, D]``."""
+    return _flex(q, k, v, num_part, part_idx, num_full, full_idx, offset, block_size, scale, False)
+
+
+def _call_lse(q, k, v, num_part, part_idx, num_full, full_idx, offset, block_size: int, scale: float,
+              lse_scale: float):
+    """The compiled body with it: ``(out, lse)``, lse ``[B, H, Nq]`` fp32 = FlexAttention's times
+    ``lse_scale`` (``lse_to_natural()``: natural log), -inf (not +inf, not NaN) where a row keeps no
+    key, whatever the kernel wrote there."""
+    out, aux = _flex(q, k, v, num_part, part_idx, num_full, full_idx, offset, block_size, scale, True)
+    lse = aux.lse * lse_scale
+    return out, torch.where(torch.isfinite(lse), lse, float("-inf"))
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(mode: str, backend: str | object = "inductor"):
-    """``backend``: inductor for real runs; the CPU tests pass a recording backend to count graphs."""
-    return torch.compile(_call, dynamic=mode == "dynamic", fullgraph=True, backend=backend)
+def lse_to_natural() -> float:
+    """What turns FlexAttention's FLASH log-sum-exp into natural log: 1, or 1 / ln 2 on a torch whose
+    wrapper multiplies it by ln 2. flash-attn-4 writes natural log; the wrapper converts its Triton
+    kernel's log2 statistics with a factor ln 2, and up to torch 2.11 applied that to FLASH's too
+    (read in 2.11.0's torch/nn/attention/flex_attention.py: ``lse * ln2`` for every backend). The fix
+    (pytorch/pytorch#181645) decides per backend (``stats_are_log2``, present in 2.13): the wrapper's
+    source says which one is installed; without the source, torch 2.13 or later counts as fixed."""
+    import inspect
+
+    from torch.nn.attention import flex_attention as flex
+
+    try:
+        fixed = "stats_are_log2" in inspect.getsource(flex.flex_attention)
+    except (OSError, TypeError):
+        fixed = torch.__version__ >= (2, 13)
+    return 1.0 if fixed else 1.0 / math.log(2.0)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(mode: str, backend: str | object = "inductor", return_lse: bool = False):
+    """``backend``: inductor for real runs; the CPU tests pass a recording backend to count graphs.
+    ``return_lse``: the body that also returns the log-sum-exp. The two bodies are two functions, so
+    dynamo keeps their graphs and counts their recompiles apart: one compiled function per (mode,
+    return_lse), each with the graphs it had before (dynamic: one per head configuration; static: one
+    per length), and a map-asking call never recompiles the plain one or eats into its limit."""
+    body = _call_lse if return_lse else _call
+    return torch.compile(body, dynamic=mode == "dynamic", fullgraph=True, backend=backend)
 
 
 @contextlib.contextmanager
@@ -177,11 +225,13 @@ def compile_mode() -> str:
 
 @on_input_device
 def flash_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockLayout, *,
-                           scale: float | None = None) -> torch.Tensor:
+                           scale: float | None = None, return_lse: bool = False):
     """Block-sparse causal attention on flash-attn-4: q ``[B, H, Nq, D]``, k/v ``[B, H_kv, Nk, D]``
     (``Nq <= Nk``, queries end-aligned) -> ``[B, H, Nq, D]`` in q's dtype; the same maths as
-    ``block_sparse_attention`` (rows that keep no block give zeros). No host sync; the caller
-    checks availability (``flash_unavailable``, ``call_unsupported``)."""
+    ``block_sparse_attention`` (rows that keep no block give zeros). With ``return_lse``:
+    ``(out, lse)``, lse ``[B, H, Nq]`` fp32, the natural-log log-sum-exp of each row's scaled logits
+    over its kept keys (``-inf`` for a row that keeps none). No host sync; the caller checks
+    availability (``flash_unavailable``, ``call_unsupported``)."""
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     mode = compile_mode()
     nq, nk = q.shape[2], k.shape[2]
@@ -192,5 +242,26 @@ def flash_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     offset = None
     if nk != nq:
         offset = nk - nq if mode == "static" else torch.full((1,), nk - nq, dtype=torch.int32, device=q.device)
+    args = (q, k, v, *tensors, offset, layout.block_size, scale) + ((lse_to_natural(),) if return_lse else ())
     with _dynamo_settings(mode):
-        return _compiled(mode)(q, k, v, *tensors, offset, layout.block_size, scale)
+        return _compiled(mode, return_lse=bool(return_lse))(*args)
+
+
+@on_input_device
+def flash_sparse_attention_with_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockLayout, *,
+                                     scale: float | None = None, mass_heads: torch.Tensor | None = None):
+    """``(out, mass)`` in two passes: flash-attn-4 for every head, with its log-sum-exp, then the
+    block-mass pass of ``mass_pass.launch_block_mass`` for the heads of ``mass_heads`` (bool
+    ``[B, H]``; every head when None). The map ``[B, H, nqb, nkb]`` fp32 is the one
+    ``block_sparse_attention(..., return_block_mass=True)`` makes (zeros for the other heads, whose
+    programs read nothing); the pass normalises with the statistics ``stats_from_lse`` derives from
+    the log-sum-exp. No host sync; same checks as ``flash_sparse_attention``."""
+    from .attn_fwd import mass_config
+    from .mass_pass import LOG2E, launch_block_mass, stats_from_lse
+
+    if mass_heads is not None and tuple(mass_heads.shape) != tuple(q.shape[:2]):
+        raise ValueError(f"mass_heads must be [B, H] = {tuple(q.shape[:2])}, got {tuple(mass_heads.shape)}")
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    out, lse = flash_sparse_attention(q, k, v, layout, scale=scale, return_lse=True)
+    cfg = mass_config(layout.block_size, q.shape[-1], q.is_cuda)
+    return out, launch_block_mass(q, k, stats_from_lse(lse), layout, scale * LOG2E, cfg, mass_heads)

@@ -5,6 +5,10 @@ Runs after the forward kernel of ``attn_fwd`` has saved each query row's final m
 statistics, and adds ``mean_rows(sum_cols(p))`` of each kept block into ``[B, H, nqb, nkb]`` with
 an atomic add: one extra ``QK^T`` over kept blocks (about half the forward's FLOPs), only for the
 calls that ask for it. Twin: ``reference.block_sparse_attention_ref(..., return_block_mass=True)``.
+
+The statistics can also come from another kernel's log-sum-exp (the ``flash`` backend: flash-attn-4
+returns one per row): ``stats_from_lse`` turns it into the same ``Stats``, twin
+``reference.block_mass_from_stats_ref``.
 """
 from __future__ import annotations
 
@@ -15,6 +19,8 @@ import triton.language as tl
 from .attn_fwd import AttnConfig, load_query_tile
 from .device import on_input_device
 from .layout import BlockLayout
+
+LOG2E = 1.4426950408889634  # log2(e): the kernels' softmax runs in base 2 (as block_sparse.LOG2E)
 
 
 @triton.jit
@@ -60,6 +66,21 @@ def block_mass_kernel(Q, K, Stats, Mass, Counts, Indices, Wanted,
             p = tl.math.exp2(qk - m_i[:, None])  # [BLOCK_M, BLOCK_N]
             part = tl.sum(tl.sum(p, 1) * w, 0)
             tl.atomic_add(mass_base + c, part)
+
+
+def stats_from_lse(lse: torch.Tensor) -> torch.Tensor:
+    """Row statistics ``[B, H, 2, Nq]`` fp32 (contiguous, what ``launch_block_mass`` reads) from a
+    natural-log log-sum-exp ``lse`` ``[B, H, Nq]`` of the scaled logits ``qk * scale``.
+
+    The pass computes ``p = exp2(qk * scale * log2(e) - m) / l``; with ``m = lse * log2(e)`` and
+    ``l = 1`` that is ``exp(qk * scale - lse)``, the softmax itself (no row max is needed: ``lse`` is
+    at least the max, so the exponent stays at most 0). A row whose ``lse`` is not finite (it keeps
+    no key: -inf, or +inf / NaN from a kernel that writes those) gets ``m = -inf, l = 0``, as the
+    forward kernel leaves it, and adds nothing to the map. Plain torch, no host sync."""
+    lse = lse.float()
+    seen = torch.isfinite(lse)
+    m = torch.where(seen, lse * LOG2E, float("-inf"))
+    return torch.stack([m, seen.float()], dim=2).contiguous()  # [B, H, 2, Nq]
 
 
 @on_input_device

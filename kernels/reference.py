@@ -108,6 +108,35 @@ def block_sparse_attention_ref(q, k, v, block_mask, block_size, scale=None, retu
     return out
 
 
+def _sparse_logits(q, k, block_mask, block_size, scale):
+    """Scaled fp32 logits ``[B, H, Nq, Nk]`` with -inf outside the kept blocks and the causal mask."""
+    nq, nk = q.shape[2], k.shape[2]
+    keep = block_mask_to_token_mask(block_mask.bool(), nq, nk, block_size) & causal_token_mask(nq, nk, q.device)
+    logits = torch.matmul(q.float(), expand_kv(k, q.shape[1]).float().transpose(-1, -2)) * _scale(q, scale)
+    return logits.masked_fill(~keep, float("-inf"))
+
+
+def sparse_lse_ref(q, k, block_mask, block_size, scale=None) -> torch.Tensor:
+    """Twin of the ``flash`` backend's log-sum-exp (``flash_sparse_attention(..., return_lse=True)``):
+    natural-log ``logsumexp`` of each row's scaled logits over its kept, visible keys, ``[B, H, Nq]``
+    fp32; -inf for a row that keeps none."""
+    return torch.logsumexp(_sparse_logits(q, k, block_mask, block_size, scale), dim=-1)
+
+
+def block_mass_from_stats_ref(q, k, stats, block_mask, block_size, scale=None, wanted=None) -> torch.Tensor:
+    """Twin of ``mass_pass.launch_block_mass``: the block-mass map ``[B, H, nqb, nkb]`` fp32 of the
+    kept blocks, normalised with given row statistics ``stats`` ``[B, H, 2, Nq]`` (row max in the
+    log2 domain of ``qk * scale * log2(e)``, row sum): ``p = exp2(qk * scale * log2(e) - m) / l``,
+    0 where ``l`` is 0. Only the heads ``wanted`` (bool ``[B, H]``) when given; zeros elsewhere."""
+    logits = _sparse_logits(q, k, block_mask, block_size, scale) * (1.0 / math.log(2.0))  # log2 domain
+    m, l = stats[:, :, 0].float(), stats[:, :, 1].float()
+    seen = (l > 0)[..., None]  # [B, H, Nq, 1]
+    m = torch.where(torch.isfinite(m), m, 0.0)[..., None]
+    probs = torch.where(seen, torch.exp2(logits - m) / torch.where(seen, l[..., None], 1.0), 0.0)  # [B, H, Nq, Nk]
+    mass = block_mass_from_probs(probs, block_size)
+    return mass if wanted is None else torch.where(wanted.to(mass.device)[..., None, None], mass, 0.0)
+
+
 def block_mass_ref(q, k, block_size, scale=None, chunk_size=DEFAULT_CHUNK_SIZE) -> torch.Tensor:
     """Exact dense causal block-mass map ``[B, H, nqb, nkb]`` computed over query chunks.
 

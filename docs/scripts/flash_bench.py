@@ -13,11 +13,27 @@ Prints a table and writes JSON. On the H200 (flash-attn-4 installed by docs/scri
 
 The whole grid takes a few minutes; ``--budget-s`` stops starting new lengths past that many seconds
 (the JSON still gets written). Needs CUDA; without flash-attn-4 the flash columns say why.
+
+``--mode mass``: SharePrefill's pivotal heads' block-mass map, the two ways ``sparse_attention`` can
+make it (``kernels/backend.py``, ``FLASH_MASS_MAP``), side by side in one process: Triton in one call
+(``block_sparse_attention(..., return_block_mass=True, mass_heads=..., mass_pass="auto")``, with the
+mapped-head count passed as the prefill passes it) against flash-attn-4 with its log-sum-exp plus
+our mass pass for the mapped heads (``flash.flash_sparse_attention_with_mass``); beside them each
+forward alone (Triton; flash without and with the log-sum-exp, the difference being what the
+log-sum-exp costs). Same shapes and masks as the grid (medians of up to 15 repeats), at 32K and
+128K, densities 0.1 and 0.5, and 1/8, 1/4 and all of the heads mapped (evenly spread); each row also
+gives the largest difference between the two maps (mapped heads) and the two outputs, and which
+pass Triton's ``mass_pass="auto"`` took. Sized to stay under about four minutes on the H200 (not yet run there;
+``--budget-s``, 200 s here, stops starting new lengths):
+
+    bash docs/scripts/h200_flash.sh python3 docs/scripts/flash_bench.py $OUT/flash_mass.json --mode mass
 """
 from __future__ import annotations
 
 import argparse
 import json
+import platform
+import sys
 import time
 
 import torch
@@ -117,18 +133,144 @@ def _fmt(r: dict) -> str:
             f"{r['x_cudnn'].get('flash', float('nan')):.2f} | {r['auto_over_best']:.3f} |")
 
 
+def _mapped_heads(heads: int, fraction: float, device) -> torch.Tensor:
+    """Bool ``[1, H]``: ``round(fraction * H)`` heads (at least one), evenly spread over the KV groups."""
+    n = max(1, min(heads, round(fraction * heads)))
+    wanted = torch.zeros(1, heads, dtype=torch.bool, device=device)
+    wanted[0, torch.linspace(0, heads - 1, n, device=device).round().long()] = True
+    return wanted
+
+
+def _triton_map_pass(layout, shape, wanted, n_mapped: int, device) -> str:
+    """Which pass ``mass_pass="auto"`` takes for this call: "one" (tile sums in the forward) or "two"."""
+    from sharedattn.kernels import block_sparse
+    from sharedattn.kernels.attn_fwd import default_config
+
+    cfg = default_config(shape.block_size, shape.head_dim, True)
+    slots = block_sparse._one_pass_slots(layout, cfg, wanted, "auto", device, n_mapped)
+    return "one" if slots is not None else "two"
+
+
+def _mass_time(fn) -> float:
+    return bench.time_ms(fn, min_total_ms=150.0, max_reps=15)
+
+
+def mass_length(shape_name: str, n: int, densities, fractions, flash_ok: bool, log) -> list[dict]:
+    """One length of ``--mode mass``: per density the forwards alone, then per mapped fraction both maps."""
+    from sharedattn.kernels.block_sparse import block_sparse_attention
+
+    shape = SHAPES[shape_name]
+    device = torch.device(torch.cuda.current_device())
+    q, k, v = bench.make_inputs(shape, n, device)
+    gen = torch.Generator(device=device).manual_seed(n)
+    rows = []
+    for d in densities:
+        layout = BlockLayout.from_dense(bench.random_mask(shape, n, d, gen, device), shape.block_size)
+        alone = {"triton": _mass_time(lambda: block_sparse_attention(q, k, v, layout))}
+        if flash_ok:
+            alone["flash"] = _mass_time(lambda: flash.flash_sparse_attention(q, k, v, layout))
+            alone["flash_lse"] = _mass_time(lambda: flash.flash_sparse_attention(q, k, v, layout, return_lse=True))
+        for fraction in fractions:
+            wanted = _mapped_heads(shape.heads, fraction, device)
+            n_mapped = int(wanted.sum())
+
+            def triton_map():
+                return block_sparse_attention(q, k, v, layout, return_block_mass=True, mass_heads=wanted,
+                                              mass_pass="auto", num_mass_heads=n_mapped)
+
+            def flash_map():
+                return flash.flash_sparse_attention_with_mass(q, k, v, layout, mass_heads=wanted)
+
+            row = {"shape": shape_name, "n": n, "target_density": d, "density": layout.density(),
+                   "mapped_fraction": fraction, "mapped_heads": n_mapped, "ms": dict(alone),
+                   "auto_picks_with_map": kb.attention_backend(q, layout, return_block_mass=True).value,
+                   "triton_map_pass": _triton_map_pass(layout, shape, wanted, n_mapped, device)}
+            row["ms"]["triton_map"] = _mass_time(triton_map)
+            if flash_ok:
+                row["ms"]["flash_map"] = _mass_time(flash_map)
+                row["ms"]["flash_mass_pass"] = row["ms"]["flash_map"] - row["ms"]["flash_lse"]
+                row["flash_map_over_triton_map"] = row["ms"]["flash_map"] / row["ms"]["triton_map"]
+                t_out, t_mass = triton_map()
+                f_out, f_mass = flash_map()
+                row["max_abs_diff_map"] = float((f_mass[wanted] - t_mass[wanted]).abs().max())
+                row["max_abs_diff_unmapped_map"] = float(f_mass[~wanted].abs().max()) if n_mapped < shape.heads else 0.0
+                row["max_abs_diff_out"] = float((f_out.float() - t_out.float()).abs().max())
+                del t_out, t_mass, f_out, f_mass
+            log(_fmt_mass(row))
+            rows.append(row)
+    return rows  # q, k, v and the layouts go with this frame; the caller empties the cache
+
+
+def _fmt_mass(r: dict) -> str:
+    ms = r["ms"]
+    f = lambda key: f"{ms[key]:8.2f}" if key in ms else "     n/a"  # noqa: E731
+    ratio = f"{r['flash_map_over_triton_map']:.2f}" if "flash_map_over_triton_map" in r else "n/a"
+    diff = f"{r['max_abs_diff_map']:.1e}" if "max_abs_diff_map" in r else "n/a"
+    out = f"{r['max_abs_diff_out']:.1e}" if "max_abs_diff_out" in r else "n/a"
+    return (f"| {r['shape']:5s} | {r['n']:6d} | {r['density']:.3f} | {r['mapped_heads']:2d} | {f('triton')} | "
+            f"{f('flash')} | {f('flash_lse')} | {f('triton_map')} | {f('flash_map')} | {f('flash_mass_pass')} | "
+            f"{ratio} | {r['auto_picks_with_map']} | {r['triton_map_pass']} | {diff} | {out} |")
+
+
+MASS_HEADER = ("| shape | N | density | mapped heads | triton ms | flash ms | flash+lse ms | triton+map ms | "
+               "flash+lse+mass ms | mass pass ms | flash map / triton map | auto picks (map) | triton map pass | "
+               "map max diff | out max diff |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def _machine() -> dict:
+    import triton
+
+    return {"gpu": torch.cuda.get_device_name(), "capability": list(torch.cuda.get_device_capability()),
+            "host": platform.node(), "python": platform.python_version(), "torch": torch.__version__,
+            "triton": triton.__version__}
+
+
+def main_mass(args, start: float) -> None:
+    why = kb.flash_unavailable()
+    report = {"command": " ".join(sys.argv), "mode": "mass", "machine": _machine(), "flash": why or "available",
+              "flash_mass_map": kb.FLASH_MASS_MAP, "lse_to_natural": flash.lse_to_natural() if why is None else None,
+              "rows": [], "skipped": []}
+    print(f"command: {report['command']}\nmachine: {report['machine']}\nflash backend: {report['flash']}; "
+          f"FLASH_MASS_MAP={kb.FLASH_MASS_MAP}", flush=True)
+    print(MASS_HEADER, flush=True)
+    densities = [float(x) for x in (args.densities or "0.1,0.5").split(",")]
+    fractions = [float(x) for x in args.fractions.split(",")]
+    for shape_name in args.shapes.split(","):
+        for n in (int(x) for x in (args.lengths or "32768,131072").split(",")):
+            if time.perf_counter() - start > args.budget_s:
+                report["skipped"].append({"shape": shape_name, "n": n})
+                continue
+            report["rows"].extend(mass_length(shape_name, n, densities, fractions, why is None,
+                                              lambda s: print(s, flush=True)))
+            torch.cuda.empty_cache()
+    report["seconds"] = time.perf_counter() - start
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=1)
+    print(f"wrote {args.out} ({report['seconds']:.0f} s; skipped {report['skipped'] or 'nothing'})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", help="JSON file to write")
+    ap.add_argument("--mode", choices=("grid", "mass"), default="grid",
+                    help="grid: the backends' forward grid; mass: the block-mass map on Triton and on flash")
     ap.add_argument("--shapes", default="llama,qwen")
-    ap.add_argument("--lengths", default="8192,16384,32768,65536,131072")
-    ap.add_argument("--densities", default="0.05,0.1,0.3,0.5,1.0")
+    ap.add_argument("--lengths", default=None, help="grid: 8192,...,131072; mass: 32768,131072")
+    ap.add_argument("--densities", default=None, help="grid: 0.05,0.1,0.3,0.5,1.0; mass: 0.1,0.5")
+    ap.add_argument("--fractions", default="0.125,0.25,1", help="mass: fractions of the heads that are mapped")
     ap.add_argument("--first-call-lengths", default="8192,9000,12345,17000,33000")
-    ap.add_argument("--budget-s", type=float, default=400.0, help="start no new length after this many seconds")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="start no new length after this many seconds (grid: 400, mass: 200)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("flash_bench.py needs a CUDA GPU")
     start = time.perf_counter()
+    if args.mode == "mass":
+        args.budget_s = 200.0 if args.budget_s is None else args.budget_s
+        return main_mass(args, start)
+    args.lengths = args.lengths or "8192,16384,32768,65536,131072"
+    args.densities = args.densities or "0.05,0.1,0.3,0.5,1.0"
+    args.budget_s = 400.0 if args.budget_s is None else args.budget_s
     why = kb.flash_unavailable()
     report = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "flash": why or "available",
               "auto_rule": {"head_dims": kb.AUTO_FLASH_HEAD_DIMS, "min_keys": kb.AUTO_FLASH_MIN_KEYS,

@@ -106,11 +106,13 @@ def test_auto_follows_the_rule():
     q_long64 = torch.empty(1, 1, n, 64, device=DEV, dtype=torch.bfloat16)
     assert kb.attention_backend(q128, lay) is kb.Backend.TRITON  # short: ours
     assert kb.attention_backend(q_long, long) is kb.Backend.FLASH
-    assert kb.attention_backend(q_long, long, return_block_mass=True) is kb.Backend.TRITON
+    with_map = kb.Backend.FLASH if kb.FLASH_MASS_MAP else kb.Backend.TRITON  # flash + lse, then our mass pass
+    assert kb.attention_backend(q_long, long, return_block_mass=True) is with_map
+    assert kb.attention_backend(q128, lay, return_block_mass=True) is kb.Backend.TRITON  # short: ours, map or not
     assert kb.attention_backend(q_long64, long) is kb.Backend.TRITON
     with kernels.use_backend("flash"):
         assert kb.attention_backend(q128, lay) is kb.Backend.FLASH
-        assert kb.attention_backend(q128, lay, return_block_mass=True) is kb.Backend.TRITON
+        assert kb.attention_backend(q128, lay, return_block_mass=True) is kb.Backend.FLASH
 
 
 @needs_flash
@@ -126,13 +128,83 @@ def test_chunked_prefill_stays_on_triton(nq, nk, bs):
         kernels.sparse_attention(q, k, v, layout)
 
 
+MASS_CASES = [  # (b, h, hkv, nq, nk, d, bs, density): SharePrefill's pivotal heads' map on flash
+    (1, 8, 2, 4096, 4096, 128, 128, 0.3),  # head dim 128, GQA
+    (1, 14, 2, 4096, 4096, 64, 128, 0.3),  # Qwen2.5-Coder-0.5B's heads, head dim 64
+    (2, 4, 4, 3000, 3000, 64, 128, 0.5),  # batch 2, ragged last block
+    (1, 4, 2, 2500, 2500, 128, 64, 0.3),  # block 64
+]
+
+
+def _mass_heads(b, h):
+    wanted = torch.zeros(b, h, dtype=torch.bool, device=DEV)
+    wanted[0, ::3] = True  # a subset: heads 0, 3, 6, ...
+    wanted[-1, h - 1] = True
+    return wanted
+
+
+@needs_flash
+@pytest.mark.parametrize("b,h,hkv,nq,nk,d,bs,density", MASS_CASES)
+@pytest.mark.parametrize("subset", [True, False])
+def test_flash_mass_map_matches_triton(monkeypatch, b, h, hkv, nq, nk, d, bs, density, subset):
+    """flash + lse, then the mass pass for the mapped heads, against Triton's one-call map on the same
+    layout: maps within fp32 rounding, outputs within bf16 rounding, the other heads' maps zero, one
+    call counted as flash; the lse against its fp32 twin (this is where its base is checked)."""
+    monkeypatch.setattr(flash, "COMPILE", "dynamic")
+    q, k, v = _qkv(b, h, hkv, nq, nk, d, seed=nq + d + 1)
+    layout = _layout(b, h, nq, nk, bs, density, seed=bs + 1)
+    wanted = _mass_heads(b, h) if subset else None
+    with kernels.use_backend("flash"), kernels.record_backends() as ran:
+        out, mass = kernels.sparse_attention(q, k, v, layout, return_block_mass=True, mass_heads=wanted)
+    assert dict(ran) == {"flash": 1}
+    t_out, t_mass = block_sparse_attention(q, k, v, layout, return_block_mass=True, mass_heads=wanted,
+                                           mass_pass="one")
+    assert mass.dtype == torch.float32 and mass.shape == layout.shape and torch.isfinite(mass).all()
+    print(f"flash+lse map vs Triton one-pass map: max abs diff {(mass - t_mass).abs().max().item():.2e}")
+    assert (mass - t_mass).abs().max().item() <= 1e-4
+    sel = torch.ones(b, h, dtype=torch.bool, device=DEV) if wanted is None else wanted
+    assert bool((mass[~sel] == 0).all())
+    rows = mass[sel].sum(-1)  # [n, nqb]: every row block keeps its diagonal, so each sums to 1
+    assert (rows - 1).abs().max().item() <= 1e-3
+    assert out.dtype == q.dtype and torch.allclose(out.float(), t_out.float(), atol=1e-2, rtol=2e-2)  # bf16 ulps
+    _, lse = flash.flash_sparse_attention(q, k, v, layout, return_lse=True)
+    want = ref.sparse_lse_ref(q, k, layout.to_dense(), bs)
+    assert lse.shape == q.shape[:3] and lse.dtype == torch.float32
+    assert (lse - want).abs().max().item() <= 2e-3
+
+
+@needs_flash
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_flash_mass_map_rows_that_keep_nothing(mode, monkeypatch):
+    """Rows that keep no block: lse -inf, map rows zero (Triton's too), output zeros."""
+    monkeypatch.setattr(flash, "COMPILE", mode)
+    q, k, v = _qkv(1, 4, 2, 2048, 2048, 128, seed=21)
+    layout = _layout(1, 4, 2048, 2048, 128, 0.2, seed=22, diag=False)
+    empty = layout.counts == 0  # [B, H, nqb]
+    assert bool(empty.any())
+    with kernels.use_backend("flash"):
+        out, mass = kernels.sparse_attention(q, k, v, layout, return_block_mass=True, scale=0.05)
+    _, t_mass = block_sparse_attention(q, k, v, layout, return_block_mass=True, scale=0.05)
+    assert (mass - t_mass).abs().max().item() <= 1e-4
+    assert bool((mass[empty] == 0).all())
+    _, lse = flash.flash_sparse_attention(q, k, v, layout, return_lse=True, scale=0.05)
+    rows = empty.repeat_interleave(128, dim=-1)[..., :2048]  # [B, H, Nq]
+    assert bool((lse[rows] == float("-inf")).all()) and torch.isfinite(lse[~rows]).all()
+    assert bool((out[rows] == 0).all())
+
+
 @needs_flash
 def test_pivotal_calls_keep_their_block_mass_map():
-    q, k, v = _qkv(1, 4, 2, 2048, 2048, 128, seed=11)
-    layout = _layout(1, 4, 2048, 2048, 128, 0.3, seed=12)
-    with kernels.use_backend("flash"), kernels.record_backends() as ran:
-        out, mass = kernels.sparse_attention(q, k, v, layout, return_block_mass=True)
-    assert dict(ran) == {"triton": 1} and mass.shape == layout.shape
+    """auto with the map: where flash runs without it (long rows), flash + lse + the mass pass."""
+    n = kb.AUTO_FLASH_MIN_KEYS[128]
+    q, k, v = _qkv(1, 4, 2, n, n, 128, seed=11)
+    layout = _layout(1, 4, n, n, 128, 0.1, seed=12)
+    wanted = torch.tensor([[True, False, False, True]], device=DEV)
+    with kernels.use_backend("auto"), kernels.record_backends() as ran:
+        out, mass = kernels.sparse_attention(q, k, v, layout, return_block_mass=True, mass_heads=wanted)
+    assert dict(ran) == {"flash" if kb.FLASH_MASS_MAP else "triton": 1} and mass.shape == layout.shape
+    _, t_mass = block_sparse_attention(q, k, v, layout, return_block_mass=True, mass_heads=wanted)
+    assert (mass - t_mass).abs().max().item() <= 1e-4
 
 
 @needs_flash

@@ -79,7 +79,8 @@ def flash_here(monkeypatch):
     (64, 32768, 128, False, "triton"),  # head dim 64: ours at 32K
     (64, 131072, 128, False, "flash"),  # head dim 64: flash at 128K
     (128, 32768, 64, False, "triton"),  # block 64: not measured
-    (128, 32768, 128, True, "triton"),  # the block-mass map comes from our forward pass
+    (128, 32768, 128, True, "flash"),  # with the block-mass map: flash + lse, then our mass pass
+    (128, 16384, 128, True, "triton"),  # ... only where flash runs without the map
 ])
 def test_auto_rule(flash_here, d, nk, bs, mass, want):
     q = torch.empty(1, 32, nk, d, dtype=torch.bfloat16, device="meta")
