@@ -20,10 +20,10 @@ analysis code on CPU always gets the fast torch twin, even inside a test session
   row's log-sum-exp, from which ``mass_pass.stats_from_lse`` makes the statistics the Triton mass
   pass normalises with; that pass then re-reads the kept K blocks of the ``mass_heads`` only
   (``flash.flash_sparse_attention_with_mass``: two passes, no host sync). ``auto`` takes flash for a
-  map-asking call exactly where it would without the map, while ``FLASH_MASS_MAP`` is True (the
-  switch beside the rule's constants); ``flash`` asked for always runs that path. Both maps are the
-  same maths (checked against each other in tests/test_gpu/test_flash_gpu.py); which one is faster
-  is not measured yet: ``docs/scripts/flash_bench.py --mode mass`` times them side by side.
+  map-asking call where it would without the map and at most ``FLASH_MASS_MAX_SHARE`` of the heads
+  are mapped (the caller's ``num_mass_heads``; unknown counts as all); ``flash`` asked for always
+  runs that path. Both maps are the same maths (checked against each other in
+  tests/test_gpu/test_flash_gpu.py); ``docs/scripts/flash_bench.py --mode mass`` times them.
 * ``record_backends()`` counts, inside a ``with`` block, the attention calls each backend ran
   (``prefill`` reports them per layer); a call replayed from a CUDA graph is counted by its
   caller (``uncounted``, ``count_call``).
@@ -65,10 +65,14 @@ class Backend(str, Enum):
 AUTO_FLASH_MIN_KEYS = {128: 24576, 64: 131072}  # head dim -> fewest keys from which flash runs
 AUTO_FLASH_HEAD_DIMS = tuple(AUTO_FLASH_MIN_KEYS)
 AUTO_FLASH_BLOCK_SIZES = (128,)
-# With the block-mass map: flash-attn-4 forward (with its log-sum-exp) then our mass pass for the mapped
-# heads, where the rule above picks flash; False sends every map-asking auto call to Triton (its one-call
-# map). Not yet measured against Triton's map: re-measure with docs/scripts/flash_bench.py --mode mass.
-FLASH_MASS_MAP = True
+# With the block-mass map, where the rule above picks flash: flash-attn-4's forward (with its log-sum-exp)
+# then our mass pass for the mapped heads, when at most this share of the call's heads is mapped (head
+# dim -> share); more, or a count the caller does not know, goes to Triton (its one-call map). Measured on
+# the H200 (docs/scripts/flash_bench.py --mode mass; docs/benchmarks.md, "The pivotal map on flash"):
+# head dim 128, 128K: flash + map 0.85x Triton's time with 4 of 32 heads mapped, 0.96-0.99x with 8,
+# 1.5x with all 32 (Triton's one-pass map); head dim 64 (two passes on both), 128K: 0.91-0.99x at every
+# share.
+FLASH_MASS_MAX_SHARE = {128: 0.25, 64: 1.0}
 
 _override: Backend | None = None
 _recorders: list[Counter] = []
@@ -135,12 +139,16 @@ class Geometry(NamedTuple):
     block_size: int
 
 
-def auto_backend(q: torch.Tensor, layout: BlockLayout | Geometry, return_block_mass: bool = False) -> Backend:
+def auto_backend(q: torch.Tensor, layout: BlockLayout | Geometry, return_block_mass: bool = False,
+                 mapped_share: float | None = None) -> Backend:
     """``auto`` on a CUDA attention call: flash-attn-4 where it measured faster (the constants
-    above), Triton otherwise and wherever flash cannot run; with the block-mass map the same, unless
-    ``FLASH_MASS_MAP`` is off."""
-    if (return_block_mass and not FLASH_MASS_MAP) or q.shape[-1] not in AUTO_FLASH_HEAD_DIMS \
-            or layout.nk < AUTO_FLASH_MIN_KEYS[q.shape[-1]] or layout.block_size not in AUTO_FLASH_BLOCK_SIZES:
+    above), Triton otherwise and wherever flash cannot run; with the block-mass map the same where
+    at most ``FLASH_MASS_MAX_SHARE`` of the heads are mapped (``mapped_share``; None: not known)."""
+    dim = q.shape[-1]
+    if dim not in AUTO_FLASH_HEAD_DIMS or layout.nk < AUTO_FLASH_MIN_KEYS[dim] \
+            or layout.block_size not in AUTO_FLASH_BLOCK_SIZES:
+        return Backend.TRITON
+    if return_block_mass and (1.0 if mapped_share is None else mapped_share) > FLASH_MASS_MAX_SHARE.get(dim, 0.0):
         return Backend.TRITON
     from . import flash
 
@@ -149,14 +157,16 @@ def auto_backend(q: torch.Tensor, layout: BlockLayout | Geometry, return_block_m
     return Backend.FLASH
 
 
-def attention_backend(q: torch.Tensor, layout: BlockLayout | Geometry, return_block_mass: bool = False) -> Backend:
+def attention_backend(q: torch.Tensor, layout: BlockLayout | Geometry, return_block_mass: bool = False,
+                      mapped_share: float | None = None) -> Backend:
     """The kernel one ``sparse_attention`` call runs on: triton, reference or flash (module docstring).
-    A ``Geometry`` in place of the layout asks before the layout exists (same answer)."""
+    A ``Geometry`` in place of the layout asks before the layout exists (same answer).
+    ``mapped_share``: the share of heads whose map is asked for, if known (``auto_backend``)."""
     chosen = requested_backend()
     if chosen is None:
         chosen = Backend.AUTO if q.is_cuda else Backend.REFERENCE
     if chosen is Backend.AUTO:
-        return auto_backend(q, layout, return_block_mass) if q.is_cuda else Backend.REFERENCE
+        return auto_backend(q, layout, return_block_mass, mapped_share) if q.is_cuda else Backend.REFERENCE
     if chosen is Backend.FLASH:
         require_flash(q.device)
         from .flash import call_unsupported
@@ -211,7 +221,8 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: 
     reads the device from the host, so a CUDA graph can record it).
     The backend: ``attention_backend``; on flash the map takes two passes whatever ``mass_pass`` says
     (module docstring)."""
-    backend = attention_backend(q, layout, return_block_mass)
+    share = 1.0 if mass_heads is None else (None if num_mass_heads is None else num_mass_heads / mass_heads.numel())
+    backend = attention_backend(q, layout, return_block_mass, share)
     count_call(backend)
     if backend is Backend.FLASH:
         from . import flash

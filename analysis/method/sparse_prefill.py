@@ -7,14 +7,14 @@ through the group index by the kernels) and returns the output ``[B, H, Nq, D]``
 q and k); SharePrefill's recording of its pivotal heads after the kernel is a second graph. The
 host syncs once per layer, to size the layout.
 
-On CUDA, where the attention runs on our Triton kernel, the whole layer is one step instead
-(``whole_layer``, the default): decision step, layout, attention, and SharePrefill's record of its
-pivotal heads, with no host sync, recorded as one CUDA graph per geometry (up to
-``GRAPHS_UP_TO`` keys) and replayed for every layer of that geometry. What it gives up for that:
-the layout keeps every row's full width (the kernel loops each row's own count, so this costs
-nothing), a SharePrefill layer always launches its block-mass pass for its pivotal heads (in two
-passes: the one-pass scratch is sized on the host; without pivotal heads its programs do no work),
-and a layer whose heads keep every block runs the sparse kernel, not the model's dense SDPA (equal
+On CUDA, up to ``GRAPHS_UP_TO`` keys and where the attention runs on our Triton kernel, the whole
+layer is one step instead (``whole_layer``, the default): decision step, layout, attention, and
+SharePrefill's record of its pivotal heads, with no host sync, recorded as one CUDA graph per
+geometry and replayed for every layer of that geometry. What it gives up for that: the layout
+keeps every row's full width (the kernel loops each row's own count, so this costs nothing), a
+SharePrefill layer always launches its block-mass pass for its pivotal heads (in two passes: the
+one-pass scratch is sized on the host; without pivotal heads its programs do no work), and a layer
+whose heads keep every block runs the sparse kernel, not the model's dense SDPA (equal
 within bf16 rounding, no longer bit for bit).
 """
 from __future__ import annotations
@@ -247,24 +247,25 @@ class SparsePrefill:
     # ---- the whole layer as one step ------------------------------------------------------------
     def _whole_layer_backend(self, q, nk: int):
         """The attention backend if this layer runs as one step without a host sync, else None:
-        on CUDA, where the attention runs on the Triton kernel (the step records the kernel into a
-        CUDA graph; a compiled flash-attn-4 call inside a recording is untried)."""
-        if not (self.whole_layer and q.is_cuda):
+        on CUDA, up to GRAPHS_UP_TO keys (where it is recorded; beyond, the sync costs nothing next to
+        the layer, and the synced path keeps the pivotal map's one-pass option on head dim 128:
+        measured 176 vs 253 ms for a pivotal Llama-shape layer at 128K), where the attention runs on
+        the Triton kernel (a compiled flash-attn-4 call inside a recording is untried)."""
+        if not (self.whole_layer and q.is_cuda and nk <= GRAPHS_UP_TO):
             return None
         backend = kernels.attention_backend(q, kernels.Geometry(q.shape[2], nk, self.config.block_size))
         return backend if backend is kernels.Backend.TRITON else None
 
     def _run_whole(self, layer, q, k, v, scale, inputs: dict, backend):
-        """``_layer_step`` on CUDA: recorded once per geometry as one graph (up to GRAPHS_UP_TO
-        keys) and replayed, eager beyond; either way no host sync. The attention call is counted
-        here, once per layer (a replay does not pass through the dispatcher)."""
+        """``_layer_step`` on CUDA: recorded once per geometry as one graph and replayed (eager
+        where ``use_graphs`` is off); no host sync. The attention call is counted here, once per
+        layer (a replay does not pass through the dispatcher)."""
         inputs = dict(inputs, v=v)
         if self.method is MethodName.SHAREPREFILL:
             inputs["layer"] = self.sharing.layer_index(layer, q.device)
         key = (scale, self.sharing.generation if self.sharing else 0, _signature(inputs))
         with kernels.uncounted():
-            out, plan = self.layer_graphs.run(key, lambda **t: self._layer_step(scale=scale, **t), inputs,
-                                              record=k.shape[2] <= GRAPHS_UP_TO)
+            out, plan = self.layer_graphs.run(key, lambda **t: self._layer_step(scale=scale, **t), inputs)
         kernels.count_call(backend)
         recall = self._recall(q, k, scale, plan)
         return out.clone(), self._trace(layer, plan, recall)  # the graph's output: the next replay reuses it

@@ -15,7 +15,7 @@ The whole grid takes a few minutes; ``--budget-s`` stops starting new lengths pa
 (the JSON still gets written). Needs CUDA; without flash-attn-4 the flash columns say why.
 
 ``--mode mass``: SharePrefill's pivotal heads' block-mass map, the two ways ``sparse_attention`` can
-make it (``kernels/backend.py``, ``FLASH_MASS_MAP``), side by side in one process: Triton in one call
+make it (``kernels/backend.py``, ``FLASH_MASS_MAX_SHARE``), side by side in one process: Triton in one call
 (``block_sparse_attention(..., return_block_mass=True, mass_heads=..., mass_pass="auto")``, with the
 mapped-head count passed as the prefill passes it) against flash-attn-4 with its log-sum-exp plus
 our mass pass for the mapped heads (``flash.flash_sparse_attention_with_mass``); beside them each
@@ -183,7 +183,8 @@ def mass_length(shape_name: str, n: int, densities, fractions, flash_ok: bool, l
 
             row = {"shape": shape_name, "n": n, "target_density": d, "density": layout.density(),
                    "mapped_fraction": fraction, "mapped_heads": n_mapped, "ms": dict(alone),
-                   "auto_picks_with_map": kb.attention_backend(q, layout, return_block_mass=True).value,
+                   "auto_picks_with_map": kb.attention_backend(q, layout, return_block_mass=True,
+                                                                mapped_share=n_mapped / wanted.numel()).value,
                    "triton_map_pass": _triton_map_pass(layout, shape, wanted, n_mapped, device)}
             row["ms"]["triton_map"] = _mass_time(triton_map)
             if flash_ok:
@@ -228,10 +229,11 @@ def _machine() -> dict:
 def main_mass(args, start: float) -> None:
     why = kb.flash_unavailable()
     report = {"command": " ".join(sys.argv), "mode": "mass", "machine": _machine(), "flash": why or "available",
-              "flash_mass_map": kb.FLASH_MASS_MAP, "lse_to_natural": flash.lse_to_natural() if why is None else None,
+              "flash_mass_max_share": kb.FLASH_MASS_MAX_SHARE,
+              "lse_to_natural": flash.lse_to_natural() if why is None else None,
               "rows": [], "skipped": []}
     print(f"command: {report['command']}\nmachine: {report['machine']}\nflash backend: {report['flash']}; "
-          f"FLASH_MASS_MAP={kb.FLASH_MASS_MAP}", flush=True)
+          f"FLASH_MASS_MAX_SHARE={kb.FLASH_MASS_MAX_SHARE}", flush=True)
     print(MASS_HEADER, flush=True)
     densities = [float(x) for x in (args.densities or "0.1,0.5").split(",")]
     fractions = [float(x) for x in args.fractions.split(",")]

@@ -79,7 +79,7 @@ def flash_here(monkeypatch):
     (64, 32768, 128, False, "triton"),  # head dim 64: ours at 32K
     (64, 131072, 128, False, "flash"),  # head dim 64: flash at 128K
     (128, 32768, 64, False, "triton"),  # block 64: not measured
-    (128, 32768, 128, True, "flash"),  # with the block-mass map: flash + lse, then our mass pass
+    (128, 32768, 128, True, "flash"),  # with the map of a few heads: flash + lse, then our mass pass
     (128, 16384, 128, True, "triton"),  # ... only where flash runs without the map
 ])
 def test_auto_rule(flash_here, d, nk, bs, mass, want):
@@ -87,9 +87,10 @@ def test_auto_rule(flash_here, d, nk, bs, mass, want):
     lay = BlockLayout.dense_causal(1, 1, 2 * bs, 2 * bs, bs, torch.device("cpu"))
     object.__setattr__(lay, "nk", nk)  # the rule reads the geometry only
     object.__setattr__(lay, "nq", nk)
-    assert kb.auto_backend(q, lay, mass).value == want
+    share = 1 / 32 if mass else None  # one head of 32 mapped
+    assert kb.auto_backend(q, lay, mass, share).value == want
     object.__setattr__(lay, "nq", nk - 1)  # chunked prefill (queries shorter than keys): ours
-    assert kb.auto_backend(q, lay, mass) is kb.Backend.TRITON
+    assert kb.auto_backend(q, lay, mass, share) is kb.Backend.TRITON
 
 
 def test_auto_without_flash_is_triton(monkeypatch):

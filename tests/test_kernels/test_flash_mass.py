@@ -139,19 +139,39 @@ def test_flash_asked_for_with_a_map_runs_the_two_passes(fake_flash, with_heads):
         kernels.sparse_attention(q, k, v, lay, return_block_mass=True, mass_heads=torch.ones(1, 2, dtype=torch.bool))
 
 
-def test_auto_with_a_map_follows_the_rule_and_the_switch(fake_flash, monkeypatch):
-    """``auto`` sends a map-asking call where it sends the same call without the map, unless
-    ``FLASH_MASS_MAP`` is off (then Triton, whose forward makes the map)."""
+def test_auto_with_a_map_follows_the_rule_and_the_mapped_share(fake_flash):
+    """``auto`` sends a map-asking call to flash only where it sends the same call without the map
+    and few enough heads are mapped (``FLASH_MASS_MAX_SHARE`` per head dim; a share not known counts
+    as every head); else Triton, whose forward makes the map."""
     n = kb.AUTO_FLASH_MIN_KEYS[128]
     q = torch.empty(1, 32, n, 128, dtype=torch.bfloat16, device="meta")
     lay = BlockLayout.dense_causal(1, 1, 256, 256, 128, torch.device("cpu"))
     object.__setattr__(lay, "nk", n)  # the rule reads the geometry only
     object.__setattr__(lay, "nq", n)
     short = kb.Geometry(8192, 8192, 128)
-    assert kb.auto_backend(q, lay, True) is kb.auto_backend(q, lay) is kb.Backend.FLASH
-    assert kb.auto_backend(q, short, True) is kb.auto_backend(q, short) is kb.Backend.TRITON
-    monkeypatch.setattr(kb, "FLASH_MASS_MAP", False)
-    assert kb.auto_backend(q, lay, True) is kb.Backend.TRITON and kb.auto_backend(q, lay) is kb.Backend.FLASH
+    limit = kb.FLASH_MASS_MAX_SHARE[128]
+    assert kb.auto_backend(q, lay) is kb.auto_backend(q, lay, True, limit) is kb.Backend.FLASH
+    assert kb.auto_backend(q, lay, True) is kb.auto_backend(q, lay, True, min(1.0, 2 * limit)) is kb.Backend.TRITON
+    assert kb.auto_backend(q, short, True, 0.0) is kb.auto_backend(q, short) is kb.Backend.TRITON
+    q64 = torch.empty(1, 14, kb.AUTO_FLASH_MIN_KEYS[64], 64, dtype=torch.bfloat16, device="meta")
+    long64 = kb.Geometry(q64.shape[2], q64.shape[2], 128)
+    if kb.FLASH_MASS_MAX_SHARE[64] >= 1.0:  # two passes on both backends: flash at any share
+        assert kb.auto_backend(q64, long64, True) is kb.Backend.FLASH
+
+
+def test_sparse_attention_passes_the_mapped_share(monkeypatch):
+    """The dispatcher hands the rule the share of mapped heads: all without ``mass_heads``, the
+    caller's count over the heads with it, unknown without a count."""
+    seen = []
+    monkeypatch.setattr(kb, "attention_backend", lambda q, lay, rbm=False, share=None: seen.append(share)
+                        or kb.Backend.REFERENCE)
+    q, k, v = (torch.randn(1, 4, 128, 32) for _ in range(3))
+    lay = BlockLayout.dense_causal(1, 4, 128, 128, 64, q.device)
+    wanted = torch.tensor([[True, False, False, False]])
+    kernels.sparse_attention(q, k, v, lay, return_block_mass=True)
+    kernels.sparse_attention(q, k, v, lay, return_block_mass=True, mass_heads=wanted, num_mass_heads=1)
+    kernels.sparse_attention(q, k, v, lay, return_block_mass=True, mass_heads=wanted)
+    assert seen == [1.0, 0.25, None]
 
 
 # ---- the compiled call's log-sum-exp ---------------------------------------------------------------
