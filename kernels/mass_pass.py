@@ -6,12 +6,6 @@ statistics, and adds ``mean_rows(sum_cols(p))`` of each kept block into ``[B, H,
 an atomic add: one extra ``QK^T`` over kept blocks (about half the forward's FLOPs), only for the
 calls that ask for it. Twin: ``reference.block_sparse_attention_ref(..., return_block_mass=True)``.
 
-Each program takes one query tile of one head and at most ``MASS_SPLIT`` of its row's kept key
-tiles (a third grid axis over the row): a pivotal head's row keeps every causal block, and one
-program walking a 32K row alone (256 tiles) was the pass's critical path on the H200 (0.45 ms a
-layer on Qwen2.5-Coder-0.5B at 32K); the partial sums meet in the atomic adds. Programs of heads
-that did not ask, and of shares past their row's end, return at once.
-
 The statistics can also come from another kernel's log-sum-exp (the ``flash`` backend: flash-attn-4
 returns one per row): ``stats_from_lse`` turns it into the same ``Stats``, twin
 ``reference.block_mass_from_stats_ref``.
@@ -27,7 +21,6 @@ from .device import on_input_device
 from .layout import BlockLayout
 
 LOG2E = 1.4426950408889634  # log2(e): the kernels' softmax runs in base 2 (as block_sparse.LOG2E)
-MASS_SPLIT = 16  # kept key tiles of one row per program (the grid's third axis)
 
 
 @triton.jit
@@ -37,18 +30,15 @@ def block_mass_kernel(Q, K, Stats, Mass, Counts, Indices, Wanted,
                        stride_cb, stride_ch, stride_ib, stride_ih, stride_ir, stride_ik,
                        H, GROUP, NQ, NK, NKB, qk_scale,
                        BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                       HEAD_DIM: tl.constexpr, SPLIT: tl.constexpr):
+                       HEAD_DIM: tl.constexpr):
     pid_bh = tl.program_id(0)
-    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    r = (pid_m * BLOCK_M) // BLOCK_SIZE
-    SUB: tl.constexpr = BLOCK_SIZE // BLOCK_N
-    first = tl.program_id(2) * SPLIT  # this program's share of the row's kept tiles: SPLIT of them
-    count = tl.load(Counts + b * stride_cb + h * stride_ch + r) * SUB
-    # heads that did not ask, and shares past the row's end: no loads, no work
-    if (tl.load(Wanted + pid_bh) != 0) & (first < count):
+    if tl.load(Wanted + pid_bh) != 0:  # heads that did not ask: no loads, no work
+        pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
+        b = pid_bh // H
+        h = pid_bh % H
         kvh = h // GROUP
+        r = (pid_m * BLOCK_M) // BLOCK_SIZE
+        SUB: tl.constexpr = BLOCK_SIZE // BLOCK_N
         offs_m, pos_m, q = load_query_tile(Q, b, h, pid_m, stride_qb, stride_qh, stride_qm, stride_qd,
                                            NQ, NK, BLOCK_M, HEAD_DIM)
         offs_n = tl.arange(0, BLOCK_N)
@@ -61,10 +51,12 @@ def block_mass_kernel(Q, K, Stats, Mass, Counts, Indices, Wanted,
         n_rows = tl.minimum(NQ - r * BLOCK_SIZE, BLOCK_SIZE).to(tl.float32)
         ok = row_ok & (l_i > 0)
         w = tl.where(ok, 1.0 / (tl.where(ok, l_i, 1.0) * n_rows), 0.0)  # [BLOCK_M] 1 / (l * rows)
+        row = b * stride_cb + h * stride_ch + r
+        count = tl.load(Counts + row)
         idx_ptr = Indices + b * stride_ib + h * stride_ih + r * stride_ir
         k_base = K + b * stride_kb + kvh * stride_kh
         mass_base = Mass + (pid_bh * tl.cdiv(NQ, BLOCK_SIZE) + r) * NKB
-        for it in range(first, tl.minimum(first + SPLIT, count)):
+        for it in range(0, count * SUB):
             c = tl.load(idx_ptr + (it // SUB) * stride_ik)
             cols = c * BLOCK_SIZE + (it % SUB) * BLOCK_N + offs_n
             kt = tl.load(k_base + cols[None, :] * stride_kn + offs_d[:, None] * stride_kd,
@@ -103,15 +95,14 @@ def launch_block_mass(q: torch.Tensor, k: torch.Tensor, stats: torch.Tensor, lay
     if wanted is None:
         wanted = torch.ones((bsz, heads), dtype=torch.int32, device=q.device)
     wanted = wanted.to(device=q.device, dtype=torch.int32).contiguous()
-    tiles = layout.indices.shape[-1] * (layout.block_size // cfg.block_n)  # the widest row's, at most
-    grid = (bsz * heads, triton.cdiv(nq, cfg.block_m), triton.cdiv(tiles, MASS_SPLIT))
+    grid = (bsz * heads, triton.cdiv(nq, cfg.block_m))
     block_mass_kernel[grid](
         q, k, stats, mass, layout.counts, layout.indices, wanted,
         *q.stride(), *k.stride(),
         layout.counts.stride(0), layout.counts.stride(1), *layout.indices.stride(),
         heads, heads // k.shape[1], nq, k.shape[2], layout.num_kv_blocks, qk_scale,
         BLOCK_SIZE=layout.block_size, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=dim,
-        SPLIT=MASS_SPLIT, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return mass
 
 
