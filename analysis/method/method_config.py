@@ -68,16 +68,22 @@ def check_gamma(gamma: float) -> float:
     return check_fraction("gamma", gamma)
 
 
+# Per method, the prompt length (keys) from which it runs sparse by default: the shortest length at
+# which it measured faster than dense attention on both workloads of the H200 (docs/benchmarks.md,
+# "The whole layer as one step"): planted Llama-3.1-8B-shape layers (every steady-state method from
+# 8K-12K) and the real Qwen2.5-Coder-0.5B (density ~0.5): at 16K vertical-slash 1.16x and
+# flexprefill 1.11x dense attention, SharePrefill 0.81x (its pivotal heads run dense and map), at
+# 32K all faster (1.57x, 1.53x, 1.20x).
+DENSE_BELOW = {MethodName.A_SHAPE: 16384, MethodName.VERTICAL_SLASH: 16384, MethodName.FLEXPREFILL: 16384,
+               MethodName.SHAREPREFILL: 32768}
+
+
 @dataclass(frozen=True)
 class MethodConfig:
     """Parameters every method shares."""
 
     block_size: int = DEFAULT_BLOCK_SIZE  # tokens per block, queries and keys alike; one of BLOCK_SIZES
-    # Prompts (keys) shorter than this run dense. Measured on the H200 (docs/benchmarks.md, "One
-    # sparse layer before and after the one-launch decisions"): on planted Llama-3.1-8B-shape layers
-    # every steady-state method beats cuDNN dense from 12288 keys on every backend, but on the one
-    # real model measured (Qwen2.5-Coder-0.5B, density 0.52 at 16K) no method does at 16K and all
-    # do at 32K; the default is the crossover that holds for both.
+    # Prompts (keys) shorter than this run dense; each method's default is DENSE_BELOW's.
     dense_below: int = 32768
     # The attention kernel (kernels/backend.py): auto (flash-attn-4 where it measured faster and is
     # installed, else Triton; the torch twin on CPU), triton or flash. Applied around each layer
@@ -109,6 +115,7 @@ class DenseConfig(MethodConfig):
 
 @dataclass(frozen=True)
 class AShapeConfig(MethodConfig):
+    dense_below: int = DENSE_BELOW[MethodName.A_SHAPE]
     sink_tokens: int = 128  # attention sink at the start of the sequence
     local_tokens: int = 1024  # local window before (and including) the diagonal
 
@@ -120,6 +127,7 @@ class AShapeConfig(MethodConfig):
 
 @dataclass(frozen=True)
 class VerticalSlashConfig(MethodConfig):
+    dense_below: int = DENSE_BELOW[MethodName.VERTICAL_SLASH]
     gamma: float = DEFAULT_GAMMA  # budgets: fewest pooled entries whose mass reaches gamma
     min_budget: int = 1024  # tokens; each budget is at least this
     vertical_tokens: int | None = None  # fixed vertical budget (tokens) instead of gamma
@@ -144,6 +152,7 @@ class VerticalSlashConfig(MethodConfig):
 
 @dataclass(frozen=True)
 class FlexPrefillConfig(VerticalSlashConfig):
+    dense_below: int = DENSE_BELOW[MethodName.FLEXPREFILL]
     tau_qa: float = 0.1  # sqrt-JS distance below which a head counts as query-aware
 
     def __post_init__(self):
@@ -162,6 +171,7 @@ class FallbackRule(str, Enum):
 
 @dataclass(frozen=True)
 class SharePrefillConfig(FlexPrefillConfig):
+    dense_below: int = DENSE_BELOW[MethodName.SHAREPREFILL]
     tau_s: float = 0.5  # sqrt-JS distance (vertical and slash) under which a head shares
     tau_fb: float = 0.95  # pivotal's own vertical-slash covers this much: no sharing needed
     share_across_layer_only: bool = True  # a pivotal created in this layer is not shared in it
@@ -189,6 +199,14 @@ CONFIG_TYPES: dict[MethodName, type[MethodConfig]] = {
     MethodName.FLEXPREFILL: FlexPrefillConfig,
     MethodName.SHAREPREFILL: SharePrefillConfig,
 }
+
+
+def dense_below_defaults() -> str:
+    """The default ``dense_below`` per sparse method, in words (help texts)."""
+    by_value: dict[int, list[str]] = {}
+    for method, value in DENSE_BELOW.items():
+        by_value.setdefault(value, []).append(method.value)
+    return "; ".join(f"{value} for {', '.join(names)}" for value, names in sorted(by_value.items()))
 
 
 def make_config(method: MethodName | str, **overrides) -> MethodConfig:

@@ -123,7 +123,7 @@ def _options(command_path: str) -> dict:
 def test_cli_defaults_are_read_from_the_library_not_written():
     # gamma 0.95, the dense_below crossover, the capture chunk, ClusterConfig's numbers, the bench block
     assert _files_matching(r"=\s*0\.95\b|default 0\.95", CLI_SOURCES) == []
-    assert _files_matching(r"\b32768\)|default 32768", CLI_SOURCES) == []
+    assert _files_matching(r"\b(32768|16384)\)|default (32768|16384)", CLI_SOURCES) == []
     assert _files_matching(r"(?m)=\s*0\.5\b|default 0\.5\b|=\s*2,\s*$", [ROOT / "sharedattn_cli" / "cluster.py"]) == []
     assert _files_matching(r"chunk_size\b[^\n=]*=\s*\d", SOURCES) == []
     assert _files_matching(r"\bDEFAULT_CHUNK_SIZE\s*=", SOURCES) == ["kernels/limits.py"]
@@ -141,7 +141,10 @@ def test_cli_defaults_equal_the_config_defaults():
     assert cluster["--min-cluster-size"].default == ClusterConfig.min_cluster_size
     assert f"(default {DEFAULT_DISTANCE_THRESHOLD})" in cluster["--distance-threshold"].help
     assert ClusterConfig().distance_threshold == DEFAULT_DISTANCE_THRESHOLD
-    assert f"default {mc.MethodConfig.dense_below}," in _options("prefill")["--dense-below"].help
+    help_text = " ".join(_options("prefill")["--dense-below"].help.split())
+    assert mc.dense_below_defaults() in help_text
+    for method, value in mc.DENSE_BELOW.items():
+        assert mc.make_config(method).dense_below == value and f"{value} for" in help_text
 
 
 def test_dtype_names_are_listed_once():
