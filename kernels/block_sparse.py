@@ -17,12 +17,11 @@ import triton
 from .attn_fwd import AttnConfig, attn_fwd_kernel, default_config, mass_config
 from .device import on_input_device
 from .layout import BlockLayout
-from .limits import HEAD_DIMS, check_block_size, one_of
+from .limits import HEAD_DIMS, LOG2E, check_block_size, one_of
 from .mass_pass import launch_block_mass, mass_from_tile_lse
 
 __all__ = ["AttnConfig", "block_mass_map", "block_sparse_attention", "default_config"]
 
-LOG2E = 1.4426950408889634
 
 
 def _interpreting() -> bool:

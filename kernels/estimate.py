@@ -29,9 +29,8 @@ import triton
 import triton.language as tl
 
 from .device import on_input_device
+from .limits import LOG2E
 from .reference import num_blocks
-
-LOG2E = 1.4426950408889634
 
 
 def _interpreting() -> bool:

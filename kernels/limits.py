@@ -18,6 +18,7 @@ HEAD_DIMS = (16, 32, 64, 128)  # tl.dot over the head dim: a power of two from 1
 DEFAULT_BLOCK_SIZE = 128  # the block the launch shapes are tuned for (attn_fwd.default_config)
 DEFAULT_CHUNK_SIZE = 1024  # query rows block_mass reduces at once on the torch twin (bounds its memory)
 DTYPES = ("float32", "float16", "bfloat16")  # the element types the kernels and the models run in
+LOG2E = 1.4426950408889634  # log2(e): the kernels' softmax runs in base 2 (scale * LOG2E, exp2)
 DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 

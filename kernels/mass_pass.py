@@ -19,8 +19,7 @@ import triton.language as tl
 from .attn_fwd import AttnConfig, load_query_tile
 from .device import on_input_device
 from .layout import BlockLayout
-
-LOG2E = 1.4426950408889634  # log2(e): the kernels' softmax runs in base 2 (as block_sparse.LOG2E)
+from .limits import LOG2E
 
 
 @triton.jit

@@ -9,8 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from sharedattn.analysis.method.method_config import dense_below_defaults
-from sharedattn.analysis.method.method_config import MethodName
+from sharedattn.analysis.method.method_config import MethodName, dense_below_defaults
 from sharedattn.kernels.limits import KernelChoice
 
 from .common import (

@@ -1,6 +1,8 @@
 """Helpers shared by the kernel tests: random inputs, random layouts, calibrated tolerances."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 from sharedattn.kernels.layout import BlockLayout
@@ -36,3 +38,25 @@ def tolerance(out_lp: torch.Tensor, ref32: torch.Tensor, torch_lp: torch.Tensor,
 
 def poisoned(shape, dtype, device="cpu") -> torch.Tensor:
     return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+
+@contextmanager
+def recorded_compiles(monkeypatch, mode: str):
+    """The flash backend's compiled bodies in ``mode`` (dynamic or static) with a dynamo backend that
+    records every graph it is handed and runs it eagerly: yields ``(graphs, backend)`` (pass
+    ``backend`` to ``flash._compiled``); afterwards flash's compile cache and dynamo are cleared."""
+    from sharedattn.kernels import flash
+
+    graphs = []
+
+    def recording(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    monkeypatch.setattr(flash, "COMPILE", mode)
+    torch._dynamo.reset()
+    try:
+        yield graphs, recording
+    finally:
+        flash._compiled.cache_clear()
+        torch._dynamo.reset()

@@ -16,7 +16,7 @@ from sharedattn.kernels import reference as ref
 from sharedattn.kernels.layout import BlockLayout
 from sharedattn.kernels.limits import ConfigError
 
-from ._helpers import make_qkv, random_layout
+from ._helpers import make_qkv, random_layout, recorded_compiles
 
 
 def test_cpu_choices():
@@ -140,16 +140,8 @@ def test_compiled_call_graphs(mode, monkeypatch):
     """The compiled body traces whole (fullgraph) and, dynamic, needs one graph for every equal
     length and one for every chunked geometry; static needs one per length. A recording backend
     runs the graphs eagerly (FlexAttention's CPU math path: mask_mod only, so dense layouts)."""
-    graphs = []
-
-    def recording(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-
-    monkeypatch.setattr(flash, "COMPILE", mode)
-    torch._dynamo.reset()
-    call = flash._compiled(mode, recording)
-    try:
+    with recorded_compiles(monkeypatch, mode) as (graphs, recording):
+        call = flash._compiled(mode, recording)
         for nq, nk in [(256, 256), (320, 320), (384, 384), (200, 450), (150, 450)]:
             q, k, v = make_qkv(1, 4, 2, nq, nk, 64, torch.float32, seed=nq)
             lay = BlockLayout.dense_causal(1, 4, nq, nk, 64, q.device)
@@ -159,33 +151,19 @@ def test_compiled_call_graphs(mode, monkeypatch):
             with flash._dynamo_settings(mode):
                 out = call(q, k, v, *tensors, offset, 64, 0.125)
             assert (out - ref.attention_ref(q, k, v, 0.125)).abs().max().item() < 1e-5
-    finally:
-        flash._compiled.cache_clear()
-        torch._dynamo.reset()
     assert len(graphs) == (2 if mode == "dynamic" else 5)
 
 
 def test_dynamic_mode_keeps_a_graph_per_head_configuration(monkeypatch):
     """One process may run many head configurations (several models, the GPU suite): dynamic mode
     must keep more graphs than dynamo's default limit of 8 (past it, fullgraph raises)."""
-    graphs = []
-
-    def recording(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-
-    monkeypatch.setattr(flash, "COMPILE", "dynamic")
-    torch._dynamo.reset()
-    call = flash._compiled("dynamic", recording)
     configs = [(h, 1) for h in range(1, 11)] + [(4, 4), (8, 2)]
-    try:
+    with recorded_compiles(monkeypatch, "dynamic") as (graphs, recording):
+        call = flash._compiled("dynamic", recording)
         for heads, kv_heads in configs:
             q, k, v = make_qkv(1, heads, kv_heads, 128, 128, 64, torch.float32, seed=heads)
             lay = BlockLayout.dense_causal(1, heads, 128, 128, 64, q.device)
             with flash._dynamo_settings("dynamic"):
                 out = call(q, k, v, *flash.block_mask_tensors(lay), None, 64, 0.125)
             assert (out - ref.attention_ref(q, k, v, 0.125)).abs().max().item() < 1e-5
-    finally:
-        flash._compiled.cache_clear()
-        torch._dynamo.reset()
     assert len(graphs) == len(configs) > 8

@@ -19,7 +19,7 @@ from sharedattn.kernels.attn_fwd import AttnConfig, mass_config
 from sharedattn.kernels.layout import BlockLayout
 from sharedattn.kernels.mass_pass import LOG2E, launch_block_mass, stats_from_lse
 
-from ._helpers import make_qkv, random_layout
+from ._helpers import make_qkv, random_layout, recorded_compiles
 
 CASES = [  # (b, h, hkv, nq, nk, d, bs, density, seed)
     (1, 4, 2, 200, 200, 32, 64, 0.5, 1),  # GQA, ragged last block
@@ -183,17 +183,9 @@ def test_compiled_call_returns_the_lse(mode, monkeypatch):
     which writes log2 statistics where flash-attn-4 writes natural log, and which the wrapper scales
     by ln 2 exactly when it also scales FLASH's: so ``ln 2 * lse_to_natural()`` brings it to natural
     log on every torch, and the check also checks ``lse_to_natural`` on the installed one."""
-    graphs = []
-
-    def recording(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-
-    monkeypatch.setattr(flash, "COMPILE", mode)
-    torch._dynamo.reset()
     lengths = [(256, 256), (320, 320)]
     math_path_scale = math.log(2.0) * flash.lse_to_natural()
-    try:
+    with recorded_compiles(monkeypatch, mode) as (graphs, recording):
         for return_lse in (False, True):
             call = flash._compiled(mode, recording, return_lse=return_lse)
             for nq, nk in lengths:
@@ -209,9 +201,6 @@ def test_compiled_call_returns_the_lse(mode, monkeypatch):
                     want = ref.sparse_lse_ref(q, k, lay.to_dense(), 64, 0.125)
                     assert res[1].shape == (1, 4, nq) and res[1].dtype == torch.float32
                     assert (res[1] - want).abs().max().item() < 1e-4
-    finally:
-        flash._compiled.cache_clear()
-        torch._dynamo.reset()
     assert len(graphs) == (2 if mode == "dynamic" else 2 * len(lengths))
 
 
