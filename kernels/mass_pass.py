@@ -21,6 +21,14 @@ from .device import on_input_device
 from .layout import BlockLayout
 from .limits import LOG2E
 
+# Kept key tiles of one row per program of the two-pass map; 0: one program walks its whole row.
+# Splitting (a third grid axis, partial sums meeting in the atomic adds) shortens the critical path
+# of a few dense heads' long rows (a SharePrefill layer with one pivotal head of 14 at 32K: 256
+# tiles for one program), but measured 0-7% slower on the H200 where many heads are mapped or rows
+# are short (docs/benchmarks.md, "The whole layer as one step"): 0 until measured on the few-heads
+# case (docs/scripts/pivotal_cost.py synth times both).
+MASS_SPLIT = 0
+
 
 @triton.jit
 def block_mass_kernel(Q, K, Stats, Mass, Counts, Indices, Wanted,
@@ -29,15 +37,22 @@ def block_mass_kernel(Q, K, Stats, Mass, Counts, Indices, Wanted,
                        stride_cb, stride_ch, stride_ib, stride_ih, stride_ir, stride_ik,
                        H, GROUP, NQ, NK, NKB, qk_scale,
                        BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                       HEAD_DIM: tl.constexpr):
+                       HEAD_DIM: tl.constexpr, SPLIT: tl.constexpr):
     pid_bh = tl.program_id(0)
-    if tl.load(Wanted + pid_bh) != 0:  # heads that did not ask: no loads, no work
-        pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
-        b = pid_bh // H
-        h = pid_bh % H
+    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    r = (pid_m * BLOCK_M) // BLOCK_SIZE
+    SUB: tl.constexpr = BLOCK_SIZE // BLOCK_N
+    count = tl.load(Counts + b * stride_cb + h * stride_ch + r) * SUB  # the row's kept key tiles
+    first = 0
+    last = count
+    if SPLIT > 0:  # this program's share of them (MASS_SPLIT)
+        first = tl.program_id(2) * SPLIT
+        last = tl.minimum(first + SPLIT, count)
+    # heads that did not ask, and shares past the row's end: no loads, no work
+    if (tl.load(Wanted + pid_bh) != 0) & (first < last):
         kvh = h // GROUP
-        r = (pid_m * BLOCK_M) // BLOCK_SIZE
-        SUB: tl.constexpr = BLOCK_SIZE // BLOCK_N
         offs_m, pos_m, q = load_query_tile(Q, b, h, pid_m, stride_qb, stride_qh, stride_qm, stride_qd,
                                            NQ, NK, BLOCK_M, HEAD_DIM)
         offs_n = tl.arange(0, BLOCK_N)
@@ -50,12 +65,10 @@ def block_mass_kernel(Q, K, Stats, Mass, Counts, Indices, Wanted,
         n_rows = tl.minimum(NQ - r * BLOCK_SIZE, BLOCK_SIZE).to(tl.float32)
         ok = row_ok & (l_i > 0)
         w = tl.where(ok, 1.0 / (tl.where(ok, l_i, 1.0) * n_rows), 0.0)  # [BLOCK_M] 1 / (l * rows)
-        row = b * stride_cb + h * stride_ch + r
-        count = tl.load(Counts + row)
         idx_ptr = Indices + b * stride_ib + h * stride_ih + r * stride_ir
         k_base = K + b * stride_kb + kvh * stride_kh
         mass_base = Mass + (pid_bh * tl.cdiv(NQ, BLOCK_SIZE) + r) * NKB
-        for it in range(0, count * SUB):
+        for it in range(first, last):
             c = tl.load(idx_ptr + (it // SUB) * stride_ik)
             cols = c * BLOCK_SIZE + (it % SUB) * BLOCK_N + offs_n
             kt = tl.load(k_base + cols[None, :] * stride_kn + offs_d[:, None] * stride_kd,
@@ -94,14 +107,16 @@ def launch_block_mass(q: torch.Tensor, k: torch.Tensor, stats: torch.Tensor, lay
     if wanted is None:
         wanted = torch.ones((bsz, heads), dtype=torch.int32, device=q.device)
     wanted = wanted.to(device=q.device, dtype=torch.int32).contiguous()
-    grid = (bsz * heads, triton.cdiv(nq, cfg.block_m))
+    tiles = layout.indices.shape[-1] * (layout.block_size // cfg.block_n)  # the widest row's, at most
+    shares = triton.cdiv(tiles, MASS_SPLIT) if MASS_SPLIT > 0 else 1
+    grid = (bsz * heads, triton.cdiv(nq, cfg.block_m), shares)
     block_mass_kernel[grid](
         q, k, stats, mass, layout.counts, layout.indices, wanted,
         *q.stride(), *k.stride(),
         layout.counts.stride(0), layout.counts.stride(1), *layout.indices.stride(),
         heads, heads // k.shape[1], nq, k.shape[2], layout.num_kv_blocks, qk_scale,
         BLOCK_SIZE=layout.block_size, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=dim,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        SPLIT=MASS_SPLIT, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return mass
 
 

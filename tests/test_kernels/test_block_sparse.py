@@ -169,6 +169,27 @@ def test_mass_one_pass_and_two_pass_agree_with_twin(mass_pass, config):
         block_sparse_attention(q, k, v, lay, return_block_mass=True, mass_pass="three")
 
 
+@pytest.mark.parametrize("split", [3, 16])
+def test_two_pass_map_split_along_rows(split, monkeypatch):
+    """With ``MASS_SPLIT`` the two-pass map's programs each take that many kept tiles of a row:
+    long dense rows (40 tiles: block 64, tiles of 16, 640 keys) cut in shares that do not divide
+    them, a subset of heads, q shorter than k: the twin's map, as without the split."""
+    from sharedattn.kernels import mass_pass
+
+    q, k, v = make_qkv(1, 4, 2, 128, 640, 32, torch.float32, seed=31)
+    lay = BlockLayout.dense_causal(1, 4, 128, 640, 64, q.device)
+    wanted = torch.tensor([[True, False, True, True]])
+    _, ref_m = ref.block_sparse_attention_ref(q, k, v, lay.to_dense(), 64, return_block_mass=True)
+    maps = []
+    for value in (0, split):
+        monkeypatch.setattr(mass_pass, "MASS_SPLIT", value)
+        maps.append(block_sparse_attention(q, k, v, lay, return_block_mass=True, mass_heads=wanted,
+                                           config=AttnConfig(16, 16), mass_pass="two")[1])
+    for m in maps:
+        assert (m[wanted] - ref_m[wanted]).abs().max().item() <= 1e-4
+        assert bool((m[~wanted] == 0).all())
+
+
 def test_mass_heads_count_hint_and_auto_rule(monkeypatch):
     """``num_mass_heads`` (the caller's count, no host sync) gives the same map as counting here;
     ``auto`` takes one pass only when a kept block is one key tile."""
