@@ -79,6 +79,16 @@ def synth(n: int = 32768, n_piv: int = 2, density: float = 0.48) -> None:
         rows[f"ours + map (two-pass, split {split})"] = time_ms(lambda: block_sparse_attention(
             q, k, v, layout, scale=scale, return_block_mass=True, mass_heads=pivotal, mass_pass="two"))
     mass_pass.MASS_SPLIT = default_split
+    from dataclasses import replace
+
+    from sharedattn.kernels.attn_fwd import default_config as forward_config
+
+    # the forward's program order (the pivotal heads' long rows first or not); a config given to the
+    # call also sets the map pass's tiles, so these two rows compare with each other, not the above
+    for order in ("kv", "heads"):
+        c = replace(forward_config(bs, d, True), order=order)
+        rows[f"ours + map (two-pass), order {order}"] = time_ms(lambda: block_sparse_attention(
+            q, k, v, layout, scale=scale, return_block_mass=True, mass_heads=pivotal, mass_pass="two", config=c))
     # the sparse heads alone (pivotal rows emptied): what the layer costs without its pivotal heads
     empty = BlockLayout(layout.counts * (~pivotal[..., None]).int(), layout.indices,
                         layout.num_full * (~pivotal[..., None]).int(), bs, n, n)
