@@ -11,7 +11,8 @@ Prints a table and writes JSON. On the H200 (flash-attn-4 installed by docs/scri
 
     bash docs/scripts/h200_flash.sh python3 docs/scripts/flash_bench.py $OUT/flash_bench.json
 
-The whole grid takes a few minutes; ``--budget-s`` stops starting new lengths past that many seconds
+The whole grid takes a few minutes (``--block-size 64`` runs it on 64-token blocks, where auto keeps
+Triton); ``--budget-s`` stops starting new lengths past that many seconds
 (the JSON still gets written). Needs CUDA; without flash-attn-4 the flash columns say why.
 
 ``--mode mass``: SharePrefill's pivotal heads' block-mass map, the two ways ``sparse_attention`` can
@@ -23,14 +24,15 @@ forward alone (Triton; flash without and with the log-sum-exp, the difference be
 log-sum-exp costs). Same shapes and masks as the grid (medians of up to 15 repeats), at 32K and
 128K, densities 0.1 and 0.5, and 1/8, 1/4 and all of the heads mapped (evenly spread); each row also
 gives the largest difference between the two maps (mapped heads) and the two outputs, and which
-pass Triton's ``mass_pass="auto"`` took. Sized to stay under about four minutes on the H200 (not yet run there;
-``--budget-s``, 200 s here, stops starting new lengths):
+pass Triton's ``mass_pass="auto"`` took. About one minute on the H200 (session 8; ``--budget-s``, 200 s
+here, stops starting new lengths):
 
     bash docs/scripts/h200_flash.sh python3 docs/scripts/flash_bench.py $OUT/flash_mass.json --mode mass
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -261,6 +263,7 @@ def main() -> None:
     ap.add_argument("--densities", default=None, help="grid: 0.05,0.1,0.3,0.5,1.0; mass: 0.1,0.5")
     ap.add_argument("--fractions", default="0.125,0.25,1", help="mass: fractions of the heads that are mapped")
     ap.add_argument("--first-call-lengths", default="8192,9000,12345,17000,33000")
+    ap.add_argument("--block-size", type=int, default=128, help="grid: the layouts' block size (128 or 64)")
     ap.add_argument("--budget-s", type=float, default=None,
                     help="start no new length after this many seconds (grid: 400, mass: 200)")
     args = ap.parse_args()
@@ -270,11 +273,14 @@ def main() -> None:
     if args.mode == "mass":
         args.budget_s = 200.0 if args.budget_s is None else args.budget_s
         return main_mass(args, start)
+    for name, shape in SHAPES.items():  # the grid's block size (the auto rule runs flash at 128 only)
+        SHAPES[name] = dataclasses.replace(shape, block_size=args.block_size)
     args.lengths = args.lengths or "8192,16384,32768,65536,131072"
     args.densities = args.densities or "0.05,0.1,0.3,0.5,1.0"
     args.budget_s = 400.0 if args.budget_s is None else args.budget_s
     why = kb.flash_unavailable()
     report = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "flash": why or "available",
+              "block_size": args.block_size,
               "auto_rule": {"head_dims": kb.AUTO_FLASH_HEAD_DIMS, "min_keys": kb.AUTO_FLASH_MIN_KEYS,
                             "block_sizes": kb.AUTO_FLASH_BLOCK_SIZES}, "rows": [], "first_call": [], "skipped": []}
     print(f"gpu {report['gpu']}, torch {torch.__version__}, flash backend: {report['flash']}", flush=True)
