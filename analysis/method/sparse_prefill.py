@@ -40,13 +40,12 @@ from .method_config import (
 from .patterns import a_shape_mask, mass_covered, probe_coverage, tail_first_row
 from .sharing import SharingState
 
-# Longest prompt (keys) whose decision step (and pivotal record) is recorded as a CUDA graph.
-# Beyond it the steps' launches cost under 1% of the layer (H200: 0.2-0.6 ms of 53-180 ms at 128K),
-# while a graph keeps its intermediates (the probe's workspace, the pooled estimate and its sort)
-# and its static copies of q and k allocated for as long as it is kept.
+# Longest prompt (keys) whose whole layer (or decision step and pivotal record) is recorded as a
+# CUDA graph, and up to which a layer runs as one step. Beyond it the steps' launches and the sync
+# cost under 1% of the layer (H200: 0.2-0.6 ms of 53-180 ms at 128K), while a graph keeps its
+# intermediates and its static copies of q, k (and v and the output, for a whole layer) allocated
+# for as long as it is kept.
 GRAPHS_UP_TO = 65536
-# (the whole layer as one graph takes the same bound: its static copies of q, k, v and its output
-# are the largest part of its memory)
 # what kernels.head_decisions writes for (vertical-slash, query-aware, shared, pivotal)
 DECISION_CODES = (int(Decision.VERTICAL_SLASH), int(Decision.QUERY_AWARE), int(Decision.SHARED),
                   int(Decision.PIVOTAL))
