@@ -61,7 +61,8 @@ def _check_inputs(q, k, v, layout: BlockLayout) -> None:
         raise ValueError("q, k, v and the layout must be on one device")
 
 
-def _check_mass_heads(mass_heads, q) -> None:
+def check_mass_heads(mass_heads, q) -> None:
+    """``ValueError`` unless ``mass_heads`` is None or ``[B, H]`` of q."""
     if mass_heads is not None and tuple(mass_heads.shape) != tuple(q.shape[:2]):
         raise ValueError(f"mass_heads must be [B, H] = {tuple(q.shape[:2])}, got {tuple(mass_heads.shape)}")
 
@@ -181,7 +182,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
         get zeros.
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    _check_mass_heads(mass_heads, q)
+    check_mass_heads(mass_heads, q)
     if mass_pass not in ("auto", "one", "two"):
         raise ValueError(f"mass_pass must be auto, one or two, got {mass_pass!r}")
     out, mass = _launch_attention(q, k, v, layout, scale, return_block_mass, out, config,

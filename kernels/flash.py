@@ -257,10 +257,10 @@ def flash_sparse_attention_with_mass(q: torch.Tensor, k: torch.Tensor, v: torch.
     programs read nothing); the pass normalises with the statistics ``stats_from_lse`` derives from
     the log-sum-exp. No host sync; same checks as ``flash_sparse_attention``."""
     from .attn_fwd import mass_config
+    from .block_sparse import check_mass_heads
     from .mass_pass import LOG2E, launch_block_mass, stats_from_lse
 
-    if mass_heads is not None and tuple(mass_heads.shape) != tuple(q.shape[:2]):
-        raise ValueError(f"mass_heads must be [B, H] = {tuple(q.shape[:2])}, got {tuple(mass_heads.shape)}")
+    check_mass_heads(mass_heads, q)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     out, lse = flash_sparse_attention(q, k, v, layout, scale=scale, return_lse=True)
     cfg = mass_config(layout.block_size, q.shape[-1], q.is_cuda)

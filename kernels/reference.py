@@ -44,15 +44,19 @@ def _scale(q: torch.Tensor, scale: float | None) -> float:
     return scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
 
 
-def attention_probs_ref(q, k, scale=None, mask=None) -> torch.Tensor:
-    """Softmax attention probabilities, fp32, ``[B, H, Nq, Nk]``; ``mask`` is extra bool keep-mask."""
+def masked_logits_ref(q, k, scale=None, mask=None) -> torch.Tensor:
+    """Scaled causal logits, fp32, ``[B, H, Nq, Nk]``, -inf where masked; ``mask`` is extra bool keep-mask."""
     keep = causal_token_mask(q.shape[2], k.shape[2], q.device)
     if mask is not None:
         keep = keep & mask
     logits = torch.matmul(q.float(), expand_kv(k, q.shape[1]).float().transpose(-1, -2))
     logits = logits * _scale(q, scale)
-    logits = logits.masked_fill(~keep, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
+    return logits.masked_fill(~keep, float("-inf"))
+
+
+def attention_probs_ref(q, k, scale=None, mask=None) -> torch.Tensor:
+    """Softmax attention probabilities, fp32, ``[B, H, Nq, Nk]``; ``mask`` is extra bool keep-mask."""
+    probs = torch.softmax(masked_logits_ref(q, k, scale, mask), dim=-1)
     return torch.nan_to_num(probs, nan=0.0)  # rows with nothing kept attend to nothing
 
 
@@ -110,10 +114,8 @@ def block_sparse_attention_ref(q, k, v, block_mask, block_size, scale=None, retu
 
 def _sparse_logits(q, k, block_mask, block_size, scale):
     """Scaled fp32 logits ``[B, H, Nq, Nk]`` with -inf outside the kept blocks and the causal mask."""
-    nq, nk = q.shape[2], k.shape[2]
-    keep = block_mask_to_token_mask(block_mask.bool(), nq, nk, block_size) & causal_token_mask(nq, nk, q.device)
-    logits = torch.matmul(q.float(), expand_kv(k, q.shape[1]).float().transpose(-1, -2)) * _scale(q, scale)
-    return logits.masked_fill(~keep, float("-inf"))
+    keep = block_mask_to_token_mask(block_mask.bool(), q.shape[2], k.shape[2], block_size)
+    return masked_logits_ref(q, k, scale, keep)
 
 
 def sparse_lse_ref(q, k, block_mask, block_size, scale=None) -> torch.Tensor:
