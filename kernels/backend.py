@@ -395,3 +395,19 @@ def coverage_rows(mass: torch.Tensor, gamma: float, wanted: torch.Tensor | None 
 
         return coverage_rows_triton(mass, gamma, wanted)
     return ref.coverage_rows_ref(mass, gamma, wanted)
+
+
+def record_pivotals(store: ref.PivotalStore, cluster: torch.Tensor, layer: torch.Tensor, pivotal: torch.Tensor,
+                    block_mass: torch.Tensor, own_vs_mask: torch.Tensor, v_blocks: torch.Tensor,
+                    s_blocks: torch.Tensor, gamma: float, tau_fb: float, needs_sparser: bool = False) -> None:
+    """SharePrefill's record of a layer's pivotal heads into ``store`` (in place, no host sync):
+    ``coverage_rows`` of their block-mass maps at ``gamma``, then ``reference.record_pivotals_ref``'s
+    writes (its arguments). Two Triton launches on the Triton backend, the twin elsewhere."""
+    rank, count = coverage_rows(block_mass, gamma, pivotal)  # the pivotal heads' rows only
+    args = (store, cluster, layer, pivotal, rank, count, block_mass, own_vs_mask, v_blocks, s_blocks, tau_fb,
+            needs_sparser)
+    if select_backend(block_mass) is Backend.TRITON:
+        from .heads import record_pivotals_triton
+
+        return record_pivotals_triton(*args)
+    return ref.record_pivotals_ref(*args)

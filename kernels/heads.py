@@ -22,8 +22,8 @@ import triton
 import triton.language as tl
 
 from .decide import _u8
-from .device import on_input_device
-from .reference import HeadDecisions, ShareState
+from .device import on_device, on_input_device
+from .reference import HeadDecisions, PivotalStore, ShareState
 
 FLT_MAX = tl.constexpr(3.4028234663852886e38)
 
@@ -238,3 +238,62 @@ def coverage_rows_triton(mass: torch.Tensor, gamma: float, wanted: torch.Tensor 
         m, _u8(wanted) if wanted is not None else count, rank, count, rows, nkb, float(gamma),
         NP=max(16, triton.next_power_of_2(nkb)), HAS_WANTED=wanted is not None)
     return rank, count
+
+
+@triton.jit
+def record_pivotals_kernel(Pivotal, Cluster, Layer, Rank, Count, Mass, Own, VB, SB,
+                           Exists, Enough, Pattern, V, S, Source, H, C, NQB, NKB, tau_fb,
+                           NP: tl.constexpr, SPARSER: tl.constexpr):
+    """One program per (batch, head): ``reference.record_pivotals_ref`` for a pivotal head (the
+    others return at once). The head walks its rows once: the pattern ``rank < count`` stored in
+    its cluster's slot, and the mass inside its own vertical-slash mask summed."""
+    pid = tl.program_id(0)
+    if tl.load(Pivotal + pid) != 0:
+        b = pid // H
+        h = pid % H
+        slot = (b * C + tl.maximum(tl.load(Cluster + h), 0)).to(tl.int64)
+        cols = tl.arange(0, NP)
+        ok = cols < NKB
+        inside = 0.0
+        own_kept = 0
+        kept = 0
+        for r in range(0, NQB):
+            src = (pid.to(tl.int64) * NQB + r) * NKB
+            keep = tl.load(Rank + src + cols, mask=ok, other=NKB) < tl.load(Count + pid.to(tl.int64) * NQB + r)
+            tl.store(Pattern + (slot * NQB + r) * NKB + cols, keep.to(tl.uint8), mask=ok)
+            own = tl.load(Own + src + cols, mask=ok, other=0).to(tl.float32)
+            inside += tl.sum(tl.load(Mass + src + cols, mask=ok, other=0.0) * own)
+            if SPARSER:
+                own_kept += tl.sum(own.to(tl.int32))
+                kept += tl.sum((keep & ok).to(tl.int32))
+        enough = inside / NQB >= tau_fb
+        if SPARSER:
+            enough = enough & (own_kept <= kept)
+        row = pid.to(tl.int64) * NKB
+        tl.store(V + slot * NKB + cols, tl.load(VB + row + cols, mask=ok), mask=ok)
+        tl.store(S + slot * NKB + cols, tl.load(SB + row + cols, mask=ok), mask=ok)
+        tl.store(Enough + slot, enough.to(tl.uint8))
+        tl.store(Exists + slot, tl.full([], 1, tl.uint8))
+        tl.store(Source + slot * 2, tl.load(Layer))
+        tl.store(Source + slot * 2 + 1, h.to(tl.int64))
+
+
+def record_pivotals_triton(store: PivotalStore, cluster: torch.Tensor, layer: torch.Tensor, pivotal: torch.Tensor,
+                           rank: torch.Tensor, count: torch.Tensor, block_mass: torch.Tensor,
+                           own_vs_mask: torch.Tensor, v_blocks: torch.Tensor, s_blocks: torch.Tensor,
+                           tau_fb: float, needs_sparser: bool = False) -> None:
+    """Launch ``record_pivotals_kernel``; arguments as ``reference.record_pivotals_ref`` (the store's
+    tensors contiguous, bool flags and pattern, float32 profiles, int64 source). The mean over rows
+    sums in another order than the twin's, so a coverage within float32 rounding of ``tau_fb`` can
+    land on the other side."""
+    b, h, nqb, nkb = block_mass.shape
+    for t in store:
+        if not t.is_contiguous():
+            raise ValueError("record_pivotals: the store's tensors must be contiguous")
+    with on_device(block_mass):  # the store is not a tensor: on_input_device cannot read it
+        record_pivotals_kernel[(b * h,)](
+            _u8(pivotal), cluster.contiguous(), layer, rank.contiguous(), count.contiguous(), _f32(block_mass),
+            _u8(own_vs_mask), _f32(v_blocks), _f32(s_blocks), store.exists.view(torch.uint8),
+            store.vs_enough.view(torch.uint8), store.pattern.view(torch.uint8), store.v, store.s, store.source,
+            h, store.pattern.shape[1], nqb, nkb, float(tau_fb),
+            NP=max(16, triton.next_power_of_2(nkb)), SPARSER=bool(needs_sparser))

@@ -461,6 +461,55 @@ def share_decisions_ref(state: ShareState, candidates: torch.Tensor, v_blocks: t
     return pivotal, shared, source, cid
 
 
+class PivotalStore(NamedTuple):
+    """Where SharePrefill keeps its pivotal heads' patterns for one forward pass
+    (analysis/method/sharing.py), written in place; ``C`` clusters, ``[B, C]`` unless said otherwise."""
+
+    exists: torch.Tensor  # bool: the cluster has a pivotal pattern
+    vs_enough: torch.Tensor  # bool: the pivotal's own vertical-slash mask covered tau_fb of its mass
+    pattern: torch.Tensor  # [B, C, nqb, nkb] bool: the pivotal's exact pattern (coverage at gamma)
+    v: torch.Tensor  # [B, C, nkb] float32: its pooled vertical profile
+    s: torch.Tensor  # [B, C, nkb] float32: its pooled slash profile
+    source: torch.Tensor  # [B, C, 2] int64: (layer, head) of the pivotal
+
+
+def record_pivotals_ref(store: PivotalStore, cluster: torch.Tensor, layer: torch.Tensor, pivotal: torch.Tensor,
+                        rank: torch.Tensor, count: torch.Tensor, block_mass: torch.Tensor,
+                        own_vs_mask: torch.Tensor, v_blocks: torch.Tensor, s_blocks: torch.Tensor,
+                        tau_fb: float, needs_sparser: bool = False) -> None:
+    """Twin of ``heads.record_pivotals_kernel``: each pivotal head (``pivotal`` ``[B, H]``) writes
+    its cluster's slot (``cluster`` ``[H]``, the layer's row of the table, clamped at 0) of
+    ``store``: the pattern ``rank < count`` (``coverage_rows_ref`` of its block-mass map, ``rank``
+    ``[B, H, nqb, nkb]``, ``count`` ``[B, H, nqb]``), its pooled profiles ``[B, H, nkb]``, whether
+    its own vertical-slash mask ``own_vs_mask`` covers ``tau_fb`` of ``block_mass`` (mean over rows
+    of the mass inside the mask; with ``needs_sparser`` also keeping no more blocks than the
+    pattern), that the slot exists, and ``(layer, head)`` as its source (``layer``: 0-d int64).
+    At most one pivotal per (batch element, cluster), as the sharing test decides; other slots are
+    left as they are."""
+    b, h = pivotal.shape
+    c = store.pattern.shape[1]
+    cid = cluster.clamp(min=0)[None, :].expand(b, h)
+    slot = torch.where(pivotal, cid, torch.full_like(cid, c))  # non-pivotal heads write a dump slot
+
+    def put(target: torch.Tensor, values: torch.Tensor) -> None:  # in place: storage is kept
+        extra = torch.zeros_like(target[:, :1]).expand(b, 1, *target.shape[2:])
+        padded = torch.cat([target, extra], dim=1)
+        idx = slot.reshape(b, h, *([1] * (target.dim() - 2))).expand(b, h, *target.shape[2:])
+        target.copy_(padded.scatter(1, idx, values.to(target.dtype))[:, :c])
+
+    pattern = (rank < count[..., None]) & pivotal[..., None, None]
+    enough = (block_mass * own_vs_mask.float()).sum(-1).mean(-1) >= tau_fb  # [B, H]
+    if needs_sparser:
+        enough &= own_vs_mask.sum(dim=(-2, -1)) <= pattern.sum(dim=(-2, -1))
+    put(store.pattern, pattern)
+    put(store.v, v_blocks)
+    put(store.s, s_blocks)
+    put(store.vs_enough, enough)
+    put(store.exists, torch.ones_like(pivotal))
+    heads = torch.arange(h, device=pivotal.device)[None, :].expand(b, h)
+    put(store.source, torch.stack([layer.to(heads.dtype).expand(b, h), heads], dim=-1))
+
+
 def head_decisions_ref(vertical: torch.Tensor, slash: torch.Tensor, *, gamma: float, min_count: int,
                        codes: tuple[int, int, int, int], v_fixed: int | None = None,
                        s_fixed: int | None = None, estimate: torch.Tensor | None = None,

@@ -114,3 +114,36 @@ def check_coverage_rows(nkb: int, device: torch.device) -> None:
         rows = torch.ones(2, 3, dtype=torch.bool) if want is None else want
         assert torch.equal(got_rank.cpu()[rows], rank[rows])
     assert int(count[1, 2, 3]) == 0 and int(count[0, 1].sum()) == 0
+
+
+def check_record_pivotals(nqb: int, nkb: int, needs_sparser: bool, device: torch.device) -> None:
+    """``record_pivotals_kernel`` against its twin: two batch elements, pivotal heads of three
+    clusters written into a store that already holds other values (slots of no pivotal keep them)."""
+    from sharedattn.kernels.heads import record_pivotals_triton
+    from sharedattn.kernels.reference import PivotalStore, coverage_rows_ref, record_pivotals_ref
+
+    gen = torch.Generator().manual_seed(nqb * 31 + nkb)
+    b, h, c = 2, 5, 3
+    cluster = torch.tensor([0, 1, -1, 2, 0])
+    pivotal = torch.tensor([[True, False, False, True, False], [False, True, False, False, True]])
+    mass = _dyadic((b, h, nqb, nkb), gen)
+    own = torch.rand(b, h, nqb, nkb, generator=gen) < 0.5
+    own[1, 1] = True  # covers everything: enough at any tau_fb
+    v, s = _dyadic((b, h, nkb), gen), _dyadic((b, h, nkb), gen)
+    rank, count = coverage_rows_ref(mass, 0.9, pivotal)
+    layer = torch.tensor(7)
+    st = _state(b, c, nkb, gen)
+    st["pattern"] = torch.rand(b, c, nqb, nkb, generator=gen) < 0.5
+    st = {name: st[name] for name in PivotalStore._fields}
+    tau_fb = float((mass * own.float()).sum(-1).mean(-1)[pivotal].median())  # half the pivotal heads enough
+    want = PivotalStore(*(t.clone() for t in st.values()))
+    record_pivotals_ref(want, cluster, layer, pivotal, rank, count, mass, own, v, s, tau_fb, needs_sparser)
+    got = PivotalStore(*(t.to(device) for t in st.values()))
+    record_pivotals_triton(got, *_on(device, cluster, layer, pivotal, rank, count, mass, own, v, s), tau_fb,
+                           needs_sparser)
+    for name, g, w in zip(PivotalStore._fields, got, want):
+        assert torch.equal(g.cpu(), w), name
+    assert want.source[1, 0].tolist() == [7, 4] and bool(want.exists[1, 0])
+    assert want.source[0, 1].tolist() == st["source"][0, 1].tolist()  # no pivotal of cluster 1 in element 0
+    enough = [bool(want.vs_enough[i, j]) for i, j in ((0, 0), (0, 2), (1, 1), (1, 0))]
+    assert needs_sparser or (any(enough) and not all(enough))

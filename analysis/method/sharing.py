@@ -18,8 +18,7 @@ from __future__ import annotations
 import torch
 
 from ... import kernels
-from ...kernels.reference import ShareState
-from .patterns import mass_covered
+from ...kernels.reference import PivotalStore, ShareState
 
 
 def cluster_table(lookup, num_layers: int, num_heads: int) -> torch.Tensor:
@@ -36,9 +35,6 @@ def cluster_table(lookup, num_layers: int, num_heads: int) -> torch.Tensor:
     return table
 
 
-_STATE_FIELDS = ("exists", "vs_enough", "pattern", "v", "s", "source")
-
-
 class SharingState:
     """Pivotal heads and their patterns for one forward pass."""
 
@@ -46,7 +42,7 @@ class SharingState:
         self.table = table  # [L, H]
         self.num_clusters = int(table.max().item()) + 1 if table.numel() else 0
         self._shape = None  # (batch, nqb, nkb) of the state tensors
-        self._stores: dict = {}  # device -> the state tensors there (_STATE_FIELDS)
+        self._stores: dict = {}  # device -> the state tensors there (PivotalStore._fields)
         self._device = None  # the device whose tensors hold the current state (self.exists, ...)
         self.generation = 0
         self._on_device: dict = {}  # device -> (table [L, H], layers [L])
@@ -86,7 +82,7 @@ class SharingState:
         elif device != self._device:
             previous = self._stores[self._device]
             self._use(device)
-            for name in _STATE_FIELDS:
+            for name in PivotalStore._fields:
                 getattr(self, name).copy_(previous[name])
 
     def _use(self, device) -> None:
@@ -125,31 +121,12 @@ class SharingState:
         ``cluster`` ``[H]``: the layer's row of the table (``cluster_row``); ``layer``: its number,
         a 0-d int64 tensor (``layer_index``), stored as the source of the pivotal's pattern;
         ``pivotal`` ``[B, H]`` bool; ``block_mass`` and ``own_vs_mask`` ``[B, H, nqb, nkb]``;
-        pooled profiles ``[B, H, nkb]``. Writes the state in place, no host sync.
+        pooled profiles ``[B, H, nkb]``. Writes the state in place, no host sync
+        (``kernels.record_pivotals``: two launches on the GPU).
 
         A cluster falls back to vertical-slash when the pivotal's own vertical-slash mask covers
         ``tau_fb`` of its mass (the paper) and, with ``fallback_needs_sparser``, also keeps no more
         blocks than the pivotal's pattern (ours)."""
-        b, h = pivotal.shape
-        cid = cluster.clamp(min=0)[None, :].expand(b, h)
-        slot = torch.where(pivotal, cid, torch.full_like(cid, self.pattern.shape[1]))  # dump slot
-        c = self.pattern.shape[1]
-
-        def put(store: torch.Tensor, values: torch.Tensor) -> None:  # in place: storage is kept
-            extra = torch.zeros_like(store[:, :1]).expand(b, 1, *store.shape[2:])
-            padded = torch.cat([store, extra], dim=1)
-            idx = slot.reshape(b, h, *([1] * (store.dim() - 2))).expand(b, h, *store.shape[2:])
-            store.copy_(padded.scatter(1, idx, values.to(store.dtype))[:, :c])
-
-        rank, count = kernels.coverage_rows(block_mass, gamma, pivotal)  # the pivotal heads' rows only
-        pattern = (rank < count[..., None]) & pivotal[..., None, None]
-        covered = mass_covered(own_vs_mask, block_mass) >= tau_fb  # [B, H]
-        if fallback_needs_sparser:
-            covered &= own_vs_mask.sum(dim=(-2, -1)) <= pattern.sum(dim=(-2, -1))
-        put(self.pattern, pattern)
-        put(self.v, v_blocks)
-        put(self.s, s_blocks)
-        put(self.vs_enough, covered)
-        put(self.exists, torch.ones_like(pivotal))
-        heads = torch.arange(h, device=pivotal.device)[None, :].expand(b, h)
-        put(self.source, torch.stack([layer.to(heads.dtype).expand(b, h), heads], dim=-1))
+        store = PivotalStore(*(getattr(self, name) for name in PivotalStore._fields))
+        kernels.record_pivotals(store, cluster, layer, pivotal, block_mass, own_vs_mask, v_blocks, s_blocks,
+                                gamma, tau_fb, fallback_needs_sparser)

@@ -1,6 +1,6 @@
 """Why does a SharePrefill head not share? Per-head reasons, per length, on a real model (GPU).
 
-    python docs/scripts/sharing_diagnosis.py MODEL LOOKUP.json OUT.json [LENGTH ...]
+    python docs/scripts/sharing_diagnosis.py MODEL LOOKUP.json OUT.json [LENGTH ...] [--gamma G ...]
     python docs/scripts/sharing_diagnosis.py --profile MODEL LOOKUP.json LENGTH
 
 For every length: a passkey prompt (depth 0.3, seed 7) is prefilled with shareprefill at the
@@ -16,6 +16,8 @@ be watched). Each head of each layer gets one reason:
     shared        shares the pivotal pattern
 
 and the per-layer attention time (CUDA events around each layer's attention call) of every method.
+Each ``--gamma G`` adds vertical-slash, flexprefill and shareprefill at that gamma to the timed
+variants (named ``METHOD@G``; the reasons are watched at the default gamma only).
 """
 from __future__ import annotations
 
@@ -132,7 +134,7 @@ VARIANTS = (("vertical-slash", "vertical-slash", {}), ("flexprefill", "flexprefi
             ("shareprefill-sparser", "shareprefill", {"fallback": "covers-and-sparser"}))
 
 
-def diagnose(model: str, lookup_path: str, lengths: list[int]) -> list[dict]:
+def diagnose(model: str, lookup_path: str, lengths: list[int], gammas: tuple[float, ...] = ()) -> list[dict]:
     random_init = model[len("random:"):] if model.startswith("random:") else None
     loaded = load_model(model if random_init is None else None, random_init=random_init)
     reference = None
@@ -146,7 +148,9 @@ def diagnose(model: str, lookup_path: str, lengths: list[int]) -> list[dict]:
         dense_cfg = make_config("dense")
         dense_runs, dense_ttft, dense_attn = _timed(loaded, ids, MethodName.DENSE, dense_cfg, None)
         row = {"tokens": len(ids), "dense": {"ttft_ms": dense_ttft * 1e3, "attention_ms": dense_attn * 1e3}}
-        for name, method, extra in VARIANTS:
+        extra_gammas = [(f"{m}@{g}", m, {"gamma": g}) for g in gammas
+                         for m in ("vertical-slash", "flexprefill", "shareprefill")]
+        for name, method, extra in (*VARIANTS, *extra_gammas):
             cfg = make_config(method, dense_below=0, **extra)
             lk = lookup if method == "shareprefill" else None
             with Watch(watch_sharing=False) as timing:
@@ -175,7 +179,7 @@ def diagnose(model: str, lookup_path: str, lengths: list[int]) -> list[dict]:
         print(json.dumps({"tokens": row["tokens"], "noise_floor": row.get("noise_floor"),
                           **{name: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row[name].items()
                                     if k in ("ttft_ms", "attention_ms", "density", "reasons", "fidelity")}
-                             for name in ["dense", *(v[0] for v in VARIANTS)]}}), flush=True)
+                             for name in ["dense", *(v[0] for v in (*VARIANTS, *extra_gammas))]}}), flush=True)
     return rows
 
 
@@ -207,6 +211,11 @@ if __name__ == "__main__":
     if sys.argv[1] == "--profile":
         profile(sys.argv[2], sys.argv[3], int(sys.argv[4]))
         sys.exit(0)
-    model_name, lookup_file, out_file, *lens = sys.argv[1:]
-    result = diagnose(model_name, lookup_file, [int(n) for n in lens] or [8192, 16384, 32000])
+    args, gammas = sys.argv[1:], []
+    while "--gamma" in args:
+        i = args.index("--gamma")
+        gammas.append(float(args[i + 1]))
+        del args[i:i + 2]
+    model_name, lookup_file, out_file, *lens = args
+    result = diagnose(model_name, lookup_file, [int(n) for n in lens] or [8192, 16384, 32000], tuple(gammas))
     Path(out_file).write_text(json.dumps(result, indent=1) + "\n")

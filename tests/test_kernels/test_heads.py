@@ -2,7 +2,7 @@
 interpreter on CPU (the cases: tests/head_cases.py)."""
 import pytest
 import torch
-from head_cases import CODES, METHODS, check_coverage_rows, check_head_decisions
+from head_cases import CODES, METHODS, check_coverage_rows, check_head_decisions, check_record_pivotals
 
 from sharedattn.kernels.heads import head_decisions_triton
 from sharedattn.kernels.reference import ShareState, head_decisions_ref
@@ -33,3 +33,9 @@ def test_sorts_like_torch_on_nan_inf_negative_and_signed_zero():
 @pytest.mark.parametrize("nkb", [5, 37, 130])
 def test_coverage_rows_match_twin(nkb):
     check_coverage_rows(nkb, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("needs_sparser", [False, True])
+@pytest.mark.parametrize("nqb,nkb", [(4, 4), (3, 37), (9, 130)])
+def test_record_pivotals_match_twin(nqb, nkb, needs_sparser):
+    check_record_pivotals(nqb, nkb, needs_sparser, torch.device("cpu"))
