@@ -153,7 +153,7 @@ def load_query_tile(Q, b, h, pid_m, stride_qb, stride_qh, stride_qm, stride_qd, 
 
 
 @triton.jit
-def attn_fwd_kernel(Q, K, V, O, Stats, Counts, Indices, NumFull, KDesc, VDesc, Lse, Slots, Run,
+def attn_fwd_kernel(Q, K, V, O, Stats, Counts, Indices, NumFull, KDesc, VDesc, Lse, Slots,
                     stride_qb, stride_qh, stride_qm, stride_qd,
                     stride_kb, stride_kh, stride_kn, stride_kd,
                     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -163,10 +163,7 @@ def attn_fwd_kernel(Q, K, V, O, Stats, Counts, Indices, NumFull, KDesc, VDesc, L
                     BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     HEAD_DIM: tl.constexpr, STORE_OUT: tl.constexpr, STORE_STATS: tl.constexpr,
                     WARP_SPEC: tl.constexpr, USE_TMA: tl.constexpr, ORDER_KV: tl.constexpr,
-                    TILE_LSE: tl.constexpr, HEAD_SELECT: tl.constexpr):
-    """One program per (batch, head, query tile). With ``HEAD_SELECT``, ``Run`` ``[B * H]`` (uint8)
-    says which heads run: the programs of the others read no key and write nothing (their rows of
-    O and Stats keep what they held)."""
+                    TILE_LSE: tl.constexpr):
     b, h, pid_m = program_coords(tl.program_id(0), H, GROUP, NUM_M, ORDER_KV)
     kvh = h // GROUP
     r = (pid_m * BLOCK_M) // BLOCK_SIZE
@@ -178,13 +175,6 @@ def attn_fwd_kernel(Q, K, V, O, Stats, Counts, Indices, NumFull, KDesc, VDesc, L
     row = b * stride_cb + h * stride_ch + r
     count = tl.load(Counts + row)
     n_full = tl.load(NumFull + row)
-    rows = NQ
-    if HEAD_SELECT:
-        run = tl.load(Run + b * H + h) != 0
-        count = tl.where(run, count, 0)
-        n_full = tl.where(run, n_full, 0)
-        rows = tl.where(run, NQ, 0)
-    row_ok = offs_m < rows  # one comparison: a plain bool mask
     idx_ptr = Indices + b * stride_ib + h * stride_ih + r * stride_ir
     k_base = K + b * stride_kb + kvh * stride_kh
     v_base = V + b * stride_vb + kvh * stride_vh
@@ -209,6 +199,7 @@ def attn_fwd_kernel(Q, K, V, O, Stats, Counts, Indices, NumFull, KDesc, VDesc, L
                                    stride_vd, stride_ik, NK, qk_scale, lse_ptr, lse_mask, NQP,
                                    BLOCK_SIZE, BLOCK_N, HEAD_DIM, True, STORE_OUT, USE_TMA,
                                    TILE_LSE)
+    row_ok = offs_m < NQ
     if STORE_OUT:
         inv_l = tl.where(l_i > 0, 1.0 / tl.where(l_i > 0, l_i, 1.0), 0.0)
         out = acc * inv_l[:, None]

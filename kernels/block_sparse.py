@@ -15,7 +15,6 @@ import torch
 import triton
 
 from .attn_fwd import AttnConfig, attn_fwd_kernel, default_config, mass_config
-from .decide import _u8
 from .device import on_input_device
 from .layout import BlockLayout
 from .limits import HEAD_DIMS, LOG2E, check_block_size, one_of
@@ -100,9 +99,8 @@ def _one_pass_slots(layout: BlockLayout, cfg: AttnConfig, mass_heads, mode: str,
 def _launch_attention(q, k, v, layout: BlockLayout, scale: float, return_block_mass: bool,
                       out: torch.Tensor | None, config: AttnConfig | None, store_out: bool = True,
                       mass_heads: torch.Tensor | None = None, mass_pass: str = "auto",
-                      num_mass_heads: int | None = None, run_heads: torch.Tensor | None = None):
-    """Checked launch. q ``[B, H, Nq, D]``, k/v ``[B, H_kv, Nk, D]`` -> (out, mass or None).
-    ``run_heads``: bool ``[B, H]``, only these heads run (the others' rows of ``out`` are left)."""
+                      num_mass_heads: int | None = None):
+    """Checked launch. q ``[B, H, Nq, D]``, k/v ``[B, H_kv, Nk, D]`` -> (out, mass or None)."""
     _check_inputs(q, k, v, layout)
     orig_dtype = q.dtype
     if _interpreting() and q.dtype == torch.bfloat16:  # bf16 tl.dot is wrong in the interpreter
@@ -117,8 +115,8 @@ def _launch_attention(q, k, v, layout: BlockLayout, scale: float, return_block_m
         out = torch.empty(q.shape, dtype=orig_dtype, device=q.device)
     elif out.shape != q.shape or out.dtype != orig_dtype:
         raise ValueError(f"out must be {tuple(q.shape)} {orig_dtype}")
-    if store_out:  # upcast in the interpreter: heads that do not run keep their rows through the copy
-        kernel_out = out if out.dtype == q.dtype else (torch.empty_like(q) if run_heads is None else out.to(q.dtype))
+    if store_out:
+        kernel_out = out if out.dtype == q.dtype else torch.empty_like(q)
     stats = torch.empty((bsz, heads, 2, nq), dtype=torch.float32, device=q.device)
     one_pass = _one_pass_slots(layout, cfg, mass_heads, mass_pass, q.device, num_mass_heads) \
         if return_block_mass else None
@@ -133,14 +131,13 @@ def _launch_attention(q, k, v, layout: BlockLayout, scale: float, return_block_m
     qk_scale = scale * LOG2E
     attn_fwd_kernel[(bsz * heads * num_m,)](
         q, k, v, kernel_out, stats, layout.counts, layout.indices, layout.num_full,
-        *(descs or (k, v)), lse, slots, stats if run_heads is None else _u8(run_heads.to(q.device)),
+        *(descs or (k, v)), lse, slots,
         *q.stride(), *k.stride(), *v.stride(), *kernel_out.stride(),
         layout.counts.stride(0), layout.counts.stride(1), *layout.indices.stride(),
         heads, heads // k.shape[1], nq, k.shape[2], num_m, nqp, kt, qk_scale,
         BLOCK_SIZE=layout.block_size, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=dim,
         STORE_OUT=store_out, STORE_STATS=return_block_mass, WARP_SPEC=cfg.warp_specialize,
         USE_TMA=descs is not None, ORDER_KV=cfg.order == "kv", TILE_LSE=one_pass is not None,
-        HEAD_SELECT=run_heads is not None,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if store_out and kernel_out is not out:
         out.copy_(kernel_out)
@@ -150,46 +147,6 @@ def _launch_attention(q, k, v, layout: BlockLayout, scale: float, return_block_m
     elif return_block_mass:
         mass = launch_block_mass(q, k, stats, layout, qk_scale,
                                  config or mass_config(layout.block_size, dim, q.is_cuda), mass_heads)
-    return out, mass
-
-
-_SIDE_STREAMS: dict = {}
-
-
-def _side_stream(device: torch.device) -> torch.cuda.Stream:
-    """A high-priority stream per GPU for the mapped heads' work (``_overlapped_map``)."""
-    if device not in _SIDE_STREAMS:
-        _SIDE_STREAMS[device] = torch.cuda.Stream(device=device, priority=-100)  # clamped to the highest
-    return _SIDE_STREAMS[device]
-
-
-def _overlapped_map(q, k, v, layout: BlockLayout, scale: float, out: torch.Tensor | None,
-                    config: AttnConfig | None, mass_heads: torch.Tensor):
-    """``mass_pass="overlap"``: the mapped heads' forward and their two-pass map on a side stream
-    of high priority, the other heads' forward on the caller's stream at the same time, joined
-    before returning (no host sync; a CUDA graph records the two branches). A few dense heads' map
-    is a chain of long rows that leaves most of the GPU idle; here the other heads fill it.
-    Per head the arithmetic is the ``"two"`` pass's, so outputs and maps are equal bit for bit.
-    Off CUDA the two launches run one after the other."""
-    mapped = mass_heads.to(q.device, torch.bool)
-    if out is None:
-        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    rest = ~mapped
-    if not q.is_cuda:
-        _, mass = _launch_attention(q, k, v, layout, scale, True, out, config, mass_heads=mapped,
-                                    mass_pass="two", run_heads=mapped)
-        _launch_attention(q, k, v, layout, scale, False, out, config, run_heads=rest)
-        return out, mass
-    main, side = torch.cuda.current_stream(q.device), _side_stream(q.device)
-    side.wait_stream(main)
-    with torch.cuda.stream(side):
-        _, mass = _launch_attention(q, k, v, layout, scale, True, out, config, mass_heads=mapped,
-                                    mass_pass="two", run_heads=mapped)
-    _launch_attention(q, k, v, layout, scale, False, out, config, run_heads=rest)
-    main.wait_stream(side)
-    # ``mass`` was allocated on the side stream and is used on the caller's: no record_stream is
-    # needed, because every later side-stream use starts with ``side.wait_stream(main)``, which
-    # orders it after whatever the caller did with this memory before freeing it
     return out, mass
 
 
@@ -214,9 +171,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
         mass_pass: how the map is made. ``"one"``: the forward pass records each kept tile's
             row sums (a scratch of ``mapped heads x kept tiles x rows`` fp32) and a few torch ops
             turn them into the map, with no second pass over K. ``"two"``: a second kernel
-            re-reads the kept K blocks (no scratch). ``"overlap"`` (with ``mass_heads``): the
-            ``"two"`` pass for the mapped heads on a side stream while the other heads' forward
-            runs (``_overlapped_map``; same results). ``"auto"``: one pass when the scratch
+            re-reads the kept K blocks (no scratch). ``"auto"``: one pass when the scratch
             fits in an eighth of the free device memory and each kept block is one key tile.
         num_mass_heads: the number of True entries of ``mass_heads``, when known, which saves
             the one host sync that sizes the one-pass scratch.
@@ -228,13 +183,8 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     check_mass_heads(mass_heads, q)
-    if mass_pass not in ("auto", "one", "two", "overlap"):
-        raise ValueError(f"mass_pass must be auto, one, two or overlap, got {mass_pass!r}")
-    if mass_pass == "overlap" and return_block_mass and mass_heads is not None:
-        _check_inputs(q, k, v, layout)
-        return _overlapped_map(q, k, v, layout, scale, out, config, mass_heads)
-    if mass_pass == "overlap":  # every head mapped, or no map: nothing to overlap
-        mass_pass = "two"
+    if mass_pass not in ("auto", "one", "two"):
+        raise ValueError(f"mass_pass must be auto, one or two, got {mass_pass!r}")
     out, mass = _launch_attention(q, k, v, layout, scale, return_block_mass, out, config,
                                   mass_heads=mass_heads, mass_pass=mass_pass, num_mass_heads=num_mass_heads)
     return (out, mass) if return_block_mass else out

@@ -271,9 +271,8 @@ class SparsePrefill:
 
     def _layer_step(self, q, k, v, scale: float, cluster=None, layer=None):
         """One whole layer without a host sync: the decision step, the layout at full width, the
-        attention and, for SharePrefill, the two-pass block-mass map of its pivotal heads (with
-        their forward on a side stream while the other heads' forward runs: ``mass_pass="overlap"``)
-        and their record (both do nothing for a layer without pivotal heads). ``(out, plan)``."""
+        attention and, for SharePrefill, the two-pass block-mass map of its pivotal heads and
+        their record (both do nothing for a layer without pivotal heads). ``(out, plan)``."""
         plan = self._step(q, k, scale, cluster)
         draft = LayoutDraft(plan.counts, plan.ordered, plan.num_full, self.config.block_size,
                             q.shape[2], k.shape[2])
@@ -281,7 +280,7 @@ class SparsePrefill:
         if self.method is not MethodName.SHAREPREFILL:
             return kernels.sparse_attention(q, k, v, layout, scale=scale), plan
         out, mass = kernels.sparse_attention(q, k, v, layout, scale=scale, return_block_mass=True,
-                                             mass_heads=plan.pivotal, mass_pass="overlap")
+                                             mass_heads=plan.pivotal, mass_pass="two")
         self._record(cluster, layer, plan, mass)
         return out, plan
 

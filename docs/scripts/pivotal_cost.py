@@ -6,9 +6,8 @@
 ``synth``: Qwen2.5-Coder-0.5B attention shape (14 query / 2 KV heads, head dim 64, bf16, block
 128), random kept blocks at DENSITY (diagonal and block 0 always kept) for the sparse heads and
 every causal block for PIVOTAL heads. Times (median, CUDA events) the kernel without the map, with
-the one-pass and the two-pass map of the pivotal heads (the two-pass one also overlapped: the
-pivotal heads' forward and map on a side stream, ``mass_pass="overlap"``; session 9 timed splits of
-its rows, ``mass_pass.MASS_SPLIT``, here: no gain), the split variant (pivotal heads through
+the one-pass and the two-pass map of the pivotal heads (the two-pass one also with its rows split
+over several programs, ``mass_pass.MASS_SPLIT``), the split variant (pivotal heads through
 cuDNN with its log-sum-exp plus the mass pass over their blocks, the others through our kernel),
 the estimation kernels, and record_pivotals; cuDNN dense of the whole layer beside them.
 
@@ -69,9 +68,17 @@ def synth(n: int = 32768, n_piv: int = 2, density: float = 0.48) -> None:
     rows["ours, no map"] = time_ms(lambda: kernels.sparse_attention(q, k, v, layout, scale=scale))
     from sharedattn.kernels.block_sparse import block_sparse_attention
 
-    for mode in ("one", "two", "overlap"):  # overlap: the pivotal heads on a side stream (mass_pass)
+    for mode in ("one", "two"):
         rows[f"ours + map ({mode}-pass)"] = time_ms(lambda: block_sparse_attention(
             q, k, v, layout, scale=scale, return_block_mass=True, mass_heads=pivotal, mass_pass=mode))
+    from sharedattn.kernels import mass_pass
+
+    default_split = mass_pass.MASS_SPLIT
+    for split in (0, 16, 64):  # the two-pass map's rows walked by one program (0) or split in shares
+        mass_pass.MASS_SPLIT = split
+        rows[f"ours + map (two-pass, split {split})"] = time_ms(lambda: block_sparse_attention(
+            q, k, v, layout, scale=scale, return_block_mass=True, mass_heads=pivotal, mass_pass="two"))
+    mass_pass.MASS_SPLIT = default_split
     from dataclasses import replace
 
     from sharedattn.kernels.attn_fwd import default_config as forward_config

@@ -169,25 +169,6 @@ def test_mass_one_pass_and_two_pass_agree_with_twin(mass_pass, config):
         block_sparse_attention(q, k, v, lay, return_block_mass=True, mass_pass="three")
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_overlapped_map_equals_two_pass(dtype):
-    """``mass_pass="overlap"`` (mapped heads' forward and map apart from the other heads' forward,
-    into one output) gives the two-pass results bit for bit: a head subset, ragged rows, q shorter
-    than k, a preallocated output (bf16: the interpreter's upcast copy keeps the other launch's rows)."""
-    q, k, v = make_qkv(2, 4, 2, 200, 330, 32, dtype, seed=37)
-    lay = random_layout(2, 4, 200, 330, 64, 0.5, seed=37)
-    wanted = torch.tensor([[True, False, False, True], [False, True, True, False]])
-    o2, m2 = block_sparse_attention(q, k, v, lay, return_block_mass=True, mass_heads=wanted, mass_pass="two")
-    out = poisoned(q.shape, q.dtype)
-    o3, m3 = block_sparse_attention(q, k, v, lay, return_block_mass=True, mass_heads=wanted, mass_pass="overlap",
-                                    out=out)
-    assert o3 is out and torch.equal(o3, o2) and torch.equal(m3, m2)
-    assert bool((m3[~wanted] == 0).all()) and bool((m3[wanted] > 0).any())
-    o4, m4 = block_sparse_attention(q, k, v, lay, return_block_mass=True, mass_pass="overlap")  # every head mapped
-    o5, m5 = block_sparse_attention(q, k, v, lay, return_block_mass=True, mass_pass="two")
-    assert torch.equal(o4, o5) and torch.equal(m4, m5)
-
-
 @pytest.mark.parametrize("split", [3, 16])
 def test_two_pass_map_split_along_rows(split, monkeypatch):
     """With ``MASS_SPLIT`` the two-pass map's programs each take that many kept tiles of a row:
