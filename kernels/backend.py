@@ -73,6 +73,13 @@ AUTO_FLASH_BLOCK_SIZES = (128,)
 # 1.5x with all 32 (Triton's one-pass map); head dim 64 (two passes on both), 128K: 0.91-0.99x at every
 # share.
 FLASH_MASS_MAX_SHARE = {128: 0.25, 64: 1.0}
+# Below this many keys flash-attn-4's call carries about 1 ms that does not shrink with the kept blocks
+# (session 9 grid, Llama shapes at 32K: time ~ 1.0 ms + 13.6 ms x kept share on flash, 0.27 + 18.6 on ours),
+# so a layer keeping less than this share of its causal blocks runs faster on ours: 32K, share 0.05: 1.56
+# vs 1.90 ms; 0.1: 2.34 vs 2.51 (session 6: 2.24 vs 2.32); 0.3: 5.85 vs 5.06 (flash); at 64K flash wins
+# from 0.05 (4.09 vs 4.68). Applies when the caller knows the share on the host (``kept_share``; the
+# synced prefill path reads it with its one host read per layer); unknown keeps the rule above.
+AUTO_FLASH_MIN_KEPT_SHARE = {128: (65536, 0.15)}  # head dim -> (below these keys, flash from this share)
 
 _override: Backend | None = None
 _recorders: list[Counter] = []
@@ -140,13 +147,18 @@ class Geometry(NamedTuple):
 
 
 def auto_backend(q: torch.Tensor, layout: BlockLayout | Geometry, return_block_mass: bool = False,
-                 mapped_share: float | None = None) -> Backend:
+                 mapped_share: float | None = None, kept_share: float | None = None) -> Backend:
     """``auto`` on a CUDA attention call: flash-attn-4 where it measured faster (the constants
     above), Triton otherwise and wherever flash cannot run; with the block-mass map the same where
-    at most ``FLASH_MASS_MAX_SHARE`` of the heads are mapped (``mapped_share``; None: not known)."""
+    at most ``FLASH_MASS_MAX_SHARE`` of the heads are mapped (``mapped_share``; None: not known).
+    ``kept_share``: the layout's kept share of its causal blocks, when known on the host
+    (``AUTO_FLASH_MIN_KEPT_SHARE``)."""
     dim = q.shape[-1]
     if dim not in AUTO_FLASH_HEAD_DIMS or layout.nk < AUTO_FLASH_MIN_KEYS[dim] \
             or layout.block_size not in AUTO_FLASH_BLOCK_SIZES:
+        return Backend.TRITON
+    below_keys, min_share = AUTO_FLASH_MIN_KEPT_SHARE.get(dim, (0, 0.0))
+    if kept_share is not None and layout.nk < below_keys and kept_share < min_share:
         return Backend.TRITON
     if return_block_mass and (1.0 if mapped_share is None else mapped_share) > FLASH_MASS_MAX_SHARE.get(dim, 0.0):
         return Backend.TRITON
@@ -158,15 +170,17 @@ def auto_backend(q: torch.Tensor, layout: BlockLayout | Geometry, return_block_m
 
 
 def attention_backend(q: torch.Tensor, layout: BlockLayout | Geometry, return_block_mass: bool = False,
-                      mapped_share: float | None = None) -> Backend:
+                      mapped_share: float | None = None, kept_share: float | None = None) -> Backend:
     """The kernel one ``sparse_attention`` call runs on: triton, reference or flash (module docstring).
     A ``Geometry`` in place of the layout asks before the layout exists (same answer).
-    ``mapped_share``: the share of heads whose map is asked for, if known (``auto_backend``)."""
+    ``mapped_share``: the share of heads whose map is asked for, ``kept_share``: the layout's kept
+    share of causal blocks, each if known on the host (``auto_backend``)."""
     chosen = requested_backend()
     if chosen is None:
         chosen = Backend.AUTO if q.is_cuda else Backend.REFERENCE
     if chosen is Backend.AUTO:
-        return auto_backend(q, layout, return_block_mass, mapped_share) if q.is_cuda else Backend.REFERENCE
+        return auto_backend(q, layout, return_block_mass, mapped_share, kept_share) if q.is_cuda \
+            else Backend.REFERENCE
     if chosen is Backend.FLASH:
         require_flash(q.device)
         from .flash import call_unsupported
@@ -212,17 +226,18 @@ def count_call(backend: Backend) -> None:
 def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockLayout, *,
                      scale: float | None = None, return_block_mass: bool = False,
                      mass_heads: torch.Tensor | None = None, num_mass_heads: int | None = None,
-                     mass_pass: str = "auto"):
+                     mass_pass: str = "auto", kept_share: float | None = None):
     """Block-sparse causal attention: q ``[B, H, Nq, D]``, k/v ``[B, H_kv, Nk, D]`` -> out
     ``[B, H, Nq, D]`` (q's dtype), plus the mass map ``[B, H, nqb, nkb]`` fp32 when asked
     (only for the heads of the bool ``[B, H]`` ``mass_heads`` if given; zeros elsewhere;
     ``num_mass_heads``: how many those are, when the caller knows, which saves a host sync;
     ``mass_pass``: the Triton map's pass, ``block_sparse_attention``'s argument: ``"two"`` never
-    reads the device from the host, so a CUDA graph can record it).
+    reads the device from the host, so a CUDA graph can record it; ``kept_share``: the layout's
+    kept share of its causal blocks, when the caller knows it on the host, for ``auto``'s rule).
     The backend: ``attention_backend``; on flash the map takes two passes whatever ``mass_pass`` says
     (module docstring)."""
     share = 1.0 if mass_heads is None else (None if num_mass_heads is None else num_mass_heads / mass_heads.numel())
-    backend = attention_backend(q, layout, return_block_mass, share)
+    backend = attention_backend(q, layout, return_block_mass, share, kept_share)
     count_call(backend)
     if backend is Backend.FLASH:
         from . import flash

@@ -241,9 +241,11 @@ def backend_ms(name: str, q, k, v, layout: BlockLayout) -> float:
     """Median ms of ``sparse_attention`` with backend ``name`` asked for (flash, auto, triton)."""
     from .backend import sparse_attention, use_backend
 
+    share = layout.density()  # on the host, as the synced prefill path gives it to auto's rule
+
     def run():
         with use_backend(name):
-            return sparse_attention(q, k, v, layout)
+            return sparse_attention(q, k, v, layout, kept_share=share)
     return time_ms(run)
 
 

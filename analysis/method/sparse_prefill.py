@@ -78,8 +78,8 @@ class DecisionPlan(NamedTuple):
     density: torch.Tensor  # kept / causal blocks
     coverage: torch.Tensor  # estimated covered mass of the probe rows (1.0 for pivotal heads)
     source: torch.Tensor  # [B, H, 2] (layer, head) a shared head took its pattern from, else -1
-    host_flags: torch.Tensor  # [3] long, fetched in one transfer: widest row, keeps every block,
-    #                           number of pivotal heads
+    host_flags: torch.Tensor  # [5] long, fetched in one transfer: widest row, keeps every block,
+    #                           number of pivotal heads, kept blocks, causal blocks (all heads)
     vertical: torch.Tensor  # [B, H, nkb] the probe's pooled vertical profile
     slash: torch.Tensor  # [B, H, nkb] the probe's pooled slash profile
     pivotal: torch.Tensor | None = None  # shareprefill: bool, heads that run dense and are mapped
@@ -216,7 +216,8 @@ class SparsePrefill:
                 minimal=minimal, query_aware=query_aware, share=share_args,
                 tail_first=tail_first_row(cfg.exact_tail, nq, bs), want_own=share is not None)
         n_pivotal = share.pivotal.sum() if share is not None else torch.zeros((), dtype=torch.long, device=dev)
-        flags = torch.stack([draft.counts.max().long(), draft.keeps_all().long(), n_pivotal.long()])
+        kept, causal = draft.counts.sum().long(), draft.causal_blocks().long() * b * h
+        flags = torch.stack([draft.counts.max().long(), (kept == causal).long(), n_pivotal.long(), kept, causal])
         coverage = torch.where(decision == int(Decision.PIVOTAL), 1.0, probe_coverage(mask, vertical))
         source = _full((b, h, 2), -1, dev, torch.long) if share is None else share.source  # -1: not shared
         return DecisionPlan(
@@ -287,7 +288,7 @@ class SparsePrefill:
     # ---- kernel and trace --------------------------------------------------------------------
     def _run(self, layer, q, k, v, scale, plan: DecisionPlan):
         bs = self.config.block_size
-        max_kept, keeps_all, n_pivotal = plan.host_flags.tolist()  # the layer's one host sync
+        max_kept, keeps_all, n_pivotal, kept, causal = plan.host_flags.tolist()  # the layer's one host sync
         draft = LayoutDraft(plan.counts, plan.ordered, plan.num_full, bs, q.shape[2], k.shape[2])
         layout, want_mass = draft.finish(max_kept), n_pivotal > 0
         pivotal = plan.pivotal
@@ -297,7 +298,8 @@ class SparsePrefill:
         else:
             result = kernels.sparse_attention(q, k, v, layout, scale=scale, return_block_mass=want_mass,
                                               mass_heads=pivotal if want_mass else None,
-                                              num_mass_heads=n_pivotal if want_mass else None)
+                                              num_mass_heads=n_pivotal if want_mass else None,
+                                              kept_share=kept / max(causal, 1))
             out, mass = result if want_mass else (result, None)
         if want_mass:
             self._record_pivotals(layer, k.shape[2], plan, mass)

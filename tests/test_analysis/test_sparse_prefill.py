@@ -94,7 +94,8 @@ def test_sharing_pivotal_then_shared_in_a_later_layer():
 @pytest.mark.parametrize("method", ["vertical-slash", "shareprefill"])
 def test_the_step_takes_q_and_k_and_its_plan_carries_the_probe(method, monkeypatch):
     """The recorded step's inputs are q and k (and the cluster row); its plan carries the probe's
-    pooled profiles and the number of pivotal heads, which reaches the kernel as num_mass_heads."""
+    pooled profiles, the number of pivotal heads, which reaches the kernel as num_mass_heads, and
+    the kept share of the causal blocks, which reaches it as kept_share."""
     from sharedattn import kernels
     from sharedattn.analysis.method.patterns import pooled_profiles
 
@@ -116,6 +117,9 @@ def test_the_step_takes_q_and_k_and_its_plan_carries_the_probe(method, monkeypat
     pivotal = int((trace.decision == Decision.PIVOTAL).sum())
     assert plan.host_flags.tolist()[2] == pivotal == (1 if method == "shareprefill" else 0)
     assert calls[0]["num_mass_heads"] == (pivotal or None) and calls[0]["return_block_mass"] is (pivotal > 0)
+    kept, causal = plan.host_flags.tolist()[3:]  # the kept share reaches auto's rule from the same host read
+    assert kept == int(plan.counts.sum()) and causal == 16 * 17 // 2 * q.shape[0] * q.shape[1]
+    assert calls[0]["kept_share"] == kept / causal and 0 < kept < causal
     if pivotal:
         assert torch.equal(calls[0]["mass_heads"], plan.pivotal)
         assert torch.equal(run.sharing.v[0, 0], vertical[0, 0]) and torch.equal(run.sharing.s[0, 0], slash[0, 0])

@@ -93,6 +93,21 @@ def test_auto_rule(flash_here, d, nk, bs, mass, want):
     assert kb.auto_backend(q, lay, mass, share) is kb.Backend.TRITON
 
 
+@pytest.mark.parametrize("nk,share,want", [
+    (32768, 0.1, "triton"),  # short rows and few kept blocks: flash's per-call time dominates
+    (32768, 0.3, "flash"),
+    (32768, None, "flash"),  # share not known on the host: the length rule alone
+    (65536, 0.05, "flash"),  # from 64K keys flash wins at every measured share
+])
+def test_auto_rule_reads_the_kept_share(flash_here, nk, share, want):
+    below, least = kb.AUTO_FLASH_MIN_KEPT_SHARE[128]
+    assert below == 65536 and 0.1 < least < 0.3  # the measured crossover at 32K (session 9)
+    q = torch.empty(1, 32, nk, 128, dtype=torch.bfloat16, device="meta")
+    geometry = kb.Geometry(nk, nk, 128)
+    assert kb.auto_backend(q, geometry, kept_share=share).value == want
+    assert kb.auto_backend(q, geometry, True, 1 / 32, share).value == want  # with a few heads' map too
+
+
 def test_auto_without_flash_is_triton(monkeypatch):
     monkeypatch.setattr(flash, "flash_unavailable", lambda device=None: "not installed")
     q = torch.empty(1, 32, 32768, 128, dtype=torch.bfloat16, device="meta")
