@@ -10,6 +10,8 @@ heads, head dim 128, bf16, block 128), paper defaults, ``dense_below=0``. Per le
   recorded first; median of CUDA-event-timed repeats, ``kernels.bench.time_ms``);
 * ``gpu busy`` and ``kernels``: the GPU time and the number of kernels of one layer under
   torch.profiler (kernels replayed inside CUDA graphs included);
+* ``kernel_names`` (JSON only): each kernel of that profiled layer with its launches and GPU ms,
+  most launched first: where the kernel count of the fixed cost comes from;
 * ``attention``: the GPU time of the attention itself (the sparse kernel, the pivotal block-mass
   pass, or dense SDPA where a layer keeps every block);
 * ``fixed`` = wall - attention: what the layer pays beyond the attention it computes (host work,
@@ -120,7 +122,14 @@ def _profiled(fn) -> dict:
     for e in prof.events():
         if e.name.startswith("@") and e.device_type == torch.autograd.DeviceType.CPU:
             host[e.name[1:]] = host.get(e.name[1:], 0.0) + e.cpu_time_total / 1000
-    return {"gpu_busy_ms": busy, "attention_ms": attention, "kernels": len(gpu), "host_ms": host}
+    by_name: dict[str, list] = {}  # kernel name -> [launches, GPU ms]: what the fixed cost is made of
+    for e in gpu:
+        entry = by_name.setdefault(e.name[:120], [0, 0.0])
+        entry[0] += 1
+        entry[1] += e.device_time / 1000
+    ranked = sorted(by_name.items(), key=lambda kv: -kv[1][0])
+    return {"gpu_busy_ms": busy, "attention_ms": attention, "kernels": len(gpu), "host_ms": host,
+            "kernel_names": [[name, n, round(ms, 4)] for name, (n, ms) in ranked]}
 
 
 def _runner(method: MethodName, cfg, sharing, whole: bool):
