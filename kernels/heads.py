@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from .decide import _u8
-from .device import on_device, on_input_device
+from .device import on_input_device
 from .reference import HeadDecisions, PivotalStore, ShareState
 
 FLT_MAX = tl.constexpr(3.4028234663852886e38)
@@ -286,14 +286,21 @@ def record_pivotals_triton(store: PivotalStore, cluster: torch.Tensor, layer: to
     tensors contiguous, bool flags and pattern, float32 profiles, int64 source). The mean over rows
     sums in another order than the twin's, so a coverage within float32 rounding of ``tau_fb`` can
     land on the other side."""
-    b, h, nqb, nkb = block_mass.shape
     for t in store:
         if not t.is_contiguous():
             raise ValueError("record_pivotals: the store's tensors must be contiguous")
-    with on_device(block_mass):  # the store is not a tensor: on_input_device cannot read it
-        record_pivotals_kernel[(b * h,)](
-            _u8(pivotal), cluster.contiguous(), layer, rank.contiguous(), count.contiguous(), _f32(block_mass),
-            _u8(own_vs_mask), _f32(v_blocks), _f32(s_blocks), store.exists.view(torch.uint8),
-            store.vs_enough.view(torch.uint8), store.pattern.view(torch.uint8), store.v, store.s, store.source,
-            h, store.pattern.shape[1], nqb, nkb, float(tau_fb),
-            NP=max(16, triton.next_power_of_2(nkb)), SPARSER=bool(needs_sparser))
+    _launch_record(block_mass, store, cluster, layer, pivotal, rank, count, own_vs_mask, v_blocks, s_blocks,
+                   tau_fb, needs_sparser)
+
+
+@on_input_device
+def _launch_record(block_mass, store: PivotalStore, cluster, layer, pivotal, rank, count, own_vs_mask,
+                   v_blocks, s_blocks, tau_fb: float, needs_sparser: bool) -> None:
+    """``record_pivotals_kernel`` on ``block_mass``'s GPU (the store is not a tensor)."""
+    b, h, nqb, nkb = block_mass.shape
+    record_pivotals_kernel[(b * h,)](
+        _u8(pivotal), cluster.contiguous(), layer, rank.contiguous(), count.contiguous(), _f32(block_mass),
+        _u8(own_vs_mask), _f32(v_blocks), _f32(s_blocks), store.exists.view(torch.uint8),
+        store.vs_enough.view(torch.uint8), store.pattern.view(torch.uint8), store.v, store.s, store.source,
+        h, store.pattern.shape[1], nqb, nkb, float(tau_fb),
+        NP=max(16, triton.next_power_of_2(nkb)), SPARSER=bool(needs_sparser))

@@ -161,17 +161,18 @@ def test_auto_with_a_map_follows_the_rule_and_the_mapped_share(fake_flash):
 
 def test_sparse_attention_passes_the_mapped_share(monkeypatch):
     """The dispatcher hands the rule the share of mapped heads: all without ``mass_heads``, the
-    caller's count over the heads with it, unknown without a count."""
+    caller's count over the heads with it, unknown without a count; and the caller's kept share."""
     seen = []
-    monkeypatch.setattr(kb, "attention_backend", lambda q, lay, rbm=False, share=None: seen.append(share)
-                        or kb.Backend.REFERENCE)
+    monkeypatch.setattr(kb, "attention_backend", lambda q, lay, rbm=False, share=None, kept=None: seen.append(share)
+                        or kept_seen.append(kept) or kb.Backend.REFERENCE)
+    kept_seen = []
     q, k, v = (torch.randn(1, 4, 128, 32) for _ in range(3))
     lay = BlockLayout.dense_causal(1, 4, 128, 128, 64, q.device)
     wanted = torch.tensor([[True, False, False, False]])
     kernels.sparse_attention(q, k, v, lay, return_block_mass=True)
     kernels.sparse_attention(q, k, v, lay, return_block_mass=True, mass_heads=wanted, num_mass_heads=1)
-    kernels.sparse_attention(q, k, v, lay, return_block_mass=True, mass_heads=wanted)
-    assert seen == [1.0, 0.25, None]
+    kernels.sparse_attention(q, k, v, lay, return_block_mass=True, mass_heads=wanted, kept_share=0.5)
+    assert seen == [1.0, 0.25, None] and kept_seen == [None, None, 0.5]
 
 
 # ---- the compiled call's log-sum-exp ---------------------------------------------------------------
