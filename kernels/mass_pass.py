@@ -28,6 +28,11 @@ from .limits import LOG2E
 # are short (docs/benchmarks.md, "The whole layer as one step"): 0 until measured on the few-heads
 # case (docs/scripts/pivotal_cost.py synth times both).
 MASS_SPLIT = 0
+# Kept key tiles whose row sums a program gathers before one cross-row reduction and one vector of
+# atomic adds; 1: a reduction and an atomic add after every tile. The per-tile reduction (a barrier
+# across the program's warps) and atomic stall the loop; gathering them is meant to cut that. 1 until
+# measured on the H200 (docs/scripts/pivotal_cost.py synth times 1, 4 and 8). A power of two.
+MASS_COLS = 1
 
 
 @triton.jit
@@ -37,7 +42,7 @@ def block_mass_kernel(Q, K, Stats, Mass, Counts, Indices, Wanted,
                        stride_cb, stride_ch, stride_ib, stride_ih, stride_ir, stride_ik,
                        H, GROUP, NQ, NK, NKB, qk_scale,
                        BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                       HEAD_DIM: tl.constexpr, SPLIT: tl.constexpr):
+                       HEAD_DIM: tl.constexpr, SPLIT: tl.constexpr, COLS: tl.constexpr):
     pid_bh = tl.program_id(0)
     pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
     b = pid_bh // H
@@ -68,16 +73,40 @@ def block_mass_kernel(Q, K, Stats, Mass, Counts, Indices, Wanted,
         idx_ptr = Indices + b * stride_ib + h * stride_ih + r * stride_ir
         k_base = K + b * stride_kb + kvh * stride_kh
         mass_base = Mass + (pid_bh * tl.cdiv(NQ, BLOCK_SIZE) + r) * NKB
-        for it in range(first, last):
-            c = tl.load(idx_ptr + (it // SUB) * stride_ik)
-            cols = c * BLOCK_SIZE + (it % SUB) * BLOCK_N + offs_n
-            kt = tl.load(k_base + cols[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                         mask=cols[None, :] < NK, other=0.0)  # [HEAD_DIM, BLOCK_N]
-            qk = tl.dot(q, kt) * qk_scale
-            qk = tl.where(cols[None, :] <= pos_m[:, None], qk, float("-inf"))
-            p = tl.math.exp2(qk - m_i[:, None])  # [BLOCK_M, BLOCK_N]
-            part = tl.sum(tl.sum(p, 1) * w, 0)
-            tl.atomic_add(mass_base + c, part)
+        if COLS == 1:
+            for it in range(first, last):
+                c = tl.load(idx_ptr + (it // SUB) * stride_ik)
+                p = _tile_probs(q, k_base, c, it, offs_n, offs_d, pos_m, m_i, stride_kn, stride_kd, NK,
+                                qk_scale, BLOCK_SIZE, BLOCK_N, SUB)
+                part = tl.sum(tl.sum(p, 1) * w, 0)
+                tl.atomic_add(mass_base + c, part)
+        else:  # COLS tiles' row sums side by side, then one reduction and one vector of atomic adds
+            offs_g = tl.arange(0, COLS)
+            for it0 in range(first, last, COLS):
+                sums = tl.zeros([BLOCK_M, COLS], dtype=tl.float32)
+                where = tl.full([COLS], -1, dtype=tl.int32)  # the key block of each gathered tile
+                for j in tl.static_range(COLS):
+                    it = tl.minimum(it0 + j, last - 1)  # past the end: the last tile again, not added
+                    c = tl.load(idx_ptr + (it // SUB) * stride_ik)
+                    p = _tile_probs(q, k_base, c, it, offs_n, offs_d, pos_m, m_i, stride_kn, stride_kd, NK,
+                                    qk_scale, BLOCK_SIZE, BLOCK_N, SUB)
+                    sums = tl.where(offs_g[None, :] == j, tl.sum(p, 1)[:, None], sums)
+                    where = tl.where(offs_g == j, tl.where(it0 + j < last, c, -1), where)
+                part = tl.sum(sums * w[:, None], 0)  # [COLS]
+                tl.atomic_add(mass_base + where, part, mask=where >= 0)
+
+
+@triton.jit
+def _tile_probs(q, k_base, c, it, offs_n, offs_d, pos_m, m_i, stride_kn, stride_kd, NK, qk_scale,
+                BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, SUB: tl.constexpr):
+    """``exp2`` of kept tile ``it`` (key block ``c``)'s scaled logits less the row max: ``[BLOCK_M, BLOCK_N]``,
+    zero where the causal mask or the keys' end cuts."""
+    cols = c * BLOCK_SIZE + (it % SUB) * BLOCK_N + offs_n
+    kt = tl.load(k_base + cols[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+                 mask=cols[None, :] < NK, other=0.0)  # [HEAD_DIM, BLOCK_N]
+    qk = tl.dot(q, kt) * qk_scale
+    qk = tl.where(cols[None, :] <= pos_m[:, None], qk, float("-inf"))
+    return tl.math.exp2(qk - m_i[:, None])
 
 
 def stats_from_lse(lse: torch.Tensor) -> torch.Tensor:
@@ -107,6 +136,8 @@ def launch_block_mass(q: torch.Tensor, k: torch.Tensor, stats: torch.Tensor, lay
     if wanted is None:
         wanted = torch.ones((bsz, heads), dtype=torch.int32, device=q.device)
     wanted = wanted.to(device=q.device, dtype=torch.int32).contiguous()
+    if MASS_COLS < 1 or MASS_COLS & (MASS_COLS - 1):
+        raise ValueError(f"MASS_COLS must be a power of two, got {MASS_COLS}")
     tiles = layout.indices.shape[-1] * (layout.block_size // cfg.block_n)  # the widest row's, at most
     shares = triton.cdiv(tiles, MASS_SPLIT) if MASS_SPLIT > 0 else 1
     grid = (bsz * heads, triton.cdiv(nq, cfg.block_m), shares)
@@ -116,7 +147,7 @@ def launch_block_mass(q: torch.Tensor, k: torch.Tensor, stats: torch.Tensor, lay
         layout.counts.stride(0), layout.counts.stride(1), *layout.indices.stride(),
         heads, heads // k.shape[1], nq, k.shape[2], layout.num_kv_blocks, qk_scale,
         BLOCK_SIZE=layout.block_size, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=dim,
-        SPLIT=MASS_SPLIT, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        SPLIT=MASS_SPLIT, COLS=MASS_COLS, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return mass
 
 

@@ -7,7 +7,8 @@
 128), random kept blocks at DENSITY (diagonal and block 0 always kept) for the sparse heads and
 every causal block for PIVOTAL heads. Times (median, CUDA events) the kernel without the map, with
 the one-pass and the two-pass map of the pivotal heads (the two-pass one also with its rows split
-over several programs, ``mass_pass.MASS_SPLIT``), the split variant (pivotal heads through
+over several programs, ``mass_pass.MASS_SPLIT``, and with several tiles reduced at once,
+``mass_pass.MASS_COLS``), the split variant (pivotal heads through
 cuDNN with its log-sum-exp plus the mass pass over their blocks, the others through our kernel),
 the estimation kernels, and record_pivotals; cuDNN dense of the whole layer beside them.
 
@@ -73,12 +74,14 @@ def synth(n: int = 32768, n_piv: int = 2, density: float = 0.48) -> None:
             q, k, v, layout, scale=scale, return_block_mass=True, mass_heads=pivotal, mass_pass=mode))
     from sharedattn.kernels import mass_pass
 
-    default_split = mass_pass.MASS_SPLIT
-    for split in (0, 16, 64):  # the two-pass map's rows walked by one program (0) or split in shares
-        mass_pass.MASS_SPLIT = split
-        rows[f"ours + map (two-pass, split {split})"] = time_ms(lambda: block_sparse_attention(
+    default_split, default_cols = mass_pass.MASS_SPLIT, mass_pass.MASS_COLS
+    # the two-pass map's rows walked by one program (split 0) or split in shares, and its tiles
+    # reduced one by one (cols 1) or several at once (MASS_COLS)
+    for split, cols in ((0, 1), (16, 1), (64, 1), (0, 4), (0, 8), (16, 4), (16, 8)):
+        mass_pass.MASS_SPLIT, mass_pass.MASS_COLS = split, cols
+        rows[f"ours + map (two-pass, split {split}, cols {cols})"] = time_ms(lambda: block_sparse_attention(
             q, k, v, layout, scale=scale, return_block_mass=True, mass_heads=pivotal, mass_pass="two"))
-    mass_pass.MASS_SPLIT = default_split
+    mass_pass.MASS_SPLIT, mass_pass.MASS_COLS = default_split, default_cols
     from dataclasses import replace
 
     from sharedattn.kernels.attn_fwd import default_config as forward_config

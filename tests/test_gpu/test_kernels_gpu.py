@@ -113,6 +113,24 @@ def test_estimation_kernels(dtype, nq, nk, bs, d):
     assert torch.allclose(est.pool_blocks_mean(k, bs), ref.pool_blocks_mean_ref(k, bs), atol=1e-5)
 
 
+@pytest.mark.parametrize("cols", [4, 8])
+@pytest.mark.parametrize("case", CASES)
+def test_two_pass_map_gathering_tiles_agrees(case, cols, monkeypatch):
+    """``MASS_COLS`` (several tiles' row sums reduced at once) gives the tile-by-tile map, up to the
+    order of the atomic adds."""
+    from sharedattn.kernels import mass_pass
+
+    b, h, hkv, nq, nk, d, bs, density = case
+    q, k, v = _qkv(b, h, hkv, nq, nk, d, torch.bfloat16, seed=nq + 3)
+    lay = _layout(b, h, nq, nk, bs, density, seed=nk + 3)
+    wanted = torch.rand(b, h, device=DEV, generator=torch.Generator(device=DEV).manual_seed(nk)) < 0.5
+    wanted[0, 0] = True
+    _, base = block_sparse_attention(q, k, v, lay, return_block_mass=True, mass_heads=wanted, mass_pass="two")
+    monkeypatch.setattr(mass_pass, "MASS_COLS", cols)
+    _, gathered = block_sparse_attention(q, k, v, lay, return_block_mass=True, mass_heads=wanted, mass_pass="two")
+    assert (gathered - base).abs().max().item() < 1e-5 and bool((gathered[~wanted] == 0).all())
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_one_pass_and_two_pass_mass_agree(case):
     """The forward pass's own map (tile row sums) equals the second-pass map, for a head subset."""

@@ -190,6 +190,29 @@ def test_two_pass_map_split_along_rows(split, monkeypatch):
         assert bool((m[~wanted] == 0).all())
 
 
+@pytest.mark.parametrize("cols,split", [(2, 0), (8, 0), (4, 6)])
+def test_two_pass_map_gathers_tiles(cols, split, monkeypatch):
+    """With ``MASS_COLS`` a program reduces several kept tiles' row sums at once (one vector of
+    atomic adds): rows whose tile count is no multiple of it, sub-tiles of one block among them
+    (block 64, tiles of 16), with and without the row split, a random layout, a subset of heads,
+    q shorter than k: the twin's map, as tile by tile."""
+    from sharedattn.kernels import mass_pass
+
+    q, k, v = make_qkv(1, 4, 2, 192, 448, 32, torch.float32, seed=41)
+    lay = random_layout(1, 4, 192, 448, 64, 0.6, seed=41)
+    wanted = torch.tensor([[True, True, False, True]])
+    _, ref_m = ref.block_sparse_attention_ref(q, k, v, lay.to_dense(), 64, return_block_mass=True)
+    monkeypatch.setattr(mass_pass, "MASS_COLS", cols)
+    monkeypatch.setattr(mass_pass, "MASS_SPLIT", split)
+    m = block_sparse_attention(q, k, v, lay, return_block_mass=True, mass_heads=wanted,
+                               config=AttnConfig(16, 16), mass_pass="two")[1]
+    assert (m[wanted] - ref_m[wanted]).abs().max().item() <= 1e-4
+    assert bool((m[~wanted] == 0).all())
+    monkeypatch.setattr(mass_pass, "MASS_COLS", 3)
+    with pytest.raises(ValueError, match="power of two"):
+        block_sparse_attention(q, k, v, lay, return_block_mass=True, mass_heads=wanted, mass_pass="two")
+
+
 def test_mass_heads_count_hint_and_auto_rule(monkeypatch):
     """``num_mass_heads`` (the caller's count, no host sync) gives the same map as counting here;
     ``auto`` takes one pass only when a kept block is one key tile."""
