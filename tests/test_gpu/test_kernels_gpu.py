@@ -113,6 +113,16 @@ def test_estimation_kernels(dtype, nq, nk, bs, d):
     assert torch.allclose(est.pool_blocks_mean(k, bs), ref.pool_blocks_mean_ref(k, bs), atol=1e-5)
 
 
+def _mass_case(case, seed: int):
+    """bf16 q, k, v, a random layout and a random half of the heads (head 0 among them) for ``case``."""
+    b, h, hkv, nq, nk, d, bs, density = case
+    q, k, v = _qkv(b, h, hkv, nq, nk, d, torch.bfloat16, seed=nq + seed)
+    lay = _layout(b, h, nq, nk, bs, density, seed=nk + seed)
+    wanted = torch.rand(b, h, device=DEV, generator=torch.Generator(device=DEV).manual_seed(nq + seed - 1)) < 0.5
+    wanted[0, 0] = True
+    return q, k, v, lay, wanted
+
+
 @pytest.mark.parametrize("cols", [4, 8])
 @pytest.mark.parametrize("case", CASES)
 def test_two_pass_map_gathering_tiles_agrees(case, cols, monkeypatch):
@@ -120,11 +130,7 @@ def test_two_pass_map_gathering_tiles_agrees(case, cols, monkeypatch):
     order of the atomic adds."""
     from sharedattn.kernels import mass_pass
 
-    b, h, hkv, nq, nk, d, bs, density = case
-    q, k, v = _qkv(b, h, hkv, nq, nk, d, torch.bfloat16, seed=nq + 3)
-    lay = _layout(b, h, nq, nk, bs, density, seed=nk + 3)
-    wanted = torch.rand(b, h, device=DEV, generator=torch.Generator(device=DEV).manual_seed(nk)) < 0.5
-    wanted[0, 0] = True
+    q, k, v, lay, wanted = _mass_case(case, 3)
     _, base = block_sparse_attention(q, k, v, lay, return_block_mass=True, mass_heads=wanted, mass_pass="two")
     monkeypatch.setattr(mass_pass, "MASS_COLS", cols)
     _, gathered = block_sparse_attention(q, k, v, lay, return_block_mass=True, mass_heads=wanted, mass_pass="two")
@@ -134,11 +140,7 @@ def test_two_pass_map_gathering_tiles_agrees(case, cols, monkeypatch):
 @pytest.mark.parametrize("case", CASES)
 def test_one_pass_and_two_pass_mass_agree(case):
     """The forward pass's own map (tile row sums) equals the second-pass map, for a head subset."""
-    b, h, hkv, nq, nk, d, bs, density = case
-    q, k, v = _qkv(b, h, hkv, nq, nk, d, torch.bfloat16, seed=nq + 1)
-    lay = _layout(b, h, nq, nk, bs, density, seed=nk + 1)
-    wanted = torch.rand(b, h, device=DEV, generator=torch.Generator(device=DEV).manual_seed(nq)) < 0.5
-    wanted[0, 0] = True
+    q, k, v, lay, wanted = _mass_case(case, 1)
     o1, m1 = block_sparse_attention(q, k, v, lay, return_block_mass=True, mass_heads=wanted, mass_pass="one")
     o2, m2 = block_sparse_attention(q, k, v, lay, return_block_mass=True, mass_heads=wanted, mass_pass="two")
     assert (o1.float() - o2.float()).abs().max().item() <= 1e-2
