@@ -8,6 +8,9 @@ running sums of the sorted masses, tests query-awareness (JS distance of the est
 vertical profile), runs SharePrefill's sharing test against the state of earlier layers and, for
 shared heads, ranks the vertical profile once more for their own last-row coverage. In torch this
 was about a hundred small launches per layer (``reference.head_decisions_ref``, the twin).
+After the attention, ``coverage_rows_kernel`` ranks the rows of the pivotal heads' block-mass maps
+and ``record_pivotals_kernel`` writes their patterns into SharePrefill's state (twin
+``reference.record_pivotals_ref``; about 45 torch launches before).
 
 Rounding: budgets and coverage counts compare running sums with ``gamma`` times the total, and
 the distances sum logarithms; Triton's reductions add in another order than torch's, so a budget
