@@ -461,6 +461,12 @@ def share_decisions_ref(state: ShareState, candidates: torch.Tensor, v_blocks: t
     return pivotal, shared, source, cid
 
 
+def mass_covered(mask: torch.Tensor, block_mass: torch.Tensor) -> torch.Tensor:
+    """Share of a block-mass map ``[B, H, nqb, nkb]`` inside a mask, averaged over rows: ``[B, H]``.
+    Each valid block counts once (a bool mask has no duplicates)."""
+    return (block_mass * mask.float()).sum(-1).mean(-1)
+
+
 class PivotalStore(NamedTuple):
     """Where SharePrefill keeps its pivotal heads' patterns for one forward pass
     (analysis/method/sharing.py), written in place; ``C`` clusters, ``[B, C]`` unless said otherwise."""
@@ -498,7 +504,7 @@ def record_pivotals_ref(store: PivotalStore, cluster: torch.Tensor, layer: torch
         target.copy_(padded.scatter(1, idx, values.to(target.dtype))[:, :c])
 
     pattern = (rank < count[..., None]) & pivotal[..., None, None]
-    enough = (block_mass * own_vs_mask.float()).sum(-1).mean(-1) >= tau_fb  # [B, H]
+    enough = mass_covered(own_vs_mask, block_mass) >= tau_fb  # [B, H]
     if needs_sparser:
         enough &= own_vs_mask.sum(dim=(-2, -1)) <= pattern.sum(dim=(-2, -1))
     put(store.pattern, pattern)

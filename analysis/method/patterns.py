@@ -15,6 +15,7 @@ from ...kernels.reference import (  # block geometry and ranking live with the k
     budget_of,
     causal_block_mask,
     js_distance,
+    mass_covered,
     num_blocks,
     pool_cols_sum,
     query_block_positions,
@@ -72,9 +73,3 @@ def probe_coverage(mask: torch.Tensor, v_blocks: torch.Tensor) -> torch.Tensor:
     """Estimated covered mass ``[B, H]``: the probe's exact attention mass inside the kept blocks of
     the last query-block row (the probe's own row)."""
     return (v_blocks * mask[:, :, -1, :].float()).sum(-1)
-
-
-def mass_covered(mask: torch.Tensor, block_mass: torch.Tensor) -> torch.Tensor:
-    """Share of a block-mass map ``[B, H, nqb, nkb]`` inside a mask, averaged over rows: ``[B, H]``.
-    Each valid block counts once (a bool mask has no duplicates)."""
-    return (block_mass * mask.float()).sum(-1).mean(-1)

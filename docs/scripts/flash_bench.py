@@ -73,10 +73,10 @@ def _backend_ms(name: str, q, k, v, layout, kept_share: float | None = None) -> 
     return _time(run)
 
 
-ROUNDS = 1  # --rounds: each backend timed this many times in alternation, the smallest median kept
 
-
-def one_length(shape_name: str, n: int, densities, flash_ok: bool, log) -> list[dict]:
+def one_length(shape_name: str, n: int, densities, flash_ok: bool, log, rounds: int = 1) -> list[dict]:
+    """The grid's rows at one length; each backend timed ``rounds`` times in alternation, the smallest
+    median kept (``--rounds``)."""
     shape = SHAPES[shape_name]
     device = torch.device(torch.cuda.current_device())
     q, k, v = bench.make_inputs(shape, n, device)
@@ -91,7 +91,7 @@ def one_length(shape_name: str, n: int, densities, flash_ok: bool, log) -> list[
                "ms": {}, "x_cudnn": {}}
         # auto gets the kept share as the synced prefill path passes it (the rule reads it below 64K keys)
         names = ["triton", *(["flash"] if flash_ok else []), "auto"]
-        for _ in range(ROUNDS):
+        for _ in range(rounds):
             for name in names:
                 ms = _backend_ms(name, q, k, v, layout, row["density"] if name == "auto" else None)
                 row["ms"][name] = min(ms, row["ms"].get(name, ms))
@@ -288,8 +288,6 @@ def main() -> None:
     args.lengths = args.lengths or "8192,16384,32768,65536,131072"
     args.densities = args.densities or "0.05,0.1,0.3,0.5,1.0"
     args.budget_s = 400.0 if args.budget_s is None else args.budget_s
-    global ROUNDS
-    ROUNDS = args.rounds
     why = kb.flash_unavailable()
     report = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "flash": why or "available",
               "block_size": args.block_size,
@@ -309,7 +307,8 @@ def main() -> None:
             if time.perf_counter() - start > args.budget_s:
                 report["skipped"].append({"shape": shape_name, "n": n})
                 continue
-            report["rows"].extend(one_length(shape_name, n, densities, why is None, lambda s: print(s, flush=True)))
+            report["rows"].extend(one_length(shape_name, n, densities, why is None, lambda s: print(s, flush=True),
+                                                  args.rounds))
     report["seconds"] = time.perf_counter() - start
     with open(args.out, "w") as f:
         json.dump(report, f, indent=1)
