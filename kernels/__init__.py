@@ -12,8 +12,8 @@ import importlib
 _BACKEND_NAMES = ("Backend", "Geometry", "assemble_layout", "attention_backend", "block_mass", "count_call",
                   "coverage_rows", "dense_attention", "flash_unavailable", "head_decisions",
                   "last_block_pooled_profiles", "last_block_profiles", "pool_blocks_mean", "pooled_block_estimate",
-                  "probe_column_estimate", "record_backends", "record_pivotals", "require_flash", "select_backend",
-                  "set_backend", "sparse_attention", "uncounted", "use_backend")
+                  "pooled_estimate_of_means", "probe_column_estimate", "record_backends", "record_pivotals",
+                  "require_flash", "select_backend", "set_backend", "sparse_attention", "uncounted", "use_backend")
 _LAZY = {
     **{name: "backend" for name in _BACKEND_NAMES},
     "BlockLayout": "layout",

@@ -9,11 +9,11 @@ analysis code on CPU always gets the fast torch twin, even inside a test session
 * The estimation kernels, the block-mass map and the probe profiles have two implementations:
   ``select_backend`` gives Triton on CUDA and the twin on CPU unless ``triton`` or ``reference``
   is asked for (``flash`` and ``auto`` mean "the device's default" for them).
-* Block-sparse attention (``sparse_attention``) also has ``flash``: flash-attn-4 through
-  FlexAttention (``flash.py``). ``attention_backend`` decides per call: ``auto`` takes flash
-  where ``auto_backend``'s measured rule says it is faster, and Triton otherwise, also wherever
-  flash cannot run (not installed, not a Hopper GPU, a head dim or block size it does not take);
-  ``flash`` asked for where it cannot run is a ``ConfigError``.
+* Block-sparse attention (``sparse_attention``) also has ``flash``: flash-attn-4's block-sparse
+  forward, called directly or through FlexAttention (``flash.py``). ``attention_backend`` decides
+  per call: ``auto`` takes flash where ``auto_backend``'s measured rule says it is faster, and
+  Triton otherwise, also wherever flash cannot run (not installed, not a Hopper GPU, a head dim or
+  block size it does not take); ``flash`` asked for where it cannot run is a ``ConfigError``.
 * A call that wants the block-mass map (SharePrefill's pivotal heads, ``return_block_mass``) has two
   ways to make it. Triton: its forward pass records the map (``block_sparse_attention``: one pass,
   or a second over the kept blocks). flash: flash-attn-4 has no such pass, but it returns each
@@ -52,16 +52,20 @@ ENV_VAR = "SHAREDATTN_KERNEL_BACKEND"
 class Backend(str, Enum):
     TRITON = "triton"
     REFERENCE = "reference"
-    FLASH = "flash"  # flash-attn-4 through FlexAttention; attention only (flash.py)
+    FLASH = "flash"  # flash-attn-4, called directly by default; attention only (flash.py)
     AUTO = "auto"  # a choice, not a kernel: each attention call by auto_backend's rule
 
 
 # ---- auto's rule, in one place: re-measure with docs/scripts/flash_bench.py ------------------------
-# On the H200 (random per-head block masks, bf16, block 128; docs/benchmarks.md, "Kernel backends"):
-# head dim 128 (Llama-3.1-8B, 32/8 heads): flash-attn-4 beat our kernel from 24K keys at densities
-# 0.1-1.0 (32K: 7.2 vs 9.5 ms at 0.5; 128K: 27.2 vs 32.0 at 0.1), ours won at 8K-16K with density
-# <= 0.35. Head dim 64 (Qwen2.5-Coder-0.5B, 14/2 heads): ours won at 32K for densities 0.1-0.5
-# (0.64 vs 1.47 ms at 0.1) and tied dense; flash won at 128K at every density (33.8 vs 38.8 ms at 0.5).
+# On the H200 (random per-head block masks, bf16, block 128; docs/benchmarks.md, "Kernel backends"),
+# flash-attn-4 called directly (session 10 grid, --rounds 3): head dim 128 (Llama-3.1-8B, 32/8 heads):
+# flash beat our kernel at every kept share from 64K keys (64K, 0.05: 3.35 vs 4.42 ms; 128K, 0.1: 24.8
+# vs 31.8), from a share of 0.1 at 32K (1.88 vs 2.28; 0.05: 1.50 vs 1.35), from 0.3 at 16K (1.39 vs 1.59;
+# 0.1: 0.75 vs 0.70) and only at 1.0 at 8K (1.18 vs 1.35; 0.5: 0.79 vs 0.73). Head dim 64
+# (Qwen2.5-Coder-0.5B, 14/2 heads): ours won or tied below 128K at every share (32K, 0.1: 0.64 vs 0.93
+# ms); at 128K flash from 0.1 (0.3: 22.9 vs 23.2; 0.05: 4.52 vs 4.21).
+# A caller that does not know the layer's kept share on the host (the whole-layer step, which has no
+# host read) gets flash from these keys on; one that knows it, AUTO_FLASH_KEPT_SHARE_STEPS.
 AUTO_FLASH_MIN_KEYS = {128: 24576, 64: 131072}  # head dim -> fewest keys from which flash runs
 AUTO_FLASH_HEAD_DIMS = tuple(AUTO_FLASH_MIN_KEYS)
 AUTO_FLASH_BLOCK_SIZES = (128,)
@@ -73,13 +77,15 @@ AUTO_FLASH_BLOCK_SIZES = (128,)
 # 1.5x with all 32 (Triton's one-pass map); head dim 64 (two passes on both), 128K: 0.91-0.99x at every
 # share.
 FLASH_MASS_MAX_SHARE = {128: 0.25, 64: 1.0}
-# Below this many keys flash-attn-4's call carries about 1 ms that does not shrink with the kept blocks
-# (session 9 grid, Llama shapes at 32K: time ~ 1.0 ms + 13.6 ms x kept share on flash, 0.27 + 18.6 on ours),
-# so a layer keeping less than this share of its causal blocks runs faster on ours: 32K, share 0.05: 1.56
-# vs 1.90 ms; 0.1: 2.34 vs 2.51 (session 6: 2.24 vs 2.32); 0.3: 5.85 vs 5.06 (flash); at 64K flash wins
-# from 0.05 (4.09 vs 4.68). Applies when the caller knows the share on the host (``kept_share``; the
-# synced prefill path reads it with its one host read per layer); unknown keeps the rule above.
-AUTO_FLASH_MIN_KEPT_SHARE = {128: (65536, 0.15)}  # head dim -> (below these keys, flash from this share)
+# With the layer's kept share of its causal blocks known on the host (``kept_share``: the synced prefill
+# path reads it with its one host read per layer, ``bench kernel`` from its layout): per head dim, steps
+# (from these keys, flash from this kept share), the last step at or below the keys applies, none:
+# ours. Flash's call costs more that does not shrink with the kept blocks (straight-line fits of the
+# session 10 grid, Llama shapes: 16K 0.44 ms + 3.3 ms x share on flash, 0.25 + 4.7 on ours; 32K 0.80 +
+# 13.9 against 0.45 + 18.1), so it pays from a share that falls with length: the crossovers of those
+# fits, 0.58 at 8K, 0.14 at 16K, 0.08 at 32K, none from 64K (flash faster at 0.05).
+AUTO_FLASH_KEPT_SHARE_STEPS = {128: ((8192, 0.6), (16384, 0.15), (32768, 0.08), (65536, 0.0)),
+                               64: ((131072, 0.1),)}
 
 _override: Backend | None = None
 _recorders: list[Counter] = []
@@ -152,14 +158,17 @@ def auto_backend(q: torch.Tensor, layout: BlockLayout | Geometry, return_block_m
     above), Triton otherwise and wherever flash cannot run; with the block-mass map the same where
     at most ``FLASH_MASS_MAX_SHARE`` of the heads are mapped (``mapped_share``; None: not known).
     ``kept_share``: the layout's kept share of its causal blocks, when known on the host
-    (``AUTO_FLASH_MIN_KEPT_SHARE``)."""
+    (``AUTO_FLASH_KEPT_SHARE_STEPS``; unknown: ``AUTO_FLASH_MIN_KEYS``)."""
     dim = q.shape[-1]
-    if dim not in AUTO_FLASH_HEAD_DIMS or layout.nk < AUTO_FLASH_MIN_KEYS[dim] \
-            or layout.block_size not in AUTO_FLASH_BLOCK_SIZES:
+    if dim not in AUTO_FLASH_HEAD_DIMS or layout.block_size not in AUTO_FLASH_BLOCK_SIZES:
         return Backend.TRITON
-    below_keys, min_share = AUTO_FLASH_MIN_KEPT_SHARE.get(dim, (0, 0.0))
-    if kept_share is not None and layout.nk < below_keys and kept_share < min_share:
-        return Backend.TRITON
+    if kept_share is None:
+        if layout.nk < AUTO_FLASH_MIN_KEYS[dim]:
+            return Backend.TRITON
+    else:
+        steps = [least for keys, least in AUTO_FLASH_KEPT_SHARE_STEPS.get(dim, ()) if keys <= layout.nk]
+        if not steps or kept_share < steps[-1]:
+            return Backend.TRITON
     if return_block_mass and (1.0 if mapped_share is None else mapped_share) > FLASH_MASS_MAX_SHARE.get(dim, 0.0):
         return Backend.TRITON
     from . import flash
@@ -358,6 +367,17 @@ def pooled_block_estimate(q: torch.Tensor, k: torch.Tensor, block_size: int,
 
         return fn(q, k, block_size, scale)
     return ref.pooled_block_estimate_ref(q, k, block_size, scale)
+
+
+def pooled_estimate_of_means(q_means: torch.Tensor, k: torch.Tensor, nq: int, block_size: int,
+                             scale: float | None = None) -> torch.Tensor:
+    """``pooled_block_estimate`` from the queries' block means ``[B, H, nqb, D]`` fp32
+    (``pool_blocks_mean``) of ``nq`` queries: a recorded decision step reads these, not q."""
+    if select_backend(k) is Backend.TRITON:
+        from .estimate import pooled_estimate_of_means as fn
+
+        return fn(q_means, k, nq, block_size, scale)
+    return ref.pooled_estimate_of_means_ref(q_means, k, nq, block_size, scale)
 
 
 def probe_column_estimate(q: torch.Tensor, k: torch.Tensor, block_size: int,

@@ -144,14 +144,23 @@ def pooled_block_estimate(q: torch.Tensor, k: torch.Tensor, block_size: int,
                           scale: float | None = None) -> torch.Tensor:
     """Pooled block-level causal attention estimate ``[B, H, nqb, nkb]`` fp32 (rows sum to 1)."""
     _check_qk(q, k)
-    nq, nk = q.shape[2], k.shape[2]
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    qp = pool_blocks_mean(q, block_size)  # [B, H, nqb, D]
+    return pooled_estimate_of_means(pool_blocks_mean(q, block_size), k, q.shape[2], block_size, scale)
+
+
+def pooled_estimate_of_means(q_means: torch.Tensor, k: torch.Tensor, nq: int, block_size: int,
+                             scale: float | None = None) -> torch.Tensor:
+    """``pooled_block_estimate`` from the block means ``[B, H, nqb, D]`` fp32 of ``nq`` queries
+    (``pool_blocks_mean``): what a recorded decision step reads instead of every query."""
+    nk = k.shape[2]
+    if q_means.shape[2] != triton.cdiv(nq, block_size) or nq > nk or q_means.shape[1] % k.shape[1]:
+        raise ValueError(f"query means {tuple(q_means.shape)} of {nq} queries do not fit keys {tuple(k.shape)}")
+    scale = 1.0 / math.sqrt(q_means.shape[-1]) if scale is None else float(scale)
     kp = pool_blocks_mean(k, block_size)  # [B, H_kv, nkb, D]
-    rows = torch.arange(qp.shape[2], device=q.device)
+    rows = torch.arange(q_means.shape[2], device=k.device)
     last_pos = torch.clamp((rows + 1) * block_size, max=nq) - 1 + (nk - nq)
     lim = (last_pos // block_size).to(torch.int32)  # [nqb] last causal-valid key block
-    return _pooled_softmax(qp, kp, lim, scale)
+    return _pooled_softmax(q_means, kp, lim, scale)
 
 
 def probe_column_estimate(q: torch.Tensor, k: torch.Tensor, block_size: int,

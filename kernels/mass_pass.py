@@ -25,14 +25,24 @@ from .limits import LOG2E
 # Splitting (a third grid axis, partial sums meeting in the atomic adds) shortens the critical path
 # of a few dense heads' long rows (a SharePrefill layer with one pivotal head of 14 at 32K: 256
 # tiles for one program), but measured 0-7% slower on the H200 where many heads are mapped or rows
-# are short (docs/benchmarks.md, "The whole layer as one step"): 0 until measured on the few-heads
-# case (docs/scripts/pivotal_cost.py synth times both).
+# are short (docs/benchmarks.md, "The whole layer as one step"). The few-heads case, measured in
+# session 10 (docs/scripts/pivotal_cost.py synth 32768 1 0.5): 3.30 ms unsplit, 3.23 with 16 tiles a
+# program, 3.08 with 64 (-7% of the call, -27% of its map). 0 until a real model's prefill is timed
+# with 64 (a Qwen pivotal layer has 1-3 mapped heads of 14; the Llama-shape planted layers more).
 MASS_SPLIT = 0
 # Kept key tiles whose row sums a program gathers before one cross-row reduction and one vector of
 # atomic adds; 1: a reduction and an atomic add after every tile. The per-tile reduction (a barrier
 # across the program's warps) and atomic stall the loop; gathering them is meant to cut that. 1 until
-# measured on the H200 (docs/scripts/pivotal_cost.py synth times 1, 4 and 8). A power of two.
+# A power of two; a launch gathers fewer where the tiles would not fit in shared memory
+# (``gathered_tiles``). Measured on the H200 in session 10 (docs/scripts/pivotal_cost.py synth 32768 1
+# 0.5: Qwen2.5-Coder-0.5B shapes, one pivotal head of 14, the layer's kernel with its two-pass map):
+# 3.30 ms tile by tile, 3.50 gathering 4 (8 asks for more than fits: 4 too), so it stays 1. The same
+# run timed the row split (MASS_SPLIT) at 3.23 ms with 16 tiles a program and 3.08 with 64.
 MASS_COLS = 1
+# Shared memory the gathered key tiles may take: the compiler keeps every unrolled tile's operand
+# at once. Measured on the H200 (the GPU suite, session 10): 64 KiB of tiles compile at 3 stages,
+# 128 KiB do not (270 KB asked of 227 KB), e.g. 4 tiles of 128 x 128 at head dim 128.
+MASS_COLS_BYTES = 64 * 1024
 
 
 @triton.jit
@@ -136,8 +146,7 @@ def launch_block_mass(q: torch.Tensor, k: torch.Tensor, stats: torch.Tensor, lay
     if wanted is None:
         wanted = torch.ones((bsz, heads), dtype=torch.int32, device=q.device)
     wanted = wanted.to(device=q.device, dtype=torch.int32).contiguous()
-    if MASS_COLS < 1 or MASS_COLS & (MASS_COLS - 1):
-        raise ValueError(f"MASS_COLS must be a power of two, got {MASS_COLS}")
+    cols = gathered_tiles(dim, cfg.block_n, q.element_size())
     tiles = layout.indices.shape[-1] * (layout.block_size // cfg.block_n)  # the widest row's, at most
     shares = triton.cdiv(tiles, MASS_SPLIT) if MASS_SPLIT > 0 else 1
     grid = (bsz * heads, triton.cdiv(nq, cfg.block_m), shares)
@@ -147,8 +156,19 @@ def launch_block_mass(q: torch.Tensor, k: torch.Tensor, stats: torch.Tensor, lay
         layout.counts.stride(0), layout.counts.stride(1), *layout.indices.stride(),
         heads, heads // k.shape[1], nq, k.shape[2], layout.num_kv_blocks, qk_scale,
         BLOCK_SIZE=layout.block_size, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=dim,
-        SPLIT=MASS_SPLIT, COLS=MASS_COLS, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        SPLIT=MASS_SPLIT, COLS=cols, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return mass
+
+
+def gathered_tiles(head_dim: int, block_n: int, elem_bytes: int) -> int:
+    """Tiles a program of the two-pass map gathers (``MASS_COLS``), halved until their key tiles fit
+    in ``MASS_COLS_BYTES``; at least 1."""
+    if MASS_COLS < 1 or MASS_COLS & (MASS_COLS - 1):
+        raise ValueError(f"MASS_COLS must be a power of two, got {MASS_COLS}")
+    cols = MASS_COLS
+    while cols > 1 and cols * head_dim * block_n * elem_bytes > MASS_COLS_BYTES:
+        cols //= 2
+    return cols
 
 
 def mass_from_tile_lse(lse: torch.Tensor, stats: torch.Tensor, layout: BlockLayout, heads: torch.Tensor,

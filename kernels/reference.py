@@ -222,11 +222,16 @@ def pooled_block_estimate_ref(q, k, block_size, scale=None) -> torch.Tensor:
     through the group index), scaled, softmax over the causal-valid key blocks of each query
     block (``causal_block_mask``). Returns ``[B, H, nqb, nkb]``; each row sums to 1.
     """
-    nq, nk = q.shape[2], k.shape[2]
-    qp = pool_rows_mean(q, block_size)  # [B, H, nqb, D]
-    kp = expand_kv(pool_rows_mean(k, block_size), q.shape[1])  # [B, H, nkb, D]
-    logits = torch.matmul(qp, kp.transpose(-1, -2)) * _scale(q, scale)  # [B, H, nqb, nkb]
-    return _masked_softmax(logits, causal_block_mask(nq, nk, block_size, q.device))
+    return pooled_estimate_of_means_ref(pool_rows_mean(q, block_size), k, q.shape[2], block_size,
+                                        _scale(q, scale))
+
+
+def pooled_estimate_of_means_ref(q_means, k, nq: int, block_size: int, scale=None) -> torch.Tensor:
+    """Twin of ``pooled_estimate_of_means``: ``pooled_block_estimate_ref`` from the queries' block
+    means ``[B, H, nqb, D]`` fp32 of ``nq`` queries (end-aligned to the keys)."""
+    kp = expand_kv(pool_rows_mean(k, block_size), q_means.shape[1])  # [B, H, nkb, D]
+    logits = torch.matmul(q_means, kp.transpose(-1, -2)) * _scale(q_means, scale)  # [B, H, nqb, nkb]
+    return _masked_softmax(logits, causal_block_mask(nq, k.shape[2], block_size, q_means.device))
 
 
 def probe_column_estimate_ref(q, k, block_size, scale=None) -> torch.Tensor:

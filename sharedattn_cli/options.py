@@ -73,8 +73,9 @@ JsonOpt = Annotated[bool, Opt("--json", help="Print one JSON document instead of
 # ---- runs ------------------------------------------------------------------------------------
 
 GraphsOpt = Annotated[bool, Opt("--graphs/--no-graphs", help="On CUDA, record each sparse layer as a CUDA graph "
-                                "once per prompt length and replay it in the other layers (default; the whole layer "
-                                "where the attention runs on Triton, else its decision step), or run it eagerly.")]
+                                "once per prompt length and replay it in the other layers (default; its decisions "
+                                "and layout where the attention runs on Triton, else its decision step), or run it "
+                                "eagerly.")]
 
 KernelOpt = Annotated[KernelChoice, Opt(
     "--kernel", help="Attention kernel: auto (flash-attn-4 where it measured faster and is installed, else our "

@@ -62,7 +62,7 @@ def run_prefill(loaded: LoadedModel, input_ids: list[int] | tuple[int, ...], met
     """Prefill ``input_ids`` (batch 1) with ``method``; optionally in chunks over a growing cache,
     then greedy-decode ``max_new_tokens`` tokens with dense attention. ``use_graphs``: record the
     decision step as a CUDA graph per length (analysis/method/decision_graphs.py); ``whole_layer``:
-    on CUDA with the Triton kernel, each layer as one step without a host sync, recorded whole
+    on CUDA with the Triton kernel, each layer without a host sync, its decisions and layout recorded
     (``SparsePrefill``; False: the synced path, where a layer keeping every block runs dense SDPA)."""
     from transformers import DynamicCache
 

@@ -2,20 +2,23 @@
 
 ``SparsePrefill.attend`` takes q ``[B, H, Nq, D]`` and k/v ``[B, H_kv, Nk, D]`` (GQA is read
 through the group index by the kernels) and returns the output ``[B, H, Nq, D]`` plus a
-``LayerTrace``. The probe, the estimation kernels and the decisions run as one step from q and k
-(batched tensor operations and Triton launches; on CUDA a CUDA graph per geometry, fed copies of
-q and k); SharePrefill's recording of its pivotal heads after the kernel is a second graph. The
-host syncs once per layer, to size the layout.
+``LayerTrace``. The probe, the estimation kernels and the decisions run as one step from q's probe
+rows, its block means and k (batched tensor operations and Triton launches; on CUDA a CUDA graph
+per geometry, fed copies of those, not of q); SharePrefill's recording of its pivotal heads after
+the kernel is a second graph. The host syncs once per layer, to size the layout.
 
-On CUDA, up to ``GRAPHS_UP_TO`` keys and where the attention runs on our Triton kernel, the whole
-layer is one step instead (``whole_layer``, the default): decision step, layout, attention, and
-SharePrefill's record of its pivotal heads, with no host sync, recorded as one CUDA graph per
-geometry and replayed for every layer of that geometry. What it gives up for that: the layout
-keeps every row's full width (the kernel loops each row's own count, so this costs nothing), a
-SharePrefill layer always launches its block-mass pass for its pivotal heads (in two passes: the
-one-pass scratch is sized on the host; without pivotal heads its programs do no work), and a layer
-whose heads keep every block runs the sparse kernel, not the model's dense SDPA (equal
-within bf16 rounding, no longer bit for bit).
+On CUDA, up to ``GRAPHS_UP_TO`` keys and where the attention runs on our Triton kernel, a layer
+runs without a host sync instead (``whole_layer``, the default): the decision step and the layout
+as one CUDA graph per geometry, replayed for every layer of that geometry, then the attention
+launched on the layer's own q, k and v, and SharePrefill's record of its pivotal heads (its own
+graph). What it gives up for that: the layout keeps every row's full width (the kernel loops each
+row's own count, so this costs nothing), a SharePrefill layer always launches its block-mass pass
+for its pivotal heads (in two passes: the one-pass scratch is sized on the host; without pivotal
+heads its programs do no work), and a layer whose heads keep every block runs the sparse kernel,
+not the model's dense SDPA (equal within bf16 rounding, no longer bit for bit). Below
+``ATTENTION_IN_GRAPH_BELOW`` keys (SharePrefill at 4K) the attention, the map and the record are
+inside the layer's graph too, fed copies of q and v: there the host's launches would cost more than
+the copies (docs/benchmarks.md, "Attention out of the graph").
 """
 from __future__ import annotations
 
@@ -43,9 +46,20 @@ from .sharing import SharingState
 # Longest prompt (keys) whose whole layer (or decision step and pivotal record) is recorded as a
 # CUDA graph, and up to which a layer runs as one step. Beyond it the steps' launches and the sync
 # cost under 1% of the layer (H200: 0.2-0.6 ms of 53-180 ms at 128K), while a graph keeps its
-# intermediates and its static copies of q, k (and v and the output, for a whole layer) allocated
+# intermediates and its static copies of k, q's probe rows and block means allocated
 # for as long as it is kept.
 GRAPHS_UP_TO = 65536
+# Keys below which a whole layer's graph also holds its attention (and SharePrefill's map and record),
+# per method: that costs copies of q, k, v and the output into and out of the graph, but saves the host
+# the attention's launch and, for SharePrefill, the map's and the record graph's. Measured on the H200
+# in session 10 (docs/scripts/layer_profile.py, planted Llama-shape layers, the session 9 tree and this
+# one in one lease; docs/benchmarks.md, "Attention out of the graph"): the GPU work of a layer falls
+# with the attention out of the graph (4K, sharing SharePrefill layer: 0.447 against 0.477 ms busy;
+# vertical-slash 0.38 against 0.42; at 8K vertical-slash 0.875 against 0.906 ms wall, 1.09x dense
+# against 1.02x), but at 4K a SharePrefill layer is bound by the host, whose extra launches showed
+# as 0.63-0.96 ms wall against 0.58-0.67 with everything in the graph (the spread is run to run on the
+# same code). So SharePrefill keeps its attention in the graph below 8K; the other methods do not.
+ATTENTION_IN_GRAPH_BELOW = {MethodName.SHAREPREFILL: 8192}
 # what kernels.head_decisions writes for (vertical-slash, query-aware, shared, pivotal)
 DECISION_CODES = (int(Decision.VERTICAL_SLASH), int(Decision.QUERY_AWARE), int(Decision.SHARED),
                   int(Decision.PIVOTAL))
@@ -111,14 +125,14 @@ class SparsePrefill:
         self.whole_layer = whole_layer  # on CUDA with the Triton kernel: one step, no host sync
         self.graphs = DecisionGraphs(enabled=use_graphs)  # the decision step
         self.record_graphs = DecisionGraphs(enabled=use_graphs)  # SharingState.record_pivotals
-        self.layer_graphs = DecisionGraphs(enabled=use_graphs)  # whole layers (_layer_step)
+        self.layer_graphs = DecisionGraphs(enabled=use_graphs)  # decision and layout (_plan_step)
         self._last_layer = 1 << 30  # the last layer SharePrefill ran the sparse path on
         if self.method is MethodName.SHAREPREFILL and sharing is None:
             raise ValueError("shareprefill needs a SharingState (a lookup; empty means no sharing)")
 
     def graph_counts(self) -> tuple[int, int]:
-        """CUDA graphs recorded and replays of them, per layer: decision steps and whole layers
-        (a whole layer's graph holds its decision step; pivotal records are inside layers)."""
+        """CUDA graphs recorded and replays of them, per layer: decision steps, with or without the
+        layout (SharePrefill's pivotal records, a graph of their own, are not counted)."""
         return (self.graphs.captures + self.layer_graphs.captures, self.graphs.replays + self.layer_graphs.replays)
 
     # ---- entry point -------------------------------------------------------------------------
@@ -135,7 +149,7 @@ class SparsePrefill:
         bs = self.config.block_size
         if self.method is MethodName.DENSE or nk < max(self.config.dense_below, 1) or nk <= bs:
             return self._dense(layer, q, k, v, scale)
-        inputs = {"q": q, "k": k}
+        inputs = {}
         if self.method is MethodName.SHAREPREFILL:
             nqb, nkb = num_blocks(nq, bs), num_blocks(nk, bs)
             if layer <= self._last_layer:  # a new forward pass (its first layers may have run dense)
@@ -144,11 +158,14 @@ class SparsePrefill:
             self.sharing.ensure(b, nqb, nkb, q.device)
             inputs["cluster"] = self.sharing.cluster_row(layer, q.device)
         backend = self._whole_layer_backend(q, nk)
+        if backend is not None and nk < ATTENTION_IN_GRAPH_BELOW.get(self.method, 0):
+            return self._run_layer_graph(layer, q, k, v, scale, inputs, backend)
+        inputs = dict(self._step_inputs(q, k), **inputs)
         if backend is not None:
-            return self._run_whole(layer, q, k, v, scale, inputs, backend)
-        key = (scale, kernels.select_backend(q), self.sharing.generation if self.sharing else 0,
+            return self._run_whole(layer, q, k, v, scale, inputs)
+        key = (scale, nq, kernels.select_backend(q), self.sharing.generation if self.sharing else 0,
                _signature(inputs))
-        plan = self.graphs.run(key, lambda **t: self._step(scale=scale, **t), inputs,
+        plan = self.graphs.run(key, lambda **t: self._step(scale=scale, nq=nq, **t), inputs,
                                record=nk <= GRAPHS_UP_TO)
         return self._run(layer, q, k, v, scale, plan)
 
@@ -169,18 +186,30 @@ class SparsePrefill:
                 .expand(b, h, nqb, nkb).cpu()
         return trace
 
-    def _step(self, q, k, scale: float, cluster=None) -> DecisionPlan:
-        """The decision step from q ``[B, H, Nq, D]`` and k ``[B, H_kv, Nk, D]`` (and SharePrefill's
-        ``cluster`` row ``[H]``): the probe's pooled profiles and, for FlexPrefill and SharePrefill,
+    def _step_inputs(self, q, k) -> dict:
+        """What the decision step reads of q and k: the probe's queries (q's last ``min(block, Nq)``
+        rows, a view), k and, for FlexPrefill and SharePrefill, the queries' block means ``[B, H, nqb,
+        D]`` fp32 (one pooling launch, here). A recorded step is fed copies of these, so a layer
+        no longer copies all of q (at 8K on Llama shapes q is 64 MiB: about 30 us of copy)."""
+        bs, nq = self.config.block_size, q.shape[2]
+        inputs = {"q_probe": q[:, :, nq - min(bs, nq):], "k": k}
+        if self.method in (MethodName.FLEXPREFILL, MethodName.SHAREPREFILL):
+            inputs["q_means"] = kernels.pool_blocks_mean(q, bs)
+        return inputs
+
+    def _step(self, q_probe, k, scale: float, nq: int, cluster=None, q_means=None) -> DecisionPlan:
+        """The decision step of ``nq`` queries from ``_step_inputs`` (q's probe rows ``[B, H, m, D]``,
+        k ``[B, H_kv, Nk, D]``, FlexPrefill's and SharePrefill's query block means) and SharePrefill's
+        ``cluster`` row ``[H]``: the probe's pooled profiles and, for FlexPrefill and SharePrefill,
         the estimates (docs/method.md, steps 1-3), then ``_decide``. What ``DecisionGraphs`` records:
-        no host sync."""
+        no host sync. The probe rows are end-aligned to the keys, as they sit in q."""
         bs = self.config.block_size
-        vertical, slash = kernels.last_block_pooled_profiles(q, k, bs, scale)  # [B, H, nkb] each
+        vertical, slash = kernels.last_block_pooled_profiles(q_probe, k, bs, scale)  # [B, H, nkb] each
         estimate = pooled = None
         if self.method in (MethodName.FLEXPREFILL, MethodName.SHAREPREFILL):
-            estimate = kernels.probe_column_estimate(q, k, bs, scale)  # [B, H, nkb]
-            pooled = kernels.pooled_block_estimate(q, k, bs, scale)  # [B, H, nqb, nkb]
-        return self._decide(q.shape[2], k.shape[2], vertical, slash, estimate, pooled, cluster)
+            estimate = kernels.probe_column_estimate(q_probe, k, bs, scale)  # [B, H, nkb]
+            pooled = kernels.pooled_estimate_of_means(q_means, k, nq, bs, scale)  # [B, H, nqb, nkb]
+        return self._decide(nq, k.shape[2], vertical, slash, estimate, pooled, cluster)
 
     def _decide(self, nq: int, nk: int, vertical, slash, estimate=None, pooled=None,
                 cluster=None) -> DecisionPlan:
@@ -250,40 +279,62 @@ class SparsePrefill:
         on CUDA, up to GRAPHS_UP_TO keys (where it is recorded; beyond, the sync costs nothing next to
         the layer, and the synced path keeps the pivotal map's one-pass option on head dim 128:
         measured 176 vs 253 ms for a pivotal Llama-shape layer at 128K), where the attention runs on
-        the Triton kernel (a compiled flash-attn-4 call inside a recording is untried)."""
+        the Triton kernel (``auto``'s choice of flash reads the layer's kept share on the host)."""
         if not (self.whole_layer and q.is_cuda and nk <= GRAPHS_UP_TO):
             return None
         backend = kernels.attention_backend(q, kernels.Geometry(q.shape[2], nk, self.config.block_size))
         return backend if backend is kernels.Backend.TRITON else None
 
-    def _run_whole(self, layer, q, k, v, scale, inputs: dict, backend):
-        """``_layer_step`` on CUDA: recorded once per geometry as one graph and replayed (eager
-        where ``use_graphs`` is off); no host sync. The attention call is counted here, once per
-        layer (a replay does not pass through the dispatcher)."""
-        inputs = dict(inputs, v=v)
+    def _run_whole(self, layer, q, k, v, scale, inputs: dict):
+        """The whole layer without a host sync: ``_plan_step`` recorded once per geometry as one
+        graph and replayed (eager where ``use_graphs`` is off), then the attention launched on the
+        layer's own q, k, v (no copy of them into the graph, no copy of its output out of it) and, for
+        SharePrefill, the two-pass block-mass map of its pivotal heads and their record (both do
+        nothing for a layer without pivotal heads; the record is a graph of its own)."""
+        nq, nk = q.shape[2], k.shape[2]
+        key = (scale, nq, self.sharing.generation if self.sharing else 0, _signature(inputs))
+        plan, layout = self.layer_graphs.run(key, lambda **t: self._plan_step(scale=scale, nq=nq, **t), inputs)
+        if self.method is not MethodName.SHAREPREFILL:
+            out = kernels.sparse_attention(q, k, v, layout, scale=scale)
+        else:
+            out, mass = kernels.sparse_attention(q, k, v, layout, scale=scale, return_block_mass=True,
+                                                 mass_heads=plan.pivotal, mass_pass="two")
+            self._record_pivotals(layer, nk, plan, mass)
+        return out, self._trace(layer, plan, self._recall(q, k, scale, plan))
+
+    def _run_layer_graph(self, layer, q, k, v, scale, inputs: dict, backend):
+        """``_run_whole`` below ``ATTENTION_IN_GRAPH_BELOW`` keys: the step's inputs made, the
+        attention, SharePrefill's map and its record inside the layer's graph too (``_layer_step``),
+        fed copies of q, k and v (and the cluster row); the output is the graph's, so it is cloned.
+        The attention call is counted here, once per layer (a replay does not pass through the
+        dispatcher)."""
+        inputs = dict(inputs, q=q, k=k, v=v)
         if self.method is MethodName.SHAREPREFILL:
             inputs["layer"] = self.sharing.layer_index(layer, q.device)
-        key = (scale, self.sharing.generation if self.sharing else 0, _signature(inputs))
+        key = ("layer", scale, q.shape[2], self.sharing.generation if self.sharing else 0, _signature(inputs))
         with kernels.uncounted():
-            out, plan = self.layer_graphs.run(key, lambda **t: self._layer_step(scale=scale, **t), inputs)
+            out, plan = self.layer_graphs.run(key, lambda **t: self._layer_step(scale=scale, nq=q.shape[2], **t),
+                                              inputs)
         kernels.count_call(backend)
-        recall = self._recall(q, k, scale, plan)
-        return out.clone(), self._trace(layer, plan, recall)  # the graph's output: the next replay reuses it
+        return out.clone(), self._trace(layer, plan, self._recall(q, k, scale, plan))
 
-    def _layer_step(self, q, k, v, scale: float, cluster=None, layer=None):
-        """One whole layer without a host sync: the decision step, the layout at full width, the
-        attention and, for SharePrefill, the two-pass block-mass map of its pivotal heads and
-        their record (both do nothing for a layer without pivotal heads). ``(out, plan)``."""
-        plan = self._step(q, k, scale, cluster)
-        draft = LayoutDraft(plan.counts, plan.ordered, plan.num_full, self.config.block_size,
-                            q.shape[2], k.shape[2])
-        layout = draft.finish(plan.ordered.shape[-1])  # every row's full width: no widest row to read
+    def _layer_step(self, q, k, v, scale: float, nq: int, cluster=None, layer=None):
+        """``_step_inputs``, ``_plan_step``, the attention and, for SharePrefill, the two-pass
+        block-mass map of its pivotal heads and their record: ``(out, plan)``, no host sync."""
+        plan, layout = self._plan_step(scale=scale, nq=nq, cluster=cluster, **self._step_inputs(q, k))
         if self.method is not MethodName.SHAREPREFILL:
             return kernels.sparse_attention(q, k, v, layout, scale=scale), plan
         out, mass = kernels.sparse_attention(q, k, v, layout, scale=scale, return_block_mass=True,
                                              mass_heads=plan.pivotal, mass_pass="two")
         self._record(cluster, layer, plan, mass)
         return out, plan
+
+    def _plan_step(self, q_probe, k, scale: float, nq: int, cluster=None, q_means=None):
+        """The decision step and the layout at every row's full width (no widest row to read; the
+        kernel loops each row's own count): ``(plan, layout)``, the layout's tensors the graph's."""
+        plan = self._step(q_probe, k, scale, nq, cluster, q_means)
+        draft = LayoutDraft(plan.counts, plan.ordered, plan.num_full, self.config.block_size, nq, k.shape[2])
+        return plan, draft.finish(plan.ordered.shape[-1])
 
     # ---- kernel and trace --------------------------------------------------------------------
     def _run(self, layer, q, k, v, scale, plan: DecisionPlan):

@@ -50,11 +50,11 @@ def main(lengths):
             run = sp.SparsePrefill(MethodName(method), cfg, sharing)
             if sharing is not None:
                 sharing.reset(1, n // 128, n // 128, q.device)
-            inputs = {"q": q, "k": k}
+            inputs = run._step_inputs(q, k)
             if sharing is not None:
                 inputs["cluster"] = sharing.cluster_row(1, q.device)
             key = ("probe", n)
-            step = functools.partial(run._step, scale=scale)
+            step = functools.partial(run._step, scale=scale, nq=n)
             graph_ms = time_ms(lambda: run.graphs.run(key, step, inputs))
             eager_ms = time_ms(lambda: step(**inputs))
             with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:

@@ -4,8 +4,11 @@ Shapes: Llama-3.1-8B attention (32 query / 8 KV heads, head dim 128) and Qwen2.5
 (14 / 2, head dim 64), bf16, block 128, batch 1; N in 8K-128K; random per-head causal block masks
 with the diagonal and block 0 kept (``kernels.bench.random_mask``) at each density. Each time is
 the median of CUDA-event-timed repeats after warm-up (``kernels.bench.time_ms``); "x cuDNN" is
-the throughput on kept blocks over cuDNN's dense causal throughput. Then the first call at a new
-prompt length after warm-up, for both ways of compiling (``kernels/flash.py``: dynamic, static).
+the throughput on kept blocks over cuDNN's dense causal throughput. First, the first call at a new
+prompt length after warm-up, for every way of calling flash-attn-4 (``kernels/flash.py``'s
+``COMPILE_MODES``: direct, dynamic, static); the grid then times flash in the mode the process started
+with (``SHAREDATTN_FLASH_COMPILE``, by default direct), which the table's header line and the JSON
+(``flash_mode``) name.
 
 Prints a table and writes JSON. On the H200 (flash-attn-4 installed by docs/scripts/h200_flash.sh):
 
@@ -114,7 +117,8 @@ def one_length(shape_name: str, n: int, densities, flash_ok: bool, log, rounds: 
 
 
 def first_calls(mode: str, shape_name: str, lengths, log) -> dict:
-    """Warm up at lengths[0], then time the first call at each later length (seconds, synchronised)."""
+    """Warm up at lengths[0], then time the first call at each later length (seconds, synchronised);
+    leaves ``flash.COMPILE`` at ``mode``."""
     flash.COMPILE = mode
     shape = SHAPES[shape_name]
     device = torch.device(torch.cuda.current_device())
@@ -238,11 +242,11 @@ def _machine() -> dict:
 def main_mass(args, start: float) -> None:
     why = kb.flash_unavailable()
     report = {"command": " ".join(sys.argv), "mode": "mass", "machine": _machine(), "flash": why or "available",
-              "flash_mass_max_share": kb.FLASH_MASS_MAX_SHARE,
+              "flash_mode": flash.COMPILE, "flash_mass_max_share": kb.FLASH_MASS_MAX_SHARE,
               "lse_to_natural": flash.lse_to_natural() if why is None else None,
               "rows": [], "skipped": []}
-    print(f"command: {report['command']}\nmachine: {report['machine']}\nflash backend: {report['flash']}; "
-          f"FLASH_MASS_MAX_SHARE={kb.FLASH_MASS_MAX_SHARE}", flush=True)
+    print(f"command: {report['command']}\nmachine: {report['machine']}\nflash backend: {report['flash']} "
+          f"(mode {flash.COMPILE}); FLASH_MASS_MAX_SHARE={kb.FLASH_MASS_MAX_SHARE}", flush=True)
     print(MASS_HEADER, flush=True)
     densities = [float(x) for x in (args.densities or "0.1,0.5").split(",")]
     fractions = [float(x) for x in args.fractions.split(",")]
@@ -289,19 +293,24 @@ def main() -> None:
     args.densities = args.densities or "0.05,0.1,0.3,0.5,1.0"
     args.budget_s = 400.0 if args.budget_s is None else args.budget_s
     why = kb.flash_unavailable()
+    grid_mode = flash.COMPILE  # the mode the grid times flash in: the default (direct) or the environment's
     report = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "flash": why or "available",
-              "block_size": args.block_size,
+              "flash_mode": grid_mode, "block_size": args.block_size,
               "auto_rule": {"head_dims": kb.AUTO_FLASH_HEAD_DIMS, "min_keys": kb.AUTO_FLASH_MIN_KEYS,
                             "block_sizes": kb.AUTO_FLASH_BLOCK_SIZES}, "rows": [], "first_call": [], "skipped": []}
-    print(f"gpu {report['gpu']}, torch {torch.__version__}, flash backend: {report['flash']}", flush=True)
+    print(f"gpu {report['gpu']}, torch {torch.__version__}, flash backend: {report['flash']} "
+          f"(the grid times mode {grid_mode})", flush=True)
     print("| shape | N | density | cuDNN ms | triton ms | flash ms | auto ms (pick) | triton x cuDNN | "
           "flash x cuDNN | auto / best |\n|---|---|---|---|---|---|---|---|---|---|", flush=True)
     densities = [float(x) for x in args.densities.split(",")]
     if why is None:
         lengths = [int(x) for x in args.first_call_lengths.split(",")]
-        for mode in flash.COMPILE_MODES:
-            report["first_call"].append(first_calls(mode, "llama", lengths, lambda s: print(s, flush=True)))
-        flash.COMPILE = "dynamic"
+        for mode in flash.COMPILE_MODES:  # a mode whose packages are missing says so and is skipped
+            flash.COMPILE = mode
+            missing = kb.flash_unavailable()
+            report["first_call"].append({"mode": mode, "unavailable": missing} if missing else
+                                        first_calls(mode, "llama", lengths, lambda s: print(s, flush=True)))
+        flash.COMPILE = grid_mode
     for shape_name in args.shapes.split(","):
         for n in (int(x) for x in args.lengths.split(",")):
             if time.perf_counter() - start > args.budget_s:

@@ -1,6 +1,7 @@
 """Why does a SharePrefill head not share? Per-head reasons, per length, on a real model (GPU).
 
     python docs/scripts/sharing_diagnosis.py MODEL LOOKUP.json OUT.json [LENGTH ...] [--gamma G ...]
+                                             [--mass-split S ...]
     python docs/scripts/sharing_diagnosis.py --profile MODEL LOOKUP.json LENGTH
 
 For every length: a passkey prompt (depth 0.3, seed 7) is prefilled with shareprefill at the
@@ -17,7 +18,9 @@ be watched). Each head of each layer gets one reason:
 
 and the per-layer attention time (CUDA events around each layer's attention call) of every method.
 Each ``--gamma G`` adds vertical-slash, flexprefill and shareprefill at that gamma to the timed
-variants (named ``METHOD@G``; the reasons are watched at the default gamma only).
+variants (named ``METHOD@G``; the reasons are watched at the default gamma only). Each
+``--mass-split S`` adds shareprefill (and ``shareprefill@G`` for every ``--gamma``) timed with the
+pivotal map's rows split every S kept tiles (``kernels.mass_pass.MASS_SPLIT``), named ``...+splitS``.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ import torch
 
 from sharedattn import kernels
 from sharedattn.analysis.files.prompts import passkey_prompt
+from sharedattn.analysis.hf import sparse_attention as hf_sparse
 from sharedattn.analysis.hf.models import load_model
 from sharedattn.analysis.hf.prefill_run import logit_fidelity, run_prefill
 from sharedattn.analysis.method import sharing as sharing_mod
@@ -38,6 +42,7 @@ from sharedattn.analysis.method import sparse_prefill as sp_mod
 from sharedattn.analysis.method.method_config import MethodName, make_config
 from sharedattn.analysis.method.patterns import js_distance, mass_covered
 from sharedattn.analysis.offline.lookup import load_lookup
+from sharedattn.kernels import mass_pass
 
 REASONS = ("unclustered", "query_aware", "pivotal", "same_layer", "fallback", "profiles", "shared")
 
@@ -134,7 +139,27 @@ VARIANTS = (("vertical-slash", "vertical-slash", {}), ("flexprefill", "flexprefi
             ("shareprefill-sparser", "shareprefill", {"fallback": "covers-and-sparser"}))
 
 
-def diagnose(model: str, lookup_path: str, lengths: list[int], gammas: tuple[float, ...] = ()) -> list[dict]:
+class _MassSplit:
+    """``mass_pass.MASS_SPLIT`` set to ``split`` (None: left alone) while active. The prefill runners
+    and the graphs they recorded are dropped on the way in and out: a replayed graph keeps the map's
+    grid it was recorded with."""
+
+    def __init__(self, split: int | None):
+        self.split, self.saved = split, mass_pass.MASS_SPLIT
+
+    def __enter__(self):
+        if self.split is not None:
+            hf_sparse._RUNNERS.clear()
+            mass_pass.MASS_SPLIT = self.split
+
+    def __exit__(self, *exc):
+        if self.split is not None:
+            mass_pass.MASS_SPLIT = self.saved
+            hf_sparse._RUNNERS.clear()
+
+
+def diagnose(model: str, lookup_path: str, lengths: list[int], gammas: tuple[float, ...] = (),
+             mass_splits: tuple[int, ...] = ()) -> list[dict]:
     random_init = model[len("random:"):] if model.startswith("random:") else None
     loaded = load_model(model if random_init is None else None, random_init=random_init)
     reference = None
@@ -150,10 +175,13 @@ def diagnose(model: str, lookup_path: str, lengths: list[int], gammas: tuple[flo
         row = {"tokens": len(ids), "dense": {"ttft_ms": dense_ttft * 1e3, "attention_ms": dense_attn * 1e3}}
         extra_gammas = [(f"{m}@{g}", m, {"gamma": g}) for g in gammas
                          for m in ("vertical-slash", "flexprefill", "shareprefill")]
-        for name, method, extra in (*VARIANTS, *extra_gammas):
+        split_runs = [(f"{name}+split{split}", "shareprefill", extra, split) for split in mass_splits
+                      for name, extra in (("shareprefill", {}), *((f"shareprefill@{g}", {"gamma": g}) for g in gammas))]
+        timed = [(*v, None) for v in (*VARIANTS, *extra_gammas)] + split_runs
+        for name, method, extra, split in timed:
             cfg = make_config(method, dense_below=0, **extra)
             lk = lookup if method == "shareprefill" else None
-            with Watch(watch_sharing=False) as timing:
+            with _MassSplit(split), Watch(watch_sharing=False) as timing:
                 runs, ttft, attn = _timed(loaded, ids, MethodName(method), cfg, lk)
             fid = logit_fidelity(dense_runs[-1].logits, runs[-1].logits)
             row[name] = {"ttft_ms": ttft * 1e3, "attention_ms": attn * 1e3,
@@ -179,7 +207,7 @@ def diagnose(model: str, lookup_path: str, lengths: list[int], gammas: tuple[flo
         print(json.dumps({"tokens": row["tokens"], "noise_floor": row.get("noise_floor"),
                           **{name: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row[name].items()
                                     if k in ("ttft_ms", "attention_ms", "density", "reasons", "fidelity")}
-                             for name in ["dense", *(v[0] for v in (*VARIANTS, *extra_gammas))]}}), flush=True)
+                             for name in ["dense", *(v[0] for v in timed)]}}), flush=True)
     return rows
 
 
@@ -211,11 +239,13 @@ if __name__ == "__main__":
     if sys.argv[1] == "--profile":
         profile(sys.argv[2], sys.argv[3], int(sys.argv[4]))
         sys.exit(0)
-    args, gammas = sys.argv[1:], []
-    while "--gamma" in args:
-        i = args.index("--gamma")
-        gammas.append(float(args[i + 1]))
-        del args[i:i + 2]
+    args, options = sys.argv[1:], {"--gamma": [], "--mass-split": []}
+    for flag, values in options.items():
+        while flag in args:
+            i = args.index(flag)
+            values.append(args[i + 1])
+            del args[i:i + 2]
     model_name, lookup_file, out_file, *lens = args
-    result = diagnose(model_name, lookup_file, [int(n) for n in lens] or [8192, 16384, 32000], tuple(gammas))
+    result = diagnose(model_name, lookup_file, [int(n) for n in lens] or [8192, 16384, 32000],
+                      tuple(float(g) for g in options["--gamma"]), tuple(int(s) for s in options["--mass-split"]))
     Path(out_file).write_text(json.dumps(result, indent=1) + "\n")

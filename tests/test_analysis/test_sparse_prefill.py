@@ -91,9 +91,10 @@ def test_sharing_pivotal_then_shared_in_a_later_layer():
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("method", ["vertical-slash", "shareprefill"])
-def test_the_step_takes_q_and_k_and_its_plan_carries_the_probe(method, monkeypatch):
-    """The recorded step's inputs are q and k (and the cluster row); its plan carries the probe's
+@pytest.mark.parametrize("method", ["vertical-slash", "flexprefill", "shareprefill"])
+def test_the_step_takes_probe_rows_means_and_k_and_its_plan_carries_the_probe(method, monkeypatch):
+    """The recorded step's inputs are q's probe rows (a view of its last block), its block means
+    for the methods that estimate from them, and k (and the cluster row), never all of q; its plan carries the probe's
     pooled profiles, the number of pivotal heads, which reaches the kernel as num_mass_heads, and
     the kept share of the causal blocks, which reaches it as kept_share."""
     from sharedattn import kernels
@@ -111,7 +112,11 @@ def test_the_step_takes_q_and_k_and_its_plan_carries_the_probe(method, monkeypat
         or steps[-1][1]
     _, trace = run.attend(0, q, k, v, 0.2)
     inputs, plan = steps[0]
-    assert set(inputs) == ({"q", "k", "cluster"} if method == "shareprefill" else {"q", "k"})
+    want = {"q_probe", "k"} | ({"q_means"} if method in ("flexprefill", "shareprefill") else set())
+    assert set(inputs) == want | ({"cluster"} if method == "shareprefill" else set())
+    assert inputs["q_probe"].data_ptr() == q[:, :, -64:].data_ptr() and inputs["q_probe"].shape[2] == 64
+    if "q_means" in inputs:
+        assert torch.equal(inputs["q_means"], kernels.pool_blocks_mean(q, 64))
     vertical, slash = pooled_profiles(*kernels.last_block_profiles(q, k, 64, 0.2), 64)
     assert torch.equal(plan.vertical, vertical) and torch.equal(plan.slash, slash)
     pivotal = int((trace.decision == Decision.PIVOTAL).sum())
@@ -156,13 +161,19 @@ def test_continue_after_times_one_sharing_layer_again():
     assert run.attend(1, q, k, v, 0.2)[1].decision[0, 0] == Decision.PIVOTAL  # a new pass
 
 
+@pytest.mark.parametrize("in_graph", [False, True], ids=["attention-eager", "attention-in-graph"])
 @pytest.mark.parametrize("method", ["a-shape", "vertical-slash", "flexprefill", "shareprefill"])
-def test_whole_layer_step_matches_the_synced_path(method, monkeypatch):
-    """The whole layer as one step (what CUDA records as one graph: full-width layout, the
-    two-pass map of the pivotal heads always asked for, their record inside) gives the synced
-    path's outputs and traces, layer after layer; the dispatcher counts one call per layer.
-    On CPU the step is taken by making the layer eligible (on CUDA: the Triton backend)."""
+def test_whole_layer_step_matches_the_synced_path(method, in_graph, monkeypatch):
+    """The layer without a host sync (what CUDA records as a graph: full-width layout, the two-pass
+    map of the pivotal heads always asked for, their record), with the attention launched after the
+    graph or inside it (``ATTENTION_IN_GRAPH_BELOW``), gives the synced path's outputs and traces,
+    layer after layer; the dispatcher counts one call per layer. On CPU the step is taken by making
+    the layer eligible (on CUDA: the Triton backend)."""
     from sharedattn import kernels
+    from sharedattn.analysis.method import sparse_prefill
+
+    monkeypatch.setattr(sparse_prefill, "ATTENTION_IN_GRAPH_BELOW", {MethodName(method): 1 << 20} if in_graph else {})
+    steps = []
 
     q, k, v = qkv(nq=1024, nk=1024)
     lookup = lookup_of([(0, 0), (0, 1), (1, 0), (1, 1)])
@@ -170,6 +181,10 @@ def test_whole_layer_step_matches_the_synced_path(method, monkeypatch):
     synced, whole = runner(method, lookup, **cfg), runner(method, lookup, **cfg)
     monkeypatch.setattr(SparsePrefill, "_whole_layer_backend",
                         lambda self, q, nk: kernels.Backend.REFERENCE if self is whole else None)
+    for name in ("_layer_step", "_plan_step"):
+        real_step = getattr(SparsePrefill, name)
+        monkeypatch.setattr(SparsePrefill, name, lambda self, *a, _f=real_step, _n=name, **kw: steps.append(_n)
+                            or _f(self, *a, **kw))
     calls = []
     real_kernel = kernels.sparse_attention
     monkeypatch.setattr("sharedattn.kernels.sparse_attention",
@@ -180,6 +195,7 @@ def test_whole_layer_step_matches_the_synced_path(method, monkeypatch):
         with kernels.record_backends() as ran:
             got, trace = whole.attend(layer, q, k, v, 0.2)
         assert torch.equal(got, want) and dict(ran) == {"reference": 1}
+        assert steps[-2:] == ["_layer_step", "_plan_step"] if in_graph else steps[-1:] == ["_plan_step"]
         for field in ("decision", "density", "coverage", "source"):
             assert torch.equal(getattr(trace, field), getattr(want_trace, field)), field
         assert calls[0]["layout"].indices.shape[-1] == 1024 // 64  # full width: no widest row read

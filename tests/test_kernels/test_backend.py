@@ -33,6 +33,7 @@ def test_backends_agree():
                 kernels.block_mass(q, k, 64),
                 kernels.last_block_profiles(q, k, 64),
                 kernels.pooled_block_estimate(q, k, 64),
+                kernels.pooled_estimate_of_means(kernels.pool_blocks_mean(q, 64), k, 130, 64),
                 kernels.probe_column_estimate(q, k, 64),
                 kernels.pool_blocks_mean(q, 64),
             )

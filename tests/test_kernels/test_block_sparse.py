@@ -231,3 +231,17 @@ def test_mass_heads_count_hint_and_auto_rule(monkeypatch):
     for config in (AttnConfig(64, 64), AttnConfig(64, 32)):
         block_sparse_attention(q, k, v, lay, return_block_mass=True, mass_heads=wanted, config=config)
     assert chosen == ["one"]  # the sub-tiled launch (block 64, tiles of 32) made two passes
+
+
+def test_gathered_tiles_fit_in_shared_memory(monkeypatch):
+    """``MASS_COLS`` is halved until the gathered key tiles fit in ``MASS_COLS_BYTES`` (the sizes the
+    H200 compiled and refused: 4 bf16 tiles of 64 x 128 fit, 4 of 128 x 128 do not)."""
+    from sharedattn.kernels import mass_pass
+
+    monkeypatch.setattr(mass_pass, "MASS_COLS", 8)
+    assert mass_pass.gathered_tiles(64, 128, 2) == 4
+    assert mass_pass.gathered_tiles(128, 128, 2) == 2
+    assert mass_pass.gathered_tiles(64, 64, 2) == 8
+    assert mass_pass.gathered_tiles(128, 128, 4) == 1
+    monkeypatch.setattr(mass_pass, "MASS_COLS", 1)
+    assert mass_pass.gathered_tiles(64, 64, 2) == 1

@@ -49,6 +49,20 @@ def test_pooled_estimates(case, dtype):
     assert torch.allclose(col.sum(-1), torch.ones(b, h), atol=1e-5)
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_estimate_of_means_is_the_pooled_estimate(case):
+    """From the queries' block means and their count (what a recorded decision step reads instead
+    of q), kernel and twin give ``pooled_block_estimate`` of q; means that do not fit are refused."""
+    b, h, hkv, nq, nk, d, bs = case
+    q, k, _ = make_qkv(b, h, hkv, nq, nk, d, torch.float16, seed=4)
+    want = ref.pooled_block_estimate_ref(q, k, bs)
+    means = ref.pool_blocks_mean_ref(q, bs)
+    assert (est.pooled_estimate_of_means(means, k, nq, bs) - want).abs().max().item() < 1e-5
+    assert torch.equal(ref.pooled_estimate_of_means_ref(means, k, nq, bs), want)
+    with pytest.raises(ValueError, match="do not fit"):
+        est.pooled_estimate_of_means(means, k, nq + bs, bs)
+
+
 def test_profiles_twin_matches_dense_probs():
     """The twin's vertical profile is the mean of the probe rows of the full attention matrix."""
     q, k, _ = make_qkv(1, 2, 1, 100, 150, 32, torch.float32, seed=3)

@@ -3,8 +3,8 @@
 flash-attn-4 returns each row's log-sum-exp, not the map; ``mass_pass.stats_from_lse`` turns it into
 the statistics of the Triton mass pass. Here the log-sum-exp comes from its twin
 (``reference.sparse_lse_ref``), the pass runs as its twin and as the interpreted kernel, and the
-dispatcher's routing runs with a stand-in for the flash call. tests/test_gpu/test_flash_gpu.py runs
-the real thing.
+dispatcher's routing runs with a stand-in for the flash call, or, in direct mode, for flash-attn-4's
+interface (``_helpers.FakeFlashAttn4``). tests/test_gpu/test_flash_gpu.py runs the real thing.
 """
 import math
 
@@ -19,7 +19,7 @@ from sharedattn.kernels.attn_fwd import AttnConfig, mass_config
 from sharedattn.kernels.layout import BlockLayout
 from sharedattn.kernels.mass_pass import LOG2E, launch_block_mass, stats_from_lse
 
-from ._helpers import make_qkv, random_layout, recorded_compiles
+from ._helpers import FakeFlashAttn4, make_qkv, random_layout, recorded_compiles
 
 CASES = [  # (b, h, hkv, nq, nk, d, bs, density, seed)
     (1, 4, 2, 200, 200, 32, 64, 0.5, 1),  # GQA, ragged last block
@@ -137,6 +137,28 @@ def test_flash_asked_for_with_a_map_runs_the_two_passes(fake_flash, with_heads):
     assert dict(ran) == {"flash": 1} and fake_flash == [True, False]
     with kernels.use_backend("flash"), pytest.raises(ValueError, match="mass_heads"):
         kernels.sparse_attention(q, k, v, lay, return_block_mass=True, mass_heads=torch.ones(1, 2, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[3] == c[4]])  # chunked prefill: never on flash
+@pytest.mark.parametrize("with_heads", [False, True])
+def test_direct_call_makes_the_map(monkeypatch, case, with_heads):
+    """Direct mode end to end with a stand-in for flash-attn-4 (which writes +inf for rows that see no
+    key): ``flash`` with the map is one flash call with the log-sum-exp, then the mass pass; the twin's
+    output and map, rows that see nothing included; without the map, one call without it."""
+    monkeypatch.setattr(flash, "COMPILE", "direct")
+    fake = FakeFlashAttn4().install(monkeypatch)
+    monkeypatch.setattr(kb, "flash_unavailable", lambda device=None: None)
+    monkeypatch.setattr(flash, "call_unsupported", lambda q, layout: None)  # fp32 on CPU
+    q, k, v, lay = _case(*case)
+    wanted = _wanted(*q.shape[:2]) if with_heads else None
+    with kernels.use_backend("flash"), kernels.record_backends() as ran:
+        out, mass = kernels.sparse_attention(q, k, v, lay, scale=0.3, return_block_mass=True, mass_heads=wanted)
+        plain = kernels.sparse_attention(q, k, v, lay, scale=0.3)
+    assert dict(ran) == {"flash": 2} and [call["return_lse"] for call in fake.calls] == [True, False]
+    want_out, want = ref.block_sparse_attention_ref(q, k, v, lay.to_dense(), lay.block_size, 0.3, True)
+    for got in (out, plain):
+        assert got.shape == q.shape and got.dtype == q.dtype and (got - want_out).abs().max().item() <= 1e-5
+    _check_map(mass, want, wanted)
 
 
 def test_auto_with_a_map_follows_the_rule_and_the_mapped_share(fake_flash):
