@@ -1,25 +1,24 @@
-"""flash-attn-4 called directly against the same kernel through FlexAttention (issue 15's open lever).
+"""flash-attn-4 called directly against the same kernel through FlexAttention (issue 15).
 
     bash docs/scripts/h200_flash.sh python3 docs/scripts/flash_direct.py OUT.json [N ...]
 
-The `flash` backend reaches flash-attn-4's Hopper kernel through ``flex_attention(...,
-kernel_options={"BACKEND": "FLASH"})``, which builds a ``BlockMask`` and goes through a compiled
-call on every layer; on the H200 that path costs about 1 ms per call that does not shrink with the
-kept blocks (session 9: time ~ 1.0 ms + 13.6 ms x density at 32K on Llama shapes), which keeps it
-below 0.95x cuDNN per kept block at 32K and low density. flash-attn-4's own interface takes the
-same four block tensors (``flash_attn.cute.block_sparsity.BlockSparseTensorsTorch``: partial-block
-counts and indices, full-block counts and indices, here from ``flex_mask.block_mask_tensors``) and
-q/k/v in (batch, seqlen, heads, dim) order, which a transposed view of ours gives without a copy.
+The `flash` backend has two ways to reach flash-attn-4's Hopper block-sparse kernel
+(``kernels/flash.py``): its own forward called with our four block tensors (mode ``direct``, the
+default since session 10) and ``flex_attention(..., kernel_options={"BACKEND": "FLASH"})`` compiled
+with a ``BlockMask`` (mode ``dynamic``, the default until session 9, which measured about 1 ms per call
+at 32K that does not shrink with the kept blocks).
 
 Per length (Llama-3.1-8B attention shapes: 32 / 8 heads, head dim 128, bf16, block 128) and
 density (random per-head causal masks, ``kernels.bench.random_mask``): cuDNN dense, our Triton
-kernel, the flash backend (FlexAttention), and the direct call with ``causal=True``, medians of
-CUDA-event timings in one process; the direct call's largest difference from our kernel's output;
-and its first call at a new length after warm-up (does it compile per length?). A variant that
-fails records its error and the rest go on. Needs CUDA and flash-attn-4 (docs/scripts/h200_flash.sh).
+kernel and the flash backend in both modes, medians of CUDA-event timings in one process; the direct
+mode's largest difference from our kernel's output; and its first call at a new length after
+warm-up (does it compile per length?). A variant that fails records its error and the rest go on.
+Needs CUDA and flash-attn-4 (docs/scripts/h200_flash.sh). Session 10's run:
+docs/flash-runs/flash-direct-session10-h200.json (docs/benchmarks.md, "flash-attn-4 called directly").
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import sys
@@ -29,7 +28,6 @@ import torch
 
 from sharedattn import kernels
 from sharedattn.kernels import bench, flash
-from sharedattn.kernels.flex_mask import block_mask_tensors
 from sharedattn.kernels.layout import BlockLayout
 
 SHAPE = bench.BenchShape(32, 8, 128)
@@ -37,16 +35,24 @@ DENSITIES = (0.05, 0.1, 0.3, 1.0)
 
 
 def _direct(q, k, v, layout: BlockLayout, scale: float):
-    """flash-attn-4's forward on our layout: ``[B, H, N, D]`` out (a view of its BSHD output)."""
-    from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch
-    from flash_attn.cute.interface import _flash_attn_fwd
+    """The flash backend in its direct mode (flash-attn-4's own forward on our block tensors)."""
+    with _mode("direct"):
+        return flash.flash_sparse_attention(q, k, v, layout, scale=scale)
 
-    num_part, part_idx, num_full, full_idx = block_mask_tensors(layout, full_width=layout.num_kv_blocks)
-    sparse = BlockSparseTensorsTorch(num_part, part_idx, num_full, full_idx,
-                                     block_size=(layout.block_size, layout.block_size))
-    out = _flash_attn_fwd(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), softmax_scale=scale,
-                          causal=True, block_sparse_tensors=sparse)[0]
-    return out.transpose(1, 2)
+
+@contextlib.contextmanager
+def _mode(mode: str):
+    saved, flash.COMPILE = flash.COMPILE, mode
+    try:
+        yield
+    finally:
+        flash.COMPILE = saved
+
+
+def _flex(q, k, v, layout: BlockLayout, scale: float):
+    """The flash backend through FlexAttention (its dynamic mode)."""
+    with _mode("dynamic"):
+        return flash.flash_sparse_attention(q, k, v, layout, scale=scale)
 
 
 def _timed(fn) -> tuple[float | None, str | None]:
@@ -80,7 +86,7 @@ def one_length(n: int, device) -> list[dict]:
         row = {"n": n, "target_density": d, "density": layout.density(), "cudnn_ms": dense_ms, "ms": {},
                "errors": {}}
         for name, fn in (("triton", lambda: kernels.sparse_attention(q, k, v, layout, scale=scale)),
-                         ("flex_flash", lambda: flash.flash_sparse_attention(q, k, v, layout, scale=scale)),
+                         ("flex_flash", lambda: _flex(q, k, v, layout, scale)),
                          ("direct", lambda: _direct(q, k, v, layout, scale))):
             with kernels.use_backend("triton" if name == "triton" else "flash"):
                 row["ms"][name], err = _timed(fn)
