@@ -1,6 +1,6 @@
 """One sparse layer's cost at 4K-32K for every method, against dense cuDNN (issue 17's profile).
 
-    python docs/scripts/layer_profile.py OUT.json [N ...] [--host] [--synced] [--rounds=R]
+    python docs/scripts/layer_profile.py OUT.json [N ...] [--host] [--synced] [--in-graph] [--rounds=R]
                                                           (default: 4096 8192 16384 32768)
 
 Planted Llama-3.1-8B-shape layers (analysis/evaluation/planted.py: B=1, 32 query heads, 8 KV
@@ -28,6 +28,10 @@ heads, head dim 128, bf16, block 128), paper defaults, ``dense_below=0``. Per le
 ``--synced``: every row twice, ``mode`` ``whole`` (the default since session 8: the layer as one
 recorded step, no host sync) and ``synced`` (``whole_layer=False``: the decision graph, one host
 sync, then the kernel), side by side in one process. Trees without ``whole_layer`` run ``synced``.
+
+``--in-graph`` (trees since session 10): every row also as ``attn-after`` and ``attn-in``, the whole
+layer with its attention after the recorded decision step or inside it for every method
+(``sparse_prefill.ATTENTION_IN_GRAPH_BELOW`` set around each call; ``whole`` is the tree's own rule).
 
 SharePrefill is timed on layer 0 (``pivotal``: each cluster's first head runs dense and records
 its map) and on layer 1 (``shared``: every repeat continues the pass that ran layer 0).
@@ -159,7 +163,32 @@ def _layer_call(method: str, layer: str, spec, layers, scale, whole: bool = True
     return shared
 
 
-def main(out: str, lengths: list[int], host: bool = False, synced: bool = False, rounds: int = 0) -> None:
+def _attention_placed(call, where: str):
+    """``call`` with every method's attention after its layer graph (``after``) or inside it (``in``)."""
+    from sharedattn.analysis.method import sparse_prefill
+
+    rule = {} if where == "after" else {m: 1 << 40 for m in MethodName}
+
+    def placed():
+        saved, sparse_prefill.ATTENTION_IN_GRAPH_BELOW = sparse_prefill.ATTENTION_IN_GRAPH_BELOW, rule
+        try:
+            return call()
+        finally:
+            sparse_prefill.ATTENTION_IN_GRAPH_BELOW = saved
+    return placed
+
+
+def _modes(synced: bool, in_graph: bool) -> tuple[str, ...]:
+    return ("whole",) + (("synced",) if synced else ()) + (("attn-after", "attn-in") if in_graph else ())
+
+
+def _call_for(method, layer, mode, spec, layers, scale):
+    call = _layer_call(method, layer, spec, layers, scale, whole=mode != "synced")
+    return _attention_placed(call, mode[len("attn-"):]) if mode.startswith("attn-") else call
+
+
+def main(out: str, lengths: list[int], host: bool = False, synced: bool = False, rounds: int = 0,
+         in_graph: bool = False) -> None:
     if host:
         _label_host_parts()
     spec = PlantedSpec()
@@ -172,11 +201,10 @@ def main(out: str, lengths: list[int], host: bool = False, synced: bool = False,
         layers = [planted_layer(spec, n, layer, "cuda") for layer in (0, 1)]
         dense_ms = _dense_ms(*layers[0], scale)
         print(f"\nN={n}: dense cuDNN {dense_ms:.3f} ms")
-        print(f"{'method':<16}{'layer':<9}{'mode':<8}{'wall':>8}{'fixed':>8}{'attn':>8}{'busy':>8}"
+        print(f"{'method':<16}{'layer':<9}{'mode':<11}{'wall':>8}{'fixed':>8}{'attn':>8}{'busy':>8}"
               f"{'kernels':>9}{'x dense':>9}")
-        kinds = list(itertools.product(ROWS, ("whole", "synced") if synced else ("whole",)))
-        calls = [_layer_call(method, layer, spec, layers, scale, whole=mode == "whole")
-                 for (method, layer), mode in kinds]
+        kinds = list(itertools.product(ROWS, _modes(synced, in_graph)))
+        calls = [_call_for(method, layer, mode, spec, layers, scale) for (method, layer), mode in kinds]
         for call in calls:
             call()  # records the graphs of this geometry
         best = {}
@@ -190,7 +218,7 @@ def main(out: str, lengths: list[int], host: bool = False, synced: bool = False,
             row = {"n": n, "method": method, "layer": layer, "mode": mode, "wall_ms": wall, "dense_ms": dense_ms,
                    "fixed_ms": wall - prof["attention_ms"], "speedup": dense_ms / wall, **prof}
             rows.append(row)
-            print(f"{method:<16}{layer:<9}{mode:<8}{wall:8.3f}{row['fixed_ms']:8.3f}{prof['attention_ms']:8.3f}"
+            print(f"{method:<16}{layer:<9}{mode:<11}{wall:8.3f}{row['fixed_ms']:8.3f}{prof['attention_ms']:8.3f}"
                   f"{prof['gpu_busy_ms']:8.3f}{prof['kernels']:9d}{row['speedup']:9.2f}"
                   + ("  host: " + ", ".join(f"{k} {v:.3f}" for k, v in prof["host_ms"].items()) if host else ""))
             sys.stdout.flush()
@@ -204,4 +232,4 @@ if __name__ == "__main__":
     args = [a for a in sys.argv[2:] if not a.startswith("--")]
     rounds = [int(a.split("=", 1)[1]) for a in sys.argv[2:] if a.startswith("--rounds=")]
     main(sys.argv[1], [int(a) for a in args] or [4096, 8192, 16384, 32768], host="--host" in sys.argv[2:],
-         synced="--synced" in sys.argv[2:], rounds=rounds[-1] if rounds else 0)
+         synced="--synced" in sys.argv[2:], rounds=rounds[-1] if rounds else 0, in_graph="--in-graph" in sys.argv[2:])
