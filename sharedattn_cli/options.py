@@ -79,7 +79,7 @@ GraphsOpt = Annotated[bool, Opt("--graphs/--no-graphs", help="On CUDA, record ea
 
 KernelOpt = Annotated[KernelChoice, Opt(
     "--kernel", help="Attention kernel: auto (flash-attn-4 where it measured faster and is installed, else our "
-    "Triton kernel; the torch twin on CPU), triton, or flash (flash-attn-4 through FlexAttention, Hopper GPUs, "
+    "Triton kernel; the torch twin on CPU), triton, or flash (flash-attn-4's block-sparse kernel, Hopper GPUs, "
     "`pip install 'sharedattn[flash]'`; a call that needs SharePrefill's block-mass map of many heads stays "
     "on Triton). "
     "bench kernel/prefill: auto times triton, flash and auto side by side; triton or flash that one.")]
