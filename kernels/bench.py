@@ -237,8 +237,9 @@ def tune_configs(shape: BenchShape, n: int, device: torch.device, configs=DEFAUL
     return sorted(rows, key=lambda r: r["ms_density_1"] + 5 * r["ms_density_0.1"])
 
 
-def backend_ms(name: str, q, k, v, layout: BlockLayout) -> float:
-    """Median ms of ``sparse_attention`` with backend ``name`` asked for (flash, auto, triton)."""
+def backend_ms(name: str, q, k, v, layout: BlockLayout, **timing) -> float:
+    """Median ms of ``sparse_attention`` with backend ``name`` asked for (flash, auto, triton);
+    ``timing``: ``time_ms``'s options."""
     from .backend import sparse_attention, use_backend
 
     share = layout.density()  # on the host, as the synced prefill path gives it to auto's rule
@@ -246,7 +247,7 @@ def backend_ms(name: str, q, k, v, layout: BlockLayout) -> float:
     def run():
         with use_backend(name):
             return sparse_attention(q, k, v, layout, kept_share=share)
-    return time_ms(run)
+    return time_ms(run, **timing)
 
 
 def run_length(shape: BenchShape, n: int, densities, patterns, device, config, peak_tflops,

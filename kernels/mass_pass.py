@@ -32,7 +32,7 @@ from .limits import LOG2E
 MASS_SPLIT = 0
 # Kept key tiles whose row sums a program gathers before one cross-row reduction and one vector of
 # atomic adds; 1: a reduction and an atomic add after every tile. The per-tile reduction (a barrier
-# across the program's warps) and atomic stall the loop; gathering them is meant to cut that. 1 until
+# across the program's warps) and atomic stall the loop; gathering them is meant to cut that.
 # A power of two; a launch gathers fewer where the tiles would not fit in shared memory
 # (``gathered_tiles``). Measured on the H200 in session 10 (docs/scripts/pivotal_cost.py synth 32768 1
 # 0.5: Qwen2.5-Coder-0.5B shapes, one pivotal head of 14, the layer's kernel with its two-pass map):

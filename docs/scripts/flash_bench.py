@@ -53,8 +53,11 @@ from sharedattn.kernels.layout import BlockLayout
 SHAPES = {"llama": bench.BenchShape(32, 8, 128), "qwen": bench.BenchShape(14, 2, 64)}
 
 
+TIMING = {"min_total_ms": 200.0, "max_reps": 20}  # bench.time_ms's options for every timing here
+
+
 def _time(fn) -> float:
-    return bench.time_ms(fn, min_total_ms=200.0, max_reps=20)
+    return bench.time_ms(fn, **TIMING)
 
 
 def dense_ms(q, k, v) -> float:
@@ -67,14 +70,6 @@ def dense_ms(q, k, v) -> float:
         with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
             return torch.nn.functional.scaled_dot_product_attention(q, k_rep, v_rep, is_causal=True)
     return _time(run)
-
-
-def _backend_ms(name: str, q, k, v, layout, kept_share: float | None = None) -> float:
-    def run():
-        with kernels.use_backend(name):
-            return kernels.sparse_attention(q, k, v, layout, kept_share=kept_share)
-    return _time(run)
-
 
 
 def one_length(shape_name: str, n: int, densities, flash_ok: bool, log, rounds: int = 1) -> list[dict]:
@@ -92,11 +87,11 @@ def one_length(shape_name: str, n: int, densities, flash_ok: bool, log, rounds: 
         flop = 4 * shape.head_dim * bench.kept_pairs(layout) / 1e12
         row = {"shape": shape_name, "n": n, "target_density": d, "density": layout.density(), "cudnn_ms": cudnn,
                "ms": {}, "x_cudnn": {}}
-        # auto gets the kept share as the synced prefill path passes it (the rule reads it below 64K keys)
+        # auto gets the kept share as the synced prefill path passes it (bench.backend_ms)
         names = ["triton", *(["flash"] if flash_ok else []), "auto"]
         for _ in range(rounds):
             for name in names:
-                ms = _backend_ms(name, q, k, v, layout, row["density"] if name == "auto" else None)
+                ms = bench.backend_ms(name, q, k, v, layout, **TIMING)
                 row["ms"][name] = min(ms, row["ms"].get(name, ms))
         row["auto_picks"] = kb.attention_backend(q, layout, kept_share=row["density"]).value
         for name, ms in row["ms"].items():
@@ -297,7 +292,9 @@ def main() -> None:
     report = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "flash": why or "available",
               "flash_mode": grid_mode, "block_size": args.block_size,
               "auto_rule": {"head_dims": kb.AUTO_FLASH_HEAD_DIMS, "min_keys": kb.AUTO_FLASH_MIN_KEYS,
-                            "block_sizes": kb.AUTO_FLASH_BLOCK_SIZES}, "rows": [], "first_call": [], "skipped": []}
+                            "block_sizes": kb.AUTO_FLASH_BLOCK_SIZES,
+                            "kept_share_steps": kb.AUTO_FLASH_KEPT_SHARE_STEPS},
+              "rows": [], "first_call": [], "skipped": []}
     print(f"gpu {report['gpu']}, torch {torch.__version__}, flash backend: {report['flash']} "
           f"(the grid times mode {grid_mode})", flush=True)
     print("| shape | N | density | cuDNN ms | triton ms | flash ms | auto ms (pick) | triton x cuDNN | "

@@ -18,11 +18,11 @@ docs/flash-runs/flash-direct-session10-h200.json (docs/benchmarks.md, "flash-att
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import platform
 import sys
 import time
+from unittest import mock
 
 import torch
 
@@ -36,22 +36,13 @@ DENSITIES = (0.05, 0.1, 0.3, 1.0)
 
 def _direct(q, k, v, layout: BlockLayout, scale: float):
     """The flash backend in its direct mode (flash-attn-4's own forward on our block tensors)."""
-    with _mode("direct"):
+    with mock.patch.object(flash, "COMPILE", "direct"):
         return flash.flash_sparse_attention(q, k, v, layout, scale=scale)
-
-
-@contextlib.contextmanager
-def _mode(mode: str):
-    saved, flash.COMPILE = flash.COMPILE, mode
-    try:
-        yield
-    finally:
-        flash.COMPILE = saved
 
 
 def _flex(q, k, v, layout: BlockLayout, scale: float):
     """The flash backend through FlexAttention (its dynamic mode)."""
-    with _mode("dynamic"):
+    with mock.patch.object(flash, "COMPILE", "dynamic"):
         return flash.flash_sparse_attention(q, k, v, layout, scale=scale)
 
 

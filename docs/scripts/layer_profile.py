@@ -48,6 +48,7 @@ import json
 import platform
 import statistics
 import sys
+from unittest import mock
 
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
@@ -170,11 +171,8 @@ def _attention_placed(call, where: str):
     rule = {} if where == "after" else {m: 1 << 40 for m in MethodName}
 
     def placed():
-        saved, sparse_prefill.ATTENTION_IN_GRAPH_BELOW = sparse_prefill.ATTENTION_IN_GRAPH_BELOW, rule
-        try:
+        with mock.patch.object(sparse_prefill, "ATTENTION_IN_GRAPH_BELOW", rule):
             return call()
-        finally:
-            sparse_prefill.ATTENTION_IN_GRAPH_BELOW = saved
     return placed
 
 
