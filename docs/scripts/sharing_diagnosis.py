@@ -1,7 +1,7 @@
 """Why does a SharePrefill head not share? Per-head reasons, per length, on a real model (GPU).
 
     python docs/scripts/sharing_diagnosis.py MODEL LOOKUP.json OUT.json [LENGTH ...] [--gamma G ...]
-                                             [--mass-split S ...]
+                                             [--mass-split S ...] [--busy]
     python docs/scripts/sharing_diagnosis.py --profile MODEL LOOKUP.json LENGTH
 
 For every length: a passkey prompt (depth 0.3, seed 7) is prefilled with shareprefill at the
@@ -21,6 +21,9 @@ Each ``--gamma G`` adds vertical-slash, flexprefill and shareprefill at that gam
 variants (named ``METHOD@G``; the reasons are watched at the default gamma only). Each
 ``--mass-split S`` adds shareprefill (and ``shareprefill@G`` for every ``--gamma``) timed with the
 pivotal map's rows split every S kept tiles (``kernels.mass_pass.MASS_SPLIT``), named ``...+splitS``.
+``--busy`` adds shareprefill (and ``shareprefill@G``) with the lookup's idle clusters unshared, named
+``shareprefill-busy``: those whose all-shared calibration runs (the lookup's pruning record) shared no
+head, so that their pivotal heads' dense rows and maps are not paid for nothing.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ import torch
 from sharedattn import kernels
 from sharedattn.analysis.files.prompts import passkey_prompt
 from sharedattn.analysis.hf import sparse_attention as hf_sparse
+from sharedattn.analysis.hf.cluster_pruning import with_shared
 from sharedattn.analysis.hf.models import load_model
 from sharedattn.analysis.hf.prefill_run import logit_fidelity, run_prefill
 from sharedattn.analysis.method import sharing as sharing_mod
@@ -158,14 +162,26 @@ class _MassSplit:
             hf_sparse._RUNNERS.clear()
 
 
+def busy_lookup(lookup):
+    """``lookup`` with the clusters its pruning record saw share no head marked not shared."""
+    effects = lookup.calibration.options.get("pruning", {}).get("effects")
+    if not effects:
+        raise SystemExit("--busy: the lookup has no pruning record (calibration.options.pruning.effects)")
+    return with_shared(lookup, [e["id"] for e in effects if e["shared_heads"] > 0])
+
+
 def diagnose(model: str, lookup_path: str, lengths: list[int], gammas: tuple[float, ...] = (),
-             mass_splits: tuple[int, ...] = ()) -> list[dict]:
+             mass_splits: tuple[int, ...] = (), busy: bool = False) -> list[dict]:
     random_init = model[len("random:"):] if model.startswith("random:") else None
     loaded = load_model(model if random_init is None else None, random_init=random_init)
     reference = None
     if next(loaded.model.parameters()).is_cuda and random_init is None:
         reference = load_model(model, dtype="float32")
     lookup = load_lookup(Path(lookup_path))
+    busy_lk = busy_lookup(lookup) if busy else None
+    if busy_lk is not None:
+        kept = len(busy_lk.shared_clusters)
+        print(f"--busy: {kept} of {len(lookup.shared_clusters)} shared clusters kept", flush=True)
     rows = []
     for n in lengths:
         prompt = passkey_prompt(loaded.tokenizer, n, depth=0.3, seed=7)
@@ -177,10 +193,12 @@ def diagnose(model: str, lookup_path: str, lengths: list[int], gammas: tuple[flo
                          for m in ("vertical-slash", "flexprefill", "shareprefill")]
         split_runs = [(f"{name}+split{split}", "shareprefill", extra, split) for split in mass_splits
                       for name, extra in (("shareprefill", {}), *((f"shareprefill@{g}", {"gamma": g}) for g in gammas))]
-        timed = [(*v, None) for v in (*VARIANTS, *extra_gammas)] + split_runs
+        busy_runs = [(name, "shareprefill", extra, None) for name, extra in (
+            ("shareprefill-busy", {}), *((f"shareprefill-busy@{g}", {"gamma": g}) for g in gammas))] if busy else []
+        timed = [(*v, None) for v in (*VARIANTS, *extra_gammas)] + split_runs + busy_runs
         for name, method, extra, split in timed:
             cfg = make_config(method, dense_below=0, **extra)
-            lk = lookup if method == "shareprefill" else None
+            lk = (busy_lk if name.startswith("shareprefill-busy") else lookup) if method == "shareprefill" else None
             with _MassSplit(split), Watch(watch_sharing=False) as timing:
                 runs, ttft, attn = _timed(loaded, ids, MethodName(method), cfg, lk)
             fid = logit_fidelity(dense_runs[-1].logits, runs[-1].logits)
@@ -240,6 +258,8 @@ if __name__ == "__main__":
         profile(sys.argv[2], sys.argv[3], int(sys.argv[4]))
         sys.exit(0)
     args, options = sys.argv[1:], {"--gamma": [], "--mass-split": []}
+    busy = "--busy" in args
+    args = [a for a in args if a != "--busy"]
     for flag, values in options.items():
         while flag in args:
             i = args.index(flag)
@@ -247,5 +267,5 @@ if __name__ == "__main__":
             del args[i:i + 2]
     model_name, lookup_file, out_file, *lens = args
     result = diagnose(model_name, lookup_file, [int(n) for n in lens] or [8192, 16384, 32000],
-                      tuple(float(g) for g in options["--gamma"]), tuple(int(s) for s in options["--mass-split"]))
+                      tuple(float(g) for g in options["--gamma"]), tuple(int(s) for s in options["--mass-split"]), busy)
     Path(out_file).write_text(json.dumps(result, indent=1) + "\n")
