@@ -57,7 +57,7 @@ def autoencoder_config(epochs: int, latent_dim: int, grid: int, seed: int):
     return AutoencoderConfig(grid=grid, latent_dim=latent_dim, epochs=epochs, seed=seed)
 
 
-def _prune_config(prune: bool, tolerance: float, records, prune_on):
+def _prune_config(prune: bool, tolerance: float, records, prune_on, keep_idle: bool = False):
     if not prune:
         return None
     if records and not prune_on:
@@ -66,7 +66,7 @@ def _prune_config(prune: bool, tolerance: float, records, prune_on):
         raise UserError("--prune-on is empty")
     from sharedattn.analysis.hf.cluster_pruning import PruneConfig
 
-    return PruneConfig(tolerance=tolerance)
+    return PruneConfig(tolerance=tolerance, unshare_idle=not keep_idle)
 
 
 def _pruned(loaded, prompt_specs, tokens, truncate, lookup, config, world):
@@ -138,6 +138,10 @@ def cluster(
     prune_tolerance: Annotated[float, typer.Option(
         "--prune-tolerance", help="With --prune: the KL rise a cluster may cause, as a share of the KL "
                                   "with no sharing (averaged over the prompts).")] = 0.05,
+    prune_keep_idle: Annotated[bool, typer.Option(
+        "--prune-keep-idle", help="With --prune: keep sharing the clusters that shared no head on the "
+                                  "prompts (by default they are unshared: their pivotal heads would run "
+                                  "dense and pay the block-mass map for nothing).")] = False,
     json_out: JsonOpt = False,
     model: ModelOpt = None,
     random_init: RandomInitOpt = None,
@@ -160,7 +164,7 @@ def cluster(
     sim_config = similarity_config(metric, gamma, js_combine)
     config = cluster_config(features, linkage, distance_threshold, n_clusters, min_cluster_size, min_similarity)
     ae_config = autoencoder_config(epochs, latent_dim, grid, seed) if features is Features.AUTOENCODER else None
-    prune_config = _prune_config(prune or prune_on is not None, prune_tolerance, records, prune_on)
+    prune_config = _prune_config(prune or prune_on is not None, prune_tolerance, records, prune_on, prune_keep_idle)
     world = current_world()  # under torchrun: captures and pruning runs split over the ranks, rank 0 clusters
     recs, loaded = gather_records(inputs, records, None if records else model, None if records else random_init,
                                   tokens, truncate, block_size, dtype, device, with_model=True, world=world)

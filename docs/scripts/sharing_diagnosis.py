@@ -21,9 +21,9 @@ Each ``--gamma G`` adds vertical-slash, flexprefill and shareprefill at that gam
 variants (named ``METHOD@G``; the reasons are watched at the default gamma only). Each
 ``--mass-split S`` adds shareprefill (and ``shareprefill@G`` for every ``--gamma``) timed with the
 pivotal map's rows split every S kept tiles (``kernels.mass_pass.MASS_SPLIT``), named ``...+splitS``.
-``--busy`` adds shareprefill (and ``shareprefill@G``) with the lookup's idle clusters unshared, named
-``shareprefill-busy``: those whose all-shared calibration runs (the lookup's pruning record) shared no
-head, so that their pivotal heads' dense rows and maps are not paid for nothing.
+``--busy`` adds shareprefill (and ``shareprefill@G``) with the lookup's idle clusters unshared
+(``cluster_pruning.unshare_idle``: those that shared no head in the all-shared calibration runs of
+the lookup's pruning record), named ``shareprefill-busy``; a no-op for lookups pruned since session 11.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ import torch
 from sharedattn import kernels
 from sharedattn.analysis.files.prompts import passkey_prompt
 from sharedattn.analysis.hf import sparse_attention as hf_sparse
-from sharedattn.analysis.hf.cluster_pruning import with_shared
+from sharedattn.analysis.hf.cluster_pruning import unshare_idle
 from sharedattn.analysis.hf.models import load_model
 from sharedattn.analysis.hf.prefill_run import logit_fidelity, run_prefill
 from sharedattn.analysis.method import sharing as sharing_mod
@@ -162,14 +162,6 @@ class _MassSplit:
             hf_sparse._RUNNERS.clear()
 
 
-def busy_lookup(lookup):
-    """``lookup`` with the clusters its pruning record saw share no head marked not shared."""
-    effects = lookup.calibration.options.get("pruning", {}).get("effects")
-    if not effects:
-        raise SystemExit("--busy: the lookup has no pruning record (calibration.options.pruning.effects)")
-    return with_shared(lookup, [e["id"] for e in effects if e["shared_heads"] > 0])
-
-
 def diagnose(model: str, lookup_path: str, lengths: list[int], gammas: tuple[float, ...] = (),
              mass_splits: tuple[int, ...] = (), busy: bool = False) -> list[dict]:
     random_init = model[len("random:"):] if model.startswith("random:") else None
@@ -178,7 +170,7 @@ def diagnose(model: str, lookup_path: str, lengths: list[int], gammas: tuple[flo
     if next(loaded.model.parameters()).is_cuda and random_init is None:
         reference = load_model(model, dtype="float32")
     lookup = load_lookup(Path(lookup_path))
-    busy_lk = busy_lookup(lookup) if busy else None
+    busy_lk = unshare_idle(lookup) if busy else None
     if busy_lk is not None:
         kept = len(busy_lk.shared_clusters)
         print(f"--busy: {kept} of {len(lookup.shared_clusters)} shared clusters kept", flush=True)
