@@ -83,10 +83,12 @@ def _pruned(loaded, prompt_specs, tokens, truncate, lookup, config, world):
         lookup, report = prune_lookup(loaded, prompts, lookup, method, config,
                                       progress=lambda msg: status.update(f"pruning: {msg}..."), world=world)
     changes = ", ".join(f"{e.id}: {e.kl_change:+.1%}" for e in report.effects if e.shared_heads)
+    idle = [e.id for e in report.effects if not e.kept and e.shared_heads == 0]
     err_console.print(f"pruning: KL of final logits (mean over {report.prompts} prompt(s)) with no cluster "
                       f"shared {report.kl_none:.3e}, all shared {report.kl_all:.3e}, after pruning "
                       f"{report.kl_pruned:.3e}; KL change of clusters that shared a head: {changes or 'none'}; "
-                      f"unshared: {', '.join(map(str, report.unshared)) or 'none'}")
+                      f"unshared: {', '.join(map(str, report.unshared)) or 'none'}"
+                      + (f" (of them idle, sharing no head: {', '.join(map(str, idle))})" if idle else ""))
     return lookup
 
 

@@ -62,7 +62,7 @@ def test_prunes_the_cluster_that_raises_kl(scripted):
     s = scripted(base={0: 1.0, 1: 2.0}, cost={0: {0: 0.02, 1: -0.1}, 1: {0: 0.4, 1: 0.2}, 2: {0: 0.0, 1: 0.0}},
                  idle={2})
     method = make_config("shareprefill", block_size=64, dense_below=0)
-    pruned, report = prune_lookup(None, [[0], [1]], _lookup(), method, PruneConfig(tolerance=0.05))
+    pruned, report = prune_lookup(None, [[0], [1]], _lookup(), method, PruneConfig(tolerance=0.05, unshare_idle=False))
     assert report.unshared == (1,)
     assert [c.id for c in pruned.shared_clusters] == [0, 2]
     effects = {e.id: e for e in report.effects}
@@ -76,7 +76,45 @@ def test_prunes_the_cluster_that_raises_kl(scripted):
     assert s.runs[-2:] == [frozenset({0, 2})] * 2
     stored = pruned.calibration.options
     assert stored["distance_threshold"] == 0.3 and stored["pruning"]["unshared"] == [1]
-    assert stored["pruning"]["method"]["block_size"] == 64
+    assert stored["pruning"]["method"]["block_size"] == 64 and stored["pruning"]["unshare_idle"] is False
+
+
+def test_unshares_the_idle_cluster_by_default(scripted):
+    """A cluster that shares no head on any prompt costs a dense pivotal head and its map for nothing."""
+    s = scripted(base={0: 1.0, 1: 2.0}, cost={0: {0: 0.02, 1: -0.1}, 1: {0: 0.4, 1: 0.2}, 2: {0: 0.0, 1: 0.0}},
+                 idle={2})
+    method = make_config("shareprefill", block_size=64, dense_below=0)
+    pruned, report = prune_lookup(None, [[0], [1]], _lookup(), method)
+    assert report.unshared == (1, 2) and [c.id for c in pruned.shared_clusters] == [0]
+    assert {e.id: e.kept for e in report.effects} == {0: True, 1: False, 2: False}
+    assert s.runs[-2:] == [frozenset({0})] * 2  # KL measured with cluster 0 alone kept
+    assert report.kl_pruned == pytest.approx(1.5 - 0.04)
+    assert pruned.calibration.options["pruning"]["unshare_idle"] is True
+
+
+def test_unshare_idle_rereads_an_older_record():
+    """A lookup pruned before idle clusters were unshared: its recorded effects suffice."""
+    import dataclasses
+
+    from sharedattn.analysis.hf.cluster_pruning import unshare_idle
+    from sharedattn.kernels.limits import ConfigError
+
+    lookup = _lookup()
+    effects = [{"id": 0, "shared_heads": 4, "kl_change": -0.01, "kept": True},
+               {"id": 1, "shared_heads": 2, "kl_change": 0.3, "kept": False},
+               {"id": 2, "shared_heads": 0, "kl_change": 0.0, "kept": True}]
+    record = {"tolerance": 0.05, "effects": effects, "unshared": [1], "kl_pruned": 0.5}
+    old = dataclasses.replace(lookup, calibration=dataclasses.replace(
+        lookup.calibration, options={**lookup.calibration.options, "pruning": record}))
+    old = with_shared(old, [0, 2])
+    new = unshare_idle(old)
+    assert [c.id for c in new.shared_clusters] == [0]
+    pruning = new.calibration.options["pruning"]
+    assert pruning["unshared"] == [1, 2] and pruning["unshare_idle"] is True and pruning["kl_pruned"] is None
+    assert [e["kept"] for e in pruning["effects"]] == [True, False, False]
+    assert record["unshared"] == [1]  # the old lookup's record is left alone
+    with pytest.raises(ConfigError, match="no pruning record"):
+        unshare_idle(lookup)
 
 
 def test_nothing_pruned_reuses_the_all_shared_runs(scripted):
@@ -96,18 +134,22 @@ def test_with_shared_and_config_checks():
         prune_lookup(None, [], _lookup(), make_config("shareprefill"))
 
 
-def test_cluster_prune_cli_records_the_measurement(tmp_path):
+@pytest.mark.parametrize("keep_idle", [False, True])
+def test_cluster_prune_cli_records_the_measurement(tmp_path, keep_idle):
     out = tmp_path / "lookup.json"
     result = CliRunner().invoke(app, ["cluster", "--random-init", "llama-tiny", "stdlib-prose", "--tokens", "512",
-                                      "--n-clusters", "2", "--min-similarity", "0", "--prune", "-o", str(out)])
+                                      "--n-clusters", "2", "--min-similarity", "0", "--prune", "-o", str(out),
+                                      *(["--prune-keep-idle"] if keep_idle else [])])
     assert result.exit_code == 0, result.output
     assert "pruning: KL of final logits" in result.output
     data = json.loads(out.read_text())
     pruning = data["calibration"]["options"]["pruning"]
-    assert pruning["prompts"] == 1 and pruning["tolerance"] == 0.05
+    assert pruning["prompts"] == 1 and pruning["tolerance"] == 0.05 and pruning["unshare_idle"] is not keep_idle
     assert pruning["method"]["dense_below"] == 0 and pruning["kl_none"] >= 0
     shared_before = sum(c["shared"] for c in data["clusters"]) + len(pruning["unshared"])
     assert len(pruning["effects"]) == shared_before
+    idle = [e["id"] for e in pruning["effects"] if e["shared_heads"] == 0]
+    assert all((cid in pruning["unshared"]) is not keep_idle for cid in idle)
 
 
 def test_cluster_prune_needs_a_model(tmp_path):
