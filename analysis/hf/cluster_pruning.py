@@ -11,8 +11,8 @@ which keeps the cost at a few runs per prompt. A cluster that shared no head on 
 unshared too (``unshare_idle``, the default): its pivotal head would run dense and pay the block-mass
 map in every forward pass while lending its pattern to nobody (on Qwen2.5-Coder-0.5B at 32K, 25 of
 29 clusters were idle, and unsharing them made SharePrefill 1.22x faster in attention at a lower KL;
-docs/benchmarks.md, "Idle clusters"). The result is written into the lookup's calibration options, so
-the file says how it was chosen.
+docs/benchmarks.md, "Qwen2.5-Coder-0.5B after session 11"). The result is written into the lookup's
+calibration options, so the file says how it was chosen.
 """
 from __future__ import annotations
 
@@ -66,8 +66,8 @@ class PruneReport:
     def to_json(self) -> dict:
         return {"tolerance": self.config.tolerance, "positions": self.config.positions,
                 "unshare_idle": self.config.unshare_idle, "method": self.method, "prompts": self.prompts,
-                "kl_none": self.kl_none,
-                "kl_all": self.kl_all, "kl_pruned": self.kl_pruned, "unshared": list(self.unshared),
+                "kl_none": self.kl_none, "kl_all": self.kl_all, "kl_pruned": self.kl_pruned,
+                "unshared": list(self.unshared),
                 "effects": [dataclasses.asdict(e) for e in self.effects]}
 
 

@@ -61,9 +61,9 @@ GRAPHS_UP_TO = 65536
 # same code). Session 11 timed the three placements round-robin in one process (layer_profile.py
 # --in-graph --rounds=5; benchmarks.md, "Where the attention runs, round-robin"): at 4K in the graph
 # wins for a sharing SharePrefill layer (fixed 0.39 against 0.68 ms) and flexprefill (0.35 against
-# 0.44), ties for vertical-slash and a pivotal layer, loses for a-shape (0.32 against 0.29); at 8K the
-# placements tie within 2-4%, and at 16K out of the graph wins for every method (3-9%). So SharePrefill and flexprefill keep their
-# attention in the graph below 8K; the other methods do not.
+# 0.44), ties for vertical-slash and a pivotal layer, loses for a-shape (0.32 against 0.29); at 8K
+# the placements tie within 2-4%, and at 16K out of the graph wins for every method (3-9%). So
+# SharePrefill and flexprefill keep their attention in the graph below 8K; the other methods do not.
 ATTENTION_IN_GRAPH_BELOW = {MethodName.SHAREPREFILL: 8192, MethodName.FLEXPREFILL: 8192}
 # what kernels.head_decisions writes for (vertical-slash, query-aware, shared, pivotal)
 DECISION_CODES = (int(Decision.VERTICAL_SLASH), int(Decision.QUERY_AWARE), int(Decision.SHARED),
