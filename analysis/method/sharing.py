@@ -46,12 +46,18 @@ class SharingState:
         self._device = None  # the device whose tensors hold the current state (self.exists, ...)
         self.generation = 0
         self._on_device: dict = {}  # device -> (table [L, H], layers [L])
+        self._clustered = (table >= 0).any(dim=1).tolist() if table.numel() else []  # per layer, on the host
 
     def _tables(self, device) -> tuple[torch.Tensor, torch.Tensor]:
         """The cluster table and the layer numbers, moved to ``device`` once."""
         if device not in self._on_device:
             self._on_device[device] = (self.table.to(device), torch.arange(self.table.shape[0], device=device))
         return self._on_device[device]
+
+    def clustered(self, layer: int) -> bool:
+        """Whether ``layer`` has a head in a shared cluster (read on the host, no sync): a layer
+        without one has no pivotal head and shares nothing, so it needs no block-mass map or record."""
+        return layer < len(self._clustered) and self._clustered[layer]
 
     def cluster_row(self, layer: int, device) -> torch.Tensor:
         """``[H]``: the shared cluster of each head of ``layer`` (-1: none), on ``device``."""

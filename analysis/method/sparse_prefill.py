@@ -295,11 +295,13 @@ class SparsePrefill:
         graph and replayed (eager where ``use_graphs`` is off), then the attention launched on the
         layer's own q, k, v (no copy of them into the graph, no copy of its output out of it) and, for
         SharePrefill, the two-pass block-mass map of its pivotal heads and their record (both do
-        nothing for a layer without pivotal heads; the record is a graph of its own)."""
+        nothing for a layer without pivotal heads; the record is a graph of its own). A layer with no
+        head in a shared cluster (known on the host from the lookup) has no pivotal head, so it skips
+        both: a lookup with few shared clusters leaves most layers so (Qwen2.5-Coder-0.5B: 4 clusters)."""
         nq, nk = q.shape[2], k.shape[2]
         key = (scale, nq, self.sharing.generation if self.sharing else 0, _signature(inputs))
         plan, layout = self.layer_graphs.run(key, lambda **t: self._plan_step(scale=scale, nq=nq, **t), inputs)
-        if self.method is not MethodName.SHAREPREFILL:
+        if self.method is not MethodName.SHAREPREFILL or not self.sharing.clustered(layer):
             out = kernels.sparse_attention(q, k, v, layout, scale=scale)
         else:
             out, mass = kernels.sparse_attention(q, k, v, layout, scale=scale, return_block_mass=True,
@@ -314,20 +316,23 @@ class SparsePrefill:
         The attention call is counted here, once per layer (a replay does not pass through the
         dispatcher)."""
         inputs = dict(inputs, q=q, k=k, v=v)
+        mapped = self.method is MethodName.SHAREPREFILL and self.sharing.clustered(layer)  # as in _run_whole
         if self.method is MethodName.SHAREPREFILL:
             inputs["layer"] = self.sharing.layer_index(layer, q.device)
-        key = ("layer", scale, q.shape[2], self.sharing.generation if self.sharing else 0, _signature(inputs))
+        key = ("layer", scale, q.shape[2], self.sharing.generation if self.sharing else 0, mapped,
+               _signature(inputs))
         with kernels.uncounted():
-            out, plan = self.layer_graphs.run(key, lambda **t: self._layer_step(scale=scale, nq=q.shape[2], **t),
-                                              inputs)
+            out, plan = self.layer_graphs.run(
+                key, lambda **t: self._layer_step(scale=scale, nq=q.shape[2], mapped=mapped, **t), inputs)
         kernels.count_call(backend)
         return out.clone(), self._trace(layer, plan, self._recall(q, k, scale, plan))
 
-    def _layer_step(self, q, k, v, scale: float, nq: int, cluster=None, layer=None):
-        """``_step_inputs``, ``_plan_step``, the attention and, for SharePrefill, the two-pass
-        block-mass map of its pivotal heads and their record: ``(out, plan)``, no host sync."""
+    def _layer_step(self, q, k, v, scale: float, nq: int, cluster=None, layer=None, mapped: bool = False):
+        """``_step_inputs``, ``_plan_step``, the attention and, where ``mapped`` (SharePrefill, a layer
+        with a head in a shared cluster), the two-pass block-mass map of its pivotal heads and their
+        record: ``(out, plan)``, no host sync."""
         plan, layout = self._plan_step(scale=scale, nq=nq, cluster=cluster, **self._step_inputs(q, k))
-        if self.method is not MethodName.SHAREPREFILL:
+        if not mapped:
             return kernels.sparse_attention(q, k, v, layout, scale=scale), plan
         out, mass = kernels.sparse_attention(q, k, v, layout, scale=scale, return_block_mass=True,
                                              mass_heads=plan.pivotal, mass_pass="two")

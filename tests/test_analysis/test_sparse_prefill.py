@@ -165,10 +165,12 @@ def test_continue_after_times_one_sharing_layer_again():
 @pytest.mark.parametrize("method", ["a-shape", "vertical-slash", "flexprefill", "shareprefill"])
 def test_whole_layer_step_matches_the_synced_path(method, in_graph, monkeypatch):
     """The layer without a host sync (what CUDA records as a graph: full-width layout, the two-pass
-    map of the pivotal heads always asked for, their record), with the attention launched after the
-    graph or inside it (``ATTENTION_IN_GRAPH_BELOW``), gives the synced path's outputs and traces,
-    layer after layer; the dispatcher counts one call per layer. On CPU the step is taken by making
-    the layer eligible (on CUDA: the Triton backend)."""
+    map of the pivotal heads always asked for where a layer has a head in a shared cluster, their
+    record), with the attention launched after the graph or inside it (``ATTENTION_IN_GRAPH_BELOW``),
+    gives the synced path's outputs and traces, layer after layer; the dispatcher counts one call per
+    layer. SharePrefill's layer 2 has no head in a shared cluster: it asks for no map (and records
+    nothing) and still matches. On CPU the step is taken by making the layer eligible (on CUDA: the
+    Triton backend)."""
     from sharedattn import kernels
     from sharedattn.analysis.method import sparse_prefill
 
@@ -178,7 +180,7 @@ def test_whole_layer_step_matches_the_synced_path(method, in_graph, monkeypatch)
     q, k, v = qkv(nq=1024, nk=1024)
     lookup = lookup_of([(0, 0), (0, 1), (1, 0), (1, 1)])
     cfg = dict(gamma=0.5, tau_fb=1.0, tau_qa=0.0)
-    synced, whole = runner(method, lookup, **cfg), runner(method, lookup, **cfg)
+    synced, whole = runner(method, lookup, layers=3, **cfg), runner(method, lookup, layers=3, **cfg)
     monkeypatch.setattr(SparsePrefill, "_whole_layer_backend",
                         lambda self, q, nk: kernels.Backend.REFERENCE if self is whole else None)
     for name in ("_layer_step", "_plan_step"):
@@ -189,7 +191,7 @@ def test_whole_layer_step_matches_the_synced_path(method, in_graph, monkeypatch)
     real_kernel = kernels.sparse_attention
     monkeypatch.setattr("sharedattn.kernels.sparse_attention",
                         lambda *a, **kw: calls.append(dict(kw, layout=a[3])) or real_kernel(*a, **kw))
-    for layer in (0, 1):
+    for layer in (0, 1, 2):
         want, want_trace = synced.attend(layer, q, k, v, 0.2)
         calls.clear()
         with kernels.record_backends() as ran:
@@ -199,11 +201,15 @@ def test_whole_layer_step_matches_the_synced_path(method, in_graph, monkeypatch)
         for field in ("decision", "density", "coverage", "source"):
             assert torch.equal(getattr(trace, field), getattr(want_trace, field)), field
         assert calls[0]["layout"].indices.shape[-1] == 1024 // 64  # full width: no widest row read
-        if method == "shareprefill":
+        if method == "shareprefill" and layer < 2:
             assert calls[0]["mass_pass"] == "two" and calls[0]["return_block_mass"]
             assert torch.equal(calls[0]["mass_heads"], trace.decision == Decision.PIVOTAL)
+        elif method == "shareprefill":  # no clustered head in layer 2: no map, nothing to record
+            assert not calls[0].get("return_block_mass") and "mass_heads" not in calls[0]
+            assert not (trace.decision == Decision.PIVOTAL).any() and not (trace.decision == Decision.SHARED).any()
+        if method == "shareprefill" and layer == 1:
+            assert trace.decision[0, :2].tolist() == [Decision.SHARED, Decision.SHARED]
     if method == "shareprefill":
-        assert trace.decision[0, :2].tolist() == [Decision.SHARED, Decision.SHARED]
         for name in ("exists", "pattern", "v", "s", "source", "vs_enough"):
             assert torch.equal(getattr(whole.sharing, name), getattr(synced.sharing, name)), name
 
