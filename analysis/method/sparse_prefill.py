@@ -65,6 +65,11 @@ GRAPHS_UP_TO = 65536
 # the placements tie within 2-4%, and at 16K out of the graph wins for every method (3-9%). So
 # SharePrefill and flexprefill keep their attention in the graph below 8K; the other methods do not.
 ATTENTION_IN_GRAPH_BELOW = {MethodName.SHAREPREFILL: 8192, MethodName.FLEXPREFILL: 8192}
+# A SharePrefill layer with no head in a shared cluster cannot have a pivotal head, so its map launch and
+# record do nothing; with this on, the whole-layer paths skip them for such layers (14 of Qwen2.5-Coder-0.5B's
+# 24 layers with the shipped lookup). Written in session 11 after its last device call: CPU-tested against
+# the synced path; off until the GPU suite has run it and a Qwen prefill has timed it.
+SKIP_MAP_UNCLUSTERED = False
 # what kernels.head_decisions writes for (vertical-slash, query-aware, shared, pivotal)
 DECISION_CODES = (int(Decision.VERTICAL_SLASH), int(Decision.QUERY_AWARE), int(Decision.SHARED),
                   int(Decision.PIVOTAL))
@@ -295,19 +300,24 @@ class SparsePrefill:
         graph and replayed (eager where ``use_graphs`` is off), then the attention launched on the
         layer's own q, k, v (no copy of them into the graph, no copy of its output out of it) and, for
         SharePrefill, the two-pass block-mass map of its pivotal heads and their record (both do
-        nothing for a layer without pivotal heads; the record is a graph of its own). A layer with no
-        head in a shared cluster (known on the host from the lookup) has no pivotal head, so it skips
-        both: a lookup with few shared clusters leaves many layers so (Qwen2.5-Coder-0.5B: 14 of 24)."""
+        nothing for a layer without pivotal heads; the record is a graph of its own). With
+        ``SKIP_MAP_UNCLUSTERED`` a layer with no head in a shared cluster (known on the host from the
+        lookup) skips both."""
         nq, nk = q.shape[2], k.shape[2]
         key = (scale, nq, self.sharing.generation if self.sharing else 0, _signature(inputs))
         plan, layout = self.layer_graphs.run(key, lambda **t: self._plan_step(scale=scale, nq=nq, **t), inputs)
-        if self.method is not MethodName.SHAREPREFILL or not self.sharing.clustered(layer):
+        if not self._mapped(layer):
             out = kernels.sparse_attention(q, k, v, layout, scale=scale)
         else:
             out, mass = kernels.sparse_attention(q, k, v, layout, scale=scale, return_block_mass=True,
                                                  mass_heads=plan.pivotal, mass_pass="two")
             self._record_pivotals(layer, nk, plan, mass)
         return out, self._trace(layer, plan, self._recall(q, k, scale, plan))
+
+    def _mapped(self, layer: int) -> bool:
+        """Whether a whole-layer step of ``layer`` runs SharePrefill's map and record: every
+        SharePrefill layer, or with ``SKIP_MAP_UNCLUSTERED`` only those with a head in a shared cluster."""
+        return self.method is MethodName.SHAREPREFILL and (not SKIP_MAP_UNCLUSTERED or self.sharing.clustered(layer))
 
     def _run_layer_graph(self, layer, q, k, v, scale, inputs: dict, backend):
         """``_run_whole`` below ``ATTENTION_IN_GRAPH_BELOW`` keys: the step's inputs made, the
@@ -316,7 +326,7 @@ class SparsePrefill:
         The attention call is counted here, once per layer (a replay does not pass through the
         dispatcher)."""
         inputs = dict(inputs, q=q, k=k, v=v)
-        mapped = self.method is MethodName.SHAREPREFILL and self.sharing.clustered(layer)  # as in _run_whole
+        mapped = self._mapped(layer)
         if self.method is MethodName.SHAREPREFILL:
             inputs["layer"] = self.sharing.layer_index(layer, q.device)
         key = ("layer", scale, q.shape[2], self.sharing.generation if self.sharing else 0, mapped,

@@ -161,20 +161,22 @@ def test_continue_after_times_one_sharing_layer_again():
     assert run.attend(1, q, k, v, 0.2)[1].decision[0, 0] == Decision.PIVOTAL  # a new pass
 
 
+@pytest.mark.parametrize("skip", [False, True], ids=["map-every-layer", "skip-map-unclustered"])
 @pytest.mark.parametrize("in_graph", [False, True], ids=["attention-eager", "attention-in-graph"])
 @pytest.mark.parametrize("method", ["a-shape", "vertical-slash", "flexprefill", "shareprefill"])
-def test_whole_layer_step_matches_the_synced_path(method, in_graph, monkeypatch):
+def test_whole_layer_step_matches_the_synced_path(method, in_graph, skip, monkeypatch):
     """The layer without a host sync (what CUDA records as a graph: full-width layout, the two-pass
     map of the pivotal heads always asked for where a layer has a head in a shared cluster, their
     record), with the attention launched after the graph or inside it (``ATTENTION_IN_GRAPH_BELOW``),
     gives the synced path's outputs and traces, layer after layer; the dispatcher counts one call per
-    layer. SharePrefill's layer 2 has no head in a shared cluster: it asks for no map (and records
-    nothing) and still matches. On CPU the step is taken by making the layer eligible (on CUDA: the
-    Triton backend)."""
+    layer. SharePrefill's layer 2 has no head in a shared cluster: with ``SKIP_MAP_UNCLUSTERED`` it
+    asks for no map (and records nothing) and still matches. On CPU the step is taken by making the
+    layer eligible (on CUDA: the Triton backend)."""
     from sharedattn import kernels
     from sharedattn.analysis.method import sparse_prefill
 
     monkeypatch.setattr(sparse_prefill, "ATTENTION_IN_GRAPH_BELOW", {MethodName(method): 1 << 20} if in_graph else {})
+    monkeypatch.setattr(sparse_prefill, "SKIP_MAP_UNCLUSTERED", skip)
     steps = []
 
     q, k, v = qkv(nq=1024, nk=1024)
@@ -201,7 +203,7 @@ def test_whole_layer_step_matches_the_synced_path(method, in_graph, monkeypatch)
         for field in ("decision", "density", "coverage", "source"):
             assert torch.equal(getattr(trace, field), getattr(want_trace, field)), field
         assert calls[0]["layout"].indices.shape[-1] == 1024 // 64  # full width: no widest row read
-        if method == "shareprefill" and layer < 2:
+        if method == "shareprefill" and (layer < 2 or not skip):
             assert calls[0]["mass_pass"] == "two" and calls[0]["return_block_mass"]
             assert torch.equal(calls[0]["mass_heads"], trace.decision == Decision.PIVOTAL)
         elif method == "shareprefill":  # no clustered head in layer 2: no map, nothing to record

@@ -72,13 +72,14 @@ def test_planted_output_is_close_to_dense(layers):
     assert err < 0.15 and float(trace.density.mean()) < 0.8  # 0.101 measured on the H200
 
 
-def _three_layer_passes(layers, method, use_graphs, whole_layer):
+def _three_layer_passes(layers, method, use_graphs, whole_layer, unclustered_last=False):
     """Forward passes over three planted layers (layer 2's clusters are new, so it can have pivotal
-    heads of its own): the same length twice, another geometry, the first again. Per pass the
-    layers' (out, trace) and the sharing state after it; and the runner."""
+    heads of its own; with ``unclustered_last`` it has no clustered head at all): the same length
+    twice, another geometry, the first again. Per pass the layers' (out, trace) and the sharing state
+    after it; and the runner."""
     three = [*layers, planted_layer(SPEC, N, 2, DEV)]
     table = planted_cluster_table(SPEC, 3)
-    table[2] = torch.where(table[2] >= 0, table[2] + int(table.max()) + 1, -1)  # fresh clusters
+    table[2] = -1 if unclustered_last else torch.where(table[2] >= 0, table[2] + int(table.max()) + 1, -1)
     short = [tuple(t[:, :, -2048:].contiguous() for t in layer) for layer in three]
     runner = _runner(method, table, use_graphs=use_graphs, whole_layer=whole_layer)
     passes = []
@@ -154,6 +155,29 @@ def test_whole_layer_matches_the_synced_layer(layers, method, in_graph, monkeypa
     whole, _ = _three_layer_passes(layers, method, True, True)
     synced, _ = _three_layer_passes(layers, method, True, False)
     assert all(float(t.density.min()) < 1 for p in synced for _, t in p[:-1])
+    _same_passes(whole, synced)
+
+
+@pytest.mark.parametrize("in_graph", [False, True], ids=["attention-eager", "attention-in-graph"])
+def test_whole_layer_skips_the_map_of_an_unclustered_layer(layers, in_graph, monkeypatch):
+    """``SKIP_MAP_UNCLUSTERED``: a SharePrefill layer with no head in a shared cluster runs no map and no
+    record on the whole-layer paths, and still matches the synced path bit for bit (outputs, traces,
+    sharing state); the map is asked for in the two clustered layers only."""
+    from sharedattn.analysis.method import sparse_prefill
+
+    method = MethodName.SHAREPREFILL
+    monkeypatch.setattr(sparse_prefill, "ATTENTION_IN_GRAPH_BELOW", {method: 1 << 20} if in_graph else {})
+    monkeypatch.setattr(sparse_prefill, "SKIP_MAP_UNCLUSTERED", True)
+    mapped = []
+    real = kernels.sparse_attention
+    monkeypatch.setattr(kernels, "sparse_attention",
+                        lambda *a, **kw: mapped.append(bool(kw.get("return_block_mass"))) or real(*a, **kw))
+    whole, _ = _three_layer_passes(layers, method, True, True, unclustered_last=True)
+    assert True in mapped and False in mapped  # in the graph: each new graph's eager call and its capture
+    if not in_graph:  # one call per layer: layers 0 and 1 mapped, layer 2 not
+        assert mapped[:3] == [True, True, False]
+    monkeypatch.setattr(kernels, "sparse_attention", real)
+    synced, _ = _three_layer_passes(layers, method, True, False, unclustered_last=True)
     _same_passes(whole, synced)
 
 
