@@ -1,7 +1,7 @@
 """Why does a SharePrefill head not share? Per-head reasons, per length, on a real model (GPU).
 
     python docs/scripts/sharing_diagnosis.py MODEL LOOKUP.json OUT.json [LENGTH ...] [--gamma G ...]
-                                             [--mass-split S ...] [--busy]
+                                             [--mass-split S ...] [--busy] [--skip-map]
     python docs/scripts/sharing_diagnosis.py --profile MODEL LOOKUP.json LENGTH
 
 For every length: a passkey prompt (depth 0.3, seed 7) is prefilled with shareprefill at the
@@ -24,9 +24,12 @@ pivotal map's rows split every S kept tiles (``kernels.mass_pass.MASS_SPLIT``), 
 ``--busy`` adds shareprefill (and ``shareprefill@G``) with the lookup's idle clusters unshared
 (``cluster_pruning.unshare_idle``: those that shared no head in the all-shared calibration runs of
 the lookup's pruning record), named ``shareprefill-busy``; a no-op for lookups pruned since session 11.
+``--skip-map`` adds shareprefill (and ``shareprefill@G``) with ``sparse_prefill.SKIP_MAP_UNCLUSTERED``
+on (layers without a head in a shared cluster skip the map and the record), named ``...+skipmap``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import sys
@@ -143,27 +146,27 @@ VARIANTS = (("vertical-slash", "vertical-slash", {}), ("flexprefill", "flexprefi
             ("shareprefill-sparser", "shareprefill", {"fallback": "covers-and-sparser"}))
 
 
-class _MassSplit:
-    """``mass_pass.MASS_SPLIT`` set to ``split`` (None: left alone) while active. The prefill runners
-    and the graphs they recorded are dropped on the way in and out: a replayed graph keeps the map's
-    grid it was recorded with."""
+class _Setting:
+    """``module.name`` set to ``value`` (None: left alone) while active (``mass_pass.MASS_SPLIT``,
+    ``sparse_prefill.SKIP_MAP_UNCLUSTERED``). The prefill runners and the graphs they recorded are
+    dropped on the way in and out: a replayed graph keeps what it was recorded with."""
 
-    def __init__(self, split: int | None):
-        self.split, self.saved = split, mass_pass.MASS_SPLIT
+    def __init__(self, module, name: str, value):
+        self.module, self.name, self.value, self.saved = module, name, value, getattr(module, name)
 
     def __enter__(self):
-        if self.split is not None:
+        if self.value is not None:
             hf_sparse._RUNNERS.clear()
-            mass_pass.MASS_SPLIT = self.split
+            setattr(self.module, self.name, self.value)
 
     def __exit__(self, *exc):
-        if self.split is not None:
-            mass_pass.MASS_SPLIT = self.saved
+        if self.value is not None:
+            setattr(self.module, self.name, self.saved)
             hf_sparse._RUNNERS.clear()
 
 
 def diagnose(model: str, lookup_path: str, lengths: list[int], gammas: tuple[float, ...] = (),
-             mass_splits: tuple[int, ...] = (), busy: bool = False) -> list[dict]:
+             mass_splits: tuple[int, ...] = (), busy: bool = False, skip_map: bool = False) -> list[dict]:
     random_init = model[len("random:"):] if model.startswith("random:") else None
     loaded = load_model(model if random_init is None else None, random_init=random_init)
     reference = None
@@ -183,15 +186,18 @@ def diagnose(model: str, lookup_path: str, lengths: list[int], gammas: tuple[flo
         row = {"tokens": len(ids), "dense": {"ttft_ms": dense_ttft * 1e3, "attention_ms": dense_attn * 1e3}}
         extra_gammas = [(f"{m}@{g}", m, {"gamma": g}) for g in gammas
                          for m in ("vertical-slash", "flexprefill", "shareprefill")]
-        split_runs = [(f"{name}+split{split}", "shareprefill", extra, split) for split in mass_splits
-                      for name, extra in (("shareprefill", {}), *((f"shareprefill@{g}", {"gamma": g}) for g in gammas))]
+        share_runs = (("shareprefill", {}), *((f"shareprefill@{g}", {"gamma": g}) for g in gammas))
+        split_runs = [(f"{name}+split{split}", "shareprefill", extra, _Setting(mass_pass, "MASS_SPLIT", split))
+                      for split in mass_splits for name, extra in share_runs]
+        skip_runs = [(f"{name}+skipmap", "shareprefill", extra, _Setting(sp_mod, "SKIP_MAP_UNCLUSTERED", True))
+                     for name, extra in share_runs] if skip_map else []
         busy_runs = [(name, "shareprefill", extra, None) for name, extra in (
             ("shareprefill-busy", {}), *((f"shareprefill-busy@{g}", {"gamma": g}) for g in gammas))] if busy else []
-        timed = [(*v, None) for v in (*VARIANTS, *extra_gammas)] + split_runs + busy_runs
-        for name, method, extra, split in timed:
+        timed = [(*v, None) for v in (*VARIANTS, *extra_gammas)] + split_runs + skip_runs + busy_runs
+        for name, method, extra, setting in timed:
             cfg = make_config(method, dense_below=0, **extra)
             lk = (busy_lk if name.startswith("shareprefill-busy") else lookup) if method == "shareprefill" else None
-            with _MassSplit(split), Watch(watch_sharing=False) as timing:
+            with setting or contextlib.nullcontext(), Watch(watch_sharing=False) as timing:
                 runs, ttft, attn = _timed(loaded, ids, MethodName(method), cfg, lk)
             fid = logit_fidelity(dense_runs[-1].logits, runs[-1].logits)
             row[name] = {"ttft_ms": ttft * 1e3, "attention_ms": attn * 1e3,
@@ -250,8 +256,8 @@ if __name__ == "__main__":
         profile(sys.argv[2], sys.argv[3], int(sys.argv[4]))
         sys.exit(0)
     args, options = sys.argv[1:], {"--gamma": [], "--mass-split": []}
-    busy = "--busy" in args
-    args = [a for a in args if a != "--busy"]
+    busy, skip_map = "--busy" in args, "--skip-map" in args
+    args = [a for a in args if a not in ("--busy", "--skip-map")]
     for flag, values in options.items():
         while flag in args:
             i = args.index(flag)
@@ -259,5 +265,6 @@ if __name__ == "__main__":
             del args[i:i + 2]
     model_name, lookup_file, out_file, *lens = args
     result = diagnose(model_name, lookup_file, [int(n) for n in lens] or [8192, 16384, 32000],
-                      tuple(float(g) for g in options["--gamma"]), tuple(int(s) for s in options["--mass-split"]), busy)
+                      tuple(float(g) for g in options["--gamma"]), tuple(int(s) for s in options["--mass-split"]),
+                      busy, skip_map)
     Path(out_file).write_text(json.dumps(result, indent=1) + "\n")
