@@ -338,9 +338,9 @@ class SparsePrefill:
         return out.clone(), self._trace(layer, plan, self._recall(q, k, scale, plan))
 
     def _layer_step(self, q, k, v, scale: float, nq: int, cluster=None, layer=None, mapped: bool = False):
-        """``_step_inputs``, ``_plan_step``, the attention and, where ``mapped`` (SharePrefill, a layer
-        with a head in a shared cluster), the two-pass block-mass map of its pivotal heads and their
-        record: ``(out, plan)``, no host sync."""
+        """``_step_inputs``, ``_plan_step``, the attention and, where ``mapped`` (``_mapped``: a
+        SharePrefill layer), the two-pass block-mass map of its pivotal heads and their record:
+        ``(out, plan)``, no host sync."""
         plan, layout = self._plan_step(scale=scale, nq=nq, cluster=cluster, **self._step_inputs(q, k))
         if not mapped:
             return kernels.sparse_attention(q, k, v, layout, scale=scale), plan
