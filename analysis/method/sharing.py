@@ -46,7 +46,7 @@ class SharingState:
         self._device = None  # the device whose tensors hold the current state (self.exists, ...)
         self.generation = 0
         self._on_device: dict = {}  # device -> (table [L, H], layers [L])
-        self._clustered = (table >= 0).any(dim=1).tolist() if table.numel() else []  # per layer, on the host
+        self._clustered = (table >= 0).any(dim=1).tolist()  # per layer, on the host
 
     def _tables(self, device) -> tuple[torch.Tensor, torch.Tensor]:
         """The cluster table and the layer numbers, moved to ``device`` once."""
