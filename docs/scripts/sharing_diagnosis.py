@@ -1,7 +1,7 @@
 """Why does a SharePrefill head not share? Per-head reasons, per length, on a real model (GPU).
 
     python docs/scripts/sharing_diagnosis.py MODEL LOOKUP.json OUT.json [LENGTH ...] [--gamma G ...]
-                                             [--mass-split S ...] [--busy] [--skip-map]
+                                             [--mass-split S ...] [--busy] [--map-switch]
     python docs/scripts/sharing_diagnosis.py --profile MODEL LOOKUP.json LENGTH
 
 For every length: a passkey prompt (depth 0.3, seed 7) is prefilled with shareprefill at the
@@ -24,8 +24,9 @@ pivotal map's rows split every S kept tiles (``kernels.mass_pass.MASS_SPLIT``), 
 ``--busy`` adds shareprefill (and ``shareprefill@G``) with the lookup's idle clusters unshared
 (``cluster_pruning.unshare_idle``: those that shared no head in the all-shared calibration runs of
 the lookup's pruning record), named ``shareprefill-busy``; a no-op for lookups pruned since session 11.
-``--skip-map`` adds shareprefill (and ``shareprefill@G``) with ``sparse_prefill.SKIP_MAP_UNCLUSTERED``
-on (layers without a head in a shared cluster skip the map and the record), named ``...+skipmap``.
+``--map-switch`` adds shareprefill (and ``shareprefill@G``) with ``sparse_prefill.SKIP_MAP_UNCLUSTERED``
+flipped: named ``...+mapall`` when it is on by default (every SharePrefill layer runs the map and the record),
+``...+skipmap`` when it is off (layers without a head in a shared cluster skip them).
 """
 from __future__ import annotations
 
@@ -166,7 +167,7 @@ class _Setting:
 
 
 def diagnose(model: str, lookup_path: str, lengths: list[int], gammas: tuple[float, ...] = (),
-             mass_splits: tuple[int, ...] = (), busy: bool = False, skip_map: bool = False) -> list[dict]:
+             mass_splits: tuple[int, ...] = (), busy: bool = False, map_switch: bool = False) -> list[dict]:
     random_init = model[len("random:"):] if model.startswith("random:") else None
     loaded = load_model(model if random_init is None else None, random_init=random_init)
     reference = None
@@ -189,8 +190,10 @@ def diagnose(model: str, lookup_path: str, lengths: list[int], gammas: tuple[flo
         share_runs = (("shareprefill", {}), *((f"shareprefill@{g}", {"gamma": g}) for g in gammas))
         split_runs = [(f"{name}+split{split}", "shareprefill", extra, _Setting(mass_pass, "MASS_SPLIT", split))
                       for split in mass_splits for name, extra in share_runs]
-        skip_runs = [(f"{name}+skipmap", "shareprefill", extra, _Setting(sp_mod, "SKIP_MAP_UNCLUSTERED", True))
-                     for name, extra in share_runs] if skip_map else []
+        flipped = not sp_mod.SKIP_MAP_UNCLUSTERED
+        skip_runs = [(f"{name}+{'skipmap' if flipped else 'mapall'}", "shareprefill", extra,
+                      _Setting(sp_mod, "SKIP_MAP_UNCLUSTERED", flipped))
+                     for name, extra in share_runs] if map_switch else []
         busy_runs = [(name, "shareprefill", extra, None) for name, extra in (
             ("shareprefill-busy", {}), *((f"shareprefill-busy@{g}", {"gamma": g}) for g in gammas))] if busy else []
         timed = [(*v, None) for v in (*VARIANTS, *extra_gammas)] + split_runs + skip_runs + busy_runs
@@ -256,8 +259,8 @@ if __name__ == "__main__":
         profile(sys.argv[2], sys.argv[3], int(sys.argv[4]))
         sys.exit(0)
     args, options = sys.argv[1:], {"--gamma": [], "--mass-split": []}
-    busy, skip_map = "--busy" in args, "--skip-map" in args
-    args = [a for a in args if a not in ("--busy", "--skip-map")]
+    busy, map_switch = "--busy" in args, "--map-switch" in args
+    args = [a for a in args if a not in ("--busy", "--map-switch")]
     for flag, values in options.items():
         while flag in args:
             i = args.index(flag)
@@ -266,5 +269,5 @@ if __name__ == "__main__":
     model_name, lookup_file, out_file, *lens = args
     result = diagnose(model_name, lookup_file, [int(n) for n in lens] or [8192, 16384, 32000],
                       tuple(float(g) for g in options["--gamma"]), tuple(int(s) for s in options["--mass-split"]),
-                      busy, skip_map)
+                      busy, map_switch)
     Path(out_file).write_text(json.dumps(result, indent=1) + "\n")
