@@ -1,4 +1,5 @@
-"""`sharedattn lookup show FILE` and `sharedattn lookup validate FILE --model M`."""
+"""`sharedattn lookup show FILE`, `sharedattn lookup validate FILE --model M` and
+`sharedattn lookup unshare-idle FILE -o OUT`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,9 +8,10 @@ from typing import Annotated, Optional
 import typer
 
 from .common import UserError, cli_command, console
-from .options import JsonOpt, LookupArg, ModelOpt, RandomInitOpt
+from .options import JsonOpt, LookupArg, LookupOutOpt, ModelOpt, RandomInitOpt
 
-lookup_app = typer.Typer(no_args_is_help=True, help="Show and validate lookup files (from `sharedattn cluster`).")
+lookup_app = typer.Typer(no_args_is_help=True,
+                         help="Show, validate and re-prune lookup files (from `sharedattn cluster`).")
 
 
 def model_config(model: Optional[str], random_init: Optional[str]):
@@ -119,8 +121,30 @@ def validate(
                   f"{len(shared)} shared, {sum(c.size for c in shared)} heads shared)", soft_wrap=True)
 
 
+@cli_command
+def unshare_idle(path: LookupArg, out: LookupOutOpt) -> None:
+    """Unshare the clusters that shared no head in the lookup's own pruning runs (the rule `cluster
+    --prune` applies by default since session 11), from its recorded measurement: no model, no GPU.
+
+    An idle cluster still makes its first head pivotal (dense row and block-mass map) in every prefill
+    and lends its pattern to nobody. For a lookup pruned with `--prune-keep-idle` or before the rule
+    existed; one without a pruning record exits 2. Example: `sharedattn lookup unshare-idle old.json
+    -o lookup.json`.
+    """
+    from sharedattn.analysis.hf.cluster_pruning import unshare_idle as unshare
+    from sharedattn.analysis.offline.lookup import load_lookup, save_lookup
+
+    lookup = load_lookup(path)
+    pruned = unshare(lookup)
+    save_lookup(pruned, out)
+    gone = sorted({c.id for c in lookup.shared_clusters} - {c.id for c in pruned.shared_clusters})
+    console.print(f"{out}: {len(pruned.shared_clusters)} of {len(lookup.shared_clusters)} shared clusters kept; "
+                  f"unshared (idle): {', '.join(map(str, gone)) or 'none'}", soft_wrap=True)
+
+
 lookup_app.command("show")(show)
 lookup_app.command("validate")(validate)
+lookup_app.command("unshare-idle")(unshare_idle)
 
 
 def register(app: typer.Typer) -> None:

@@ -82,3 +82,29 @@ def test_broken_lookup_exit_2(tmp_path):
     bad.write_text(json.dumps({"kind": "sharedattn.lookup", "schema_version": 1}))
     result = runner.invoke(app, ["lookup", "show", str(bad)])
     assert result.exit_code == 2 and "model" in result.output
+
+
+def test_lookup_unshare_idle_from_the_pruning_record(records, tmp_path):
+    """`lookup unshare-idle` re-prunes from the recorded effects: the cluster that shared no head goes,
+    the one over tolerance stays unshared, the busy one stays; no record: one line, exit 2, no file."""
+    src, out = tmp_path / "lookup.json", tmp_path / "busy.json"
+    assert _cluster(records, src, "--n-clusters", "4", "--metric", "cosine").exit_code == 0
+    bare = runner.invoke(app, ["lookup", "unshare-idle", str(src), "-o", str(out)])
+    assert bare.exit_code == 2 and "no pruning record" in bare.output and not out.exists()
+    data = json.loads(src.read_text())
+    ids = [c["id"] for c in data["clusters"]]
+    effects = [{"id": ids[0], "shared_heads": 3, "kl_change": 0.0, "kept": True},
+               {"id": ids[1], "shared_heads": 0, "kl_change": 0.0, "kept": True},
+               {"id": ids[2], "shared_heads": 1, "kl_change": 0.5, "kept": False},
+               {"id": ids[3], "shared_heads": 2, "kl_change": -0.1, "kept": True}]
+    data["calibration"]["options"]["pruning"] = {"tolerance": 0.05, "effects": effects, "unshared": [ids[2]]}
+    for c in data["clusters"]:
+        c["shared"] = c["id"] != ids[2]
+    src.write_text(json.dumps(data))
+    result = runner.invoke(app, ["lookup", "unshare-idle", str(src), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"2 of 3 shared clusters kept; unshared (idle): {ids[1]}" in result.stdout
+    written = json.loads(out.read_text())
+    assert [c["id"] for c in written["clusters"] if c["shared"]] == [ids[0], ids[3]]
+    assert written["calibration"]["options"]["pruning"]["unshared"] == [ids[1], ids[2]]
+    assert runner.invoke(app, ["lookup", "validate", str(out), "--record", records[0]]).exit_code == 0
