@@ -69,13 +69,15 @@ def check_gamma(gamma: float) -> float:
 
 
 # Per method, the prompt length (keys) from which it runs sparse by default: the shortest length at
-# which it measured faster than dense attention on both workloads of the H200 (docs/benchmarks.md,
-# "The whole layer as one step"): planted Llama-3.1-8B-shape layers (every steady-state method from
-# 8K-12K) and the real Qwen2.5-Coder-0.5B (density ~0.5): at 16K vertical-slash 1.16x and
-# flexprefill 1.11x dense attention, SharePrefill 0.81x (its pivotal heads run dense and map), at
-# 32K all faster (1.57x, 1.53x, 1.20x).
+# which it measured faster than dense attention on both workloads of the H200: planted
+# Llama-3.1-8B-shape layers (every steady-state method from 8K-12K; docs/benchmarks.md, "The whole
+# layer as one step") and the real Qwen2.5-Coder-0.5B (density ~0.5). At 16K on Qwen vertical-slash
+# and flexprefill ran 1.16x and 1.11x dense attention from session 8; SharePrefill 0.81x then (29
+# pivotal heads), 1.02-1.03x from session 12 (4 pivotal heads, no map in layers without a shared
+# cluster; TTFT 0.99-1.00x, two runs; benchmarks.md, "after session 12"), and 1.49x at 32K (TTFT
+# 1.22x), so it too runs sparse from 16384: a 32000-token prompt on a 32K model no longer runs dense.
 DENSE_BELOW = {MethodName.A_SHAPE: 16384, MethodName.VERTICAL_SLASH: 16384, MethodName.FLEXPREFILL: 16384,
-               MethodName.SHAREPREFILL: 32768}
+               MethodName.SHAREPREFILL: 16384}
 
 
 @dataclass(frozen=True)
