@@ -56,10 +56,11 @@ print("converted", model.name)
 PY
     ;;
   lookup)  # calibration captures (not the evaluation prompts), clusters, pruning on calibration prompts
+    # at PRUNE_TOKENS (default 16384, the shipped lookup's); $2 the lookup to write
     for n in 8192 16384 32000; do sa capture "$MODEL" stdlib-code licenses --tokens $n -o /tmp/rec; done
     recs=(); for f in /tmp/rec/*.json; do recs+=(--records "$f"); done
     sa cluster "${recs[@]}" --model "$MODEL" --metric js --distance-threshold 0.3 \
-      --prune-on stdlib-code,licenses --tokens 16384 -o "$2" ;;
+      --prune-on stdlib-code,licenses --tokens "${PRUNE_TOKENS:-16384}" -o "$2" ;;
   compare)  # $2 lookup, $3 out folder, then extra compare options: passkeys, 4-key needles, RULER-style tasks
     lookup=$2 out=$3; shift 3
     sa compare "$MODEL" --no-text --passkey-lengths 8192,16384,32000 --passkey-depths 0.1,0.5,0.9 \
