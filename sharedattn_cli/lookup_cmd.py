@@ -124,7 +124,7 @@ def validate(
 @cli_command
 def unshare_idle(path: LookupArg, out: LookupOutOpt) -> None:
     """Unshare the clusters that shared no head in the lookup's own pruning runs (the rule `cluster
-    --prune` applies by default since session 11), from its recorded measurement: no model, no GPU.
+    --prune` applies by default), from its recorded measurement: no model, no GPU.
 
     An idle cluster still makes its first head pivotal (dense row and block-mass map) in every prefill
     and lends its pattern to nobody. For a lookup pruned with `--prune-keep-idle` or before the rule

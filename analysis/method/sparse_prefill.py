@@ -68,8 +68,8 @@ ATTENTION_IN_GRAPH_BELOW = {MethodName.SHAREPREFILL: 8192, MethodName.FLEXPREFIL
 # A SharePrefill layer with no head in a shared cluster cannot have a pivotal head, so its map launch and
 # record do nothing; with this on, the whole-layer paths skip them for such layers (14 of Qwen2.5-Coder-0.5B's
 # 24 layers with the shipped lookup). Outputs, traces and sharing state match the synced path bit for bit (CPU
-# and GPU tests). Session 12 (sharing_diagnosis.py --skip-map, H200, one run): Qwen at 32K 0.95: attention
-# 64.7 against 65.1 ms, at 0.9 55.6 against 56.3; 16K 25.3 against 26.3, 23.0 against 23.5; same fidelity.
+# and GPU tests). Session 12 (sharing_diagnosis.py, H200, two runs, skipping against mapping): Qwen at 32K
+# gamma 0.95 attention 64.7/64.8 against 65.1/65.3 ms, at 0.9 55.6/56.0 against 56.3/56.6; same fidelity.
 SKIP_MAP_UNCLUSTERED = True
 # what kernels.head_decisions writes for (vertical-slash, query-aware, shared, pivotal)
 DECISION_CODES = (int(Decision.VERTICAL_SLASH), int(Decision.QUERY_AWARE), int(Decision.SHARED),
