@@ -1,10 +1,11 @@
 """Why does a SharePrefill head not share? Per-head reasons, per length, on a real model (GPU).
 
     python docs/scripts/sharing_diagnosis.py MODEL LOOKUP.json OUT.json [LENGTH ...] [--gamma G ...]
-                                             [--mass-split S ...] [--busy] [--map-switch]
+                                             [--mass-split S ...] [--busy] [--map-switch] [--prompt P]
     python docs/scripts/sharing_diagnosis.py --profile MODEL LOOKUP.json LENGTH
 
-For every length: a passkey prompt (depth 0.3, seed 7) is prefilled with shareprefill at the
+For every length: a prompt (``--prompt``: a bundled prompt name such as ``stdlib-code`` or
+``passkey:depth=D,seed=S``; default ``passkey:depth=0.3,seed=7``) is prefilled with shareprefill at the
 paper's settings (dense_below 0, decision graphs off so the sharing step runs in Python and can
 be watched). Each head of each layer gets one reason:
 
@@ -40,7 +41,7 @@ from pathlib import Path
 import torch
 
 from sharedattn import kernels
-from sharedattn.analysis.files.prompts import passkey_prompt
+from sharedattn.analysis.files.prompts import bundled_prompt
 from sharedattn.analysis.hf import sparse_attention as hf_sparse
 from sharedattn.analysis.hf.cluster_pruning import unshare_idle
 from sharedattn.analysis.hf.models import load_model
@@ -141,6 +142,7 @@ def _timed(loaded, ids, method, config, lookup, repeats=3):
     return runs, statistics.median(r.seconds for r in runs), statistics.median(r.attention_seconds for r in runs)
 
 
+DEFAULT_PROMPT = "passkey:depth=0.3,seed=7"  # the prompt of every diagnosis in docs/ before session 12
 # name, method, config fields: the paper's fallback and ours (docs/method.md, step 4)
 VARIANTS = (("vertical-slash", "vertical-slash", {}), ("flexprefill", "flexprefill", {}),
             ("shareprefill", "shareprefill", {}),
@@ -167,7 +169,8 @@ class _Setting:
 
 
 def diagnose(model: str, lookup_path: str, lengths: list[int], gammas: tuple[float, ...] = (),
-             mass_splits: tuple[int, ...] = (), busy: bool = False, map_switch: bool = False) -> list[dict]:
+             mass_splits: tuple[int, ...] = (), busy: bool = False, map_switch: bool = False,
+             prompt_name: str = DEFAULT_PROMPT) -> list[dict]:
     random_init = model[len("random:"):] if model.startswith("random:") else None
     loaded = load_model(model if random_init is None else None, random_init=random_init)
     reference = None
@@ -180,11 +183,11 @@ def diagnose(model: str, lookup_path: str, lengths: list[int], gammas: tuple[flo
         print(f"--busy: {kept} of {len(lookup.shared_clusters)} shared clusters kept", flush=True)
     rows = []
     for n in lengths:
-        prompt = passkey_prompt(loaded.tokenizer, n, depth=0.3, seed=7)
-        ids = prompt.input_ids
+        ids = bundled_prompt(prompt_name, loaded.tokenizer, n).input_ids
         dense_cfg = make_config("dense")
         dense_runs, dense_ttft, dense_attn = _timed(loaded, ids, MethodName.DENSE, dense_cfg, None)
-        row = {"tokens": len(ids), "dense": {"ttft_ms": dense_ttft * 1e3, "attention_ms": dense_attn * 1e3}}
+        row = {"tokens": len(ids), "prompt": prompt_name,
+               "dense": {"ttft_ms": dense_ttft * 1e3, "attention_ms": dense_attn * 1e3}}
         extra_gammas = [(f"{m}@{g}", m, {"gamma": g}) for g in gammas
                          for m in ("vertical-slash", "flexprefill", "shareprefill")]
         share_runs = (("shareprefill", {}), *((f"shareprefill@{g}", {"gamma": g}) for g in gammas))
@@ -243,7 +246,7 @@ def profile(model: str, lookup_path: str, n: int) -> None:
 
     loaded = load_model(model)
     lookup = load_lookup(Path(lookup_path))
-    ids = passkey_prompt(loaded.tokenizer, n, depth=0.3, seed=7).input_ids
+    ids = bundled_prompt(DEFAULT_PROMPT, loaded.tokenizer, n).input_ids
     cfg = make_config("shareprefill", dense_below=0)
     for _ in range(2):
         run_prefill(loaded, ids, MethodName.SHAREPREFILL, cfg, lookup)
@@ -258,7 +261,7 @@ if __name__ == "__main__":
     if sys.argv[1] == "--profile":
         profile(sys.argv[2], sys.argv[3], int(sys.argv[4]))
         sys.exit(0)
-    args, options = sys.argv[1:], {"--gamma": [], "--mass-split": []}
+    args, options = sys.argv[1:], {"--gamma": [], "--mass-split": [], "--prompt": []}
     busy, map_switch = "--busy" in args, "--map-switch" in args
     args = [a for a in args if a not in ("--busy", "--map-switch")]
     for flag, values in options.items():
@@ -269,5 +272,5 @@ if __name__ == "__main__":
     model_name, lookup_file, out_file, *lens = args
     result = diagnose(model_name, lookup_file, [int(n) for n in lens] or [8192, 16384, 32000],
                       tuple(float(g) for g in options["--gamma"]), tuple(int(s) for s in options["--mass-split"]),
-                      busy, map_switch)
+                      busy, map_switch, (options["--prompt"] or [DEFAULT_PROMPT])[-1])
     Path(out_file).write_text(json.dumps(result, indent=1) + "\n")
