@@ -144,7 +144,10 @@ def compare(
 
     Per method: density, attention recall, relative error of attention outputs (mean and worst
     layer), KL and top-1 agreement of the last positions' logits, log-likelihood difference on real
-    text, passkey exact match, time. Every generated prompt is saved in --out.
+    text, passkey exact match, time. Every generated prompt is saved in --out; one row of a grid
+    runs again by the name its results give it, with --tokens its length (`passkey:depth=0.5,seed=7`,
+    `multikey:needles=4,seed=11`, `ruler-mq:seed=2`; the RULER-style kinds are ruler-mv, ruler-mq,
+    ruler-vt, ruler-fwe, ruler-qa).
 
     Examples: `sharedattn compare --quick`,
     `sharedattn compare stdlib-prose licenses --tokens 4096 --passkey --needles 4`,

@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..files.prompts import PromptError, resolve_prompt
-from .ruler import ruler_suite
+from ..files.prompts import PASSKEY_PREFIX, PromptError, parse_passkey_name, passkey_prompt, resolve_prompt
+from .ruler import RULER_KINDS, ruler_prompt, ruler_suite
 from .suite_defaults import (  # noqa: F401  (re-exported)
     ALL_TEXT,
     QUICK_DEPTHS,
@@ -24,11 +24,13 @@ from .suite_defaults import (  # noqa: F401  (re-exported)
 from .tasks import (
     DEFAULT_DEPTHS,
     DEFAULT_LENGTHS,
+    MAX_NEEDLES,
     PasskeyGrid,
     TaskKind,
     TaskPrompt,
     is_task_prompt_file,
     load_task_prompts,
+    multikey_prompt,
     passkey_grid,
 )
 
@@ -59,6 +61,8 @@ class PromptPlan:
             raise PromptError(f"--tokens must be positive, got {tokens}")
         if ruler < 0:
             raise PromptError(f"--ruler must be >= 0 seeds, got {ruler}")
+        for spec in specs:
+            parse_task_name(spec)  # a malformed task name fails here, before the model loads
         text = tuple(specs) or (() if no_text else (QUICK_TEXT if quick else ALL_TEXT))
         grid_wanted = passkey or quick or depths is not None or needles > 0 or (lengths is not None and not ruler)
         full = (grid_wanted or ruler > 0) and lengths is None and not quick
@@ -81,9 +85,58 @@ def _grid_lengths(plan: PromptPlan, context: int) -> tuple[list[int], list[int]]
     return [n for n in lengths if n <= context], [n for n in lengths if n > context]
 
 
+_MULTIKEY = "multikey"
+_RULER_NAMES = {kind.value: kind for kind in RULER_KINDS}
+
+
+def parse_task_name(spec: str) -> Optional[tuple[TaskKind, dict]]:
+    """The task and its arguments of a generated prompt named the way a grid names it in its
+    results (``passkey:depth=D,seed=S``, ``multikey:needles=N,seed=S``, ``ruler-mq:seed=S``, ...),
+    so any row of a grid can be run again on its own; None for anything else (a file that exists
+    is a file). ``PromptError`` for a task name with arguments it does not take."""
+    head, _, args = spec.partition(":")
+    if Path(spec).exists() or (head != PASSKEY_PREFIX and head != _MULTIKEY and head not in _RULER_NAMES):
+        return None
+    if head == PASSKEY_PREFIX:
+        return TaskKind.PASSKEY, parse_passkey_name(spec)
+    allowed = ("needles", "seed") if head == _MULTIKEY else ("seed",)
+    form = ",".join(f"{key}={2 if key == 'needles' else 0}" for key in allowed)
+    out: dict = {}
+    for item in filter(None, args.split(",")):
+        key, _, value = item.partition("=")
+        if key not in allowed or not value.isdigit():
+            raise PromptError(f"prompt {spec!r}: use {head}:{form}")
+        out[key] = int(value)
+    if head == _MULTIKEY:
+        if not 2 <= out.get("needles", 4) <= MAX_NEEDLES:
+            raise PromptError(f"prompt {spec!r}: needles must be 2..{MAX_NEEDLES}")
+        return TaskKind.MULTIKEY, out
+    return _RULER_NAMES[head], out
+
+
+def named_task(spec: str, tokenizer, tokens: int) -> Optional[TaskPrompt]:
+    """The generated prompt ``spec`` names (``parse_task_name``) at ``tokens`` tokens, as the task
+    it is (its kind sets how many tokens are generated and how the answer is scored); None when
+    ``spec`` names no task."""
+    parsed = parse_task_name(spec)
+    if parsed is None:
+        return None
+    kind, args = parsed
+    seed = args.get("seed", 0)
+    if kind == TaskKind.PASSKEY:
+        depth = args.get("depth", 0.5)
+        return TaskPrompt(passkey_prompt(tokenizer, tokens, depth, seed), kind, tokens, depth, seed)
+    if kind == TaskKind.MULTIKEY:
+        return TaskPrompt(multikey_prompt(tokenizer, tokens, args.get("needles", 4), seed), kind, tokens, 0.5, seed)
+    return TaskPrompt(ruler_prompt(kind, tokenizer, tokens, seed), kind, tokens, None, seed)
+
+
 def _text_task(spec: str, plan: PromptPlan, loaded, context: int, skipped: list[str], warn: Warn) -> list:
     if is_task_prompt_file(Path(spec)):
         return load_task_prompts(Path(spec))
+    task = named_task(spec, loaded.tokenizer, plan.tokens)  # build_tasks checked tokens against the context
+    if task is not None:
+        return [task]
     prompt = resolve_prompt(spec, loaded.tokenizer, tokens=plan.tokens, max_tokens=sys.maxsize)
     if prompt.num_tokens > context:
         if not plan.truncate:

@@ -22,6 +22,7 @@ PROMPT_SET_KIND = "sharedattn.compare.prompts"
 DEFAULT_LENGTHS = (1024, 2048, 4096, 8192)
 DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 _LABELS = ("red", "blue", "green", "yellow", "violet", "orange", "silver", "golden", "black", "white")
+MAX_NEEDLES = len(_LABELS)  # keys of a multi-key prompt: each has its own colour
 
 
 class TaskKind(str, Enum):
@@ -84,8 +85,8 @@ class PasskeyGrid:
             raise ConfigError(f"passkey lengths must be at least 64 tokens, got {list(self.lengths)}")
         if any(not 0.0 <= d <= 1.0 for d in self.depths):
             raise ConfigError(f"passkey depths must be between 0 and 1, got {list(self.depths)}")
-        if self.needles == 1 or not 0 <= self.needles <= len(_LABELS):
-            raise ConfigError(f"needles must be 0 (off) or 2..{len(_LABELS)}, got {self.needles}")
+        if self.needles == 1 or not 0 <= self.needles <= MAX_NEEDLES:
+            raise ConfigError(f"needles must be 0 (off) or 2..{MAX_NEEDLES}, got {self.needles}")
 
     def to_json(self) -> dict:
         return {"lengths": list(self.lengths), "depths": list(self.depths), "seed": self.seed,

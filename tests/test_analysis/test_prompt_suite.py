@@ -10,6 +10,7 @@ from sharedattn.analysis.evaluation.prompt_suite import (
     PromptPlan,
     build_tasks,
 )
+from sharedattn.analysis.evaluation.ruler import RULER_KINDS
 from sharedattn.analysis.evaluation.tasks import DEFAULT_DEPTHS, TaskKind
 from sharedattn.analysis.files.prompts import PromptError
 from sharedattn.analysis.method.method_config import ConfigError
@@ -69,3 +70,24 @@ def test_nothing_left_or_too_long_text_is_an_error(tiny_model):
         build_tasks(plan(no_text=True, lengths=(2 * context,), depths=(0.5,)), tiny_model)
     with pytest.raises(PromptError, match="longer than the model's context"):
         build_tasks(plan(["stdlib-code"], tokens=2 * context), tiny_model)
+
+
+def test_a_grid_row_named_as_in_the_results_runs_again_as_the_same_task(tiny_model):
+    grid, _ = build_tasks(plan(no_text=True, lengths=(1024,), depths=(0.25,), needles=3, ruler=1, seed=5), tiny_model)
+    assert {t.kind for t in grid} == {TaskKind.PASSKEY, TaskKind.MULTIKEY, *RULER_KINDS}
+    for row in grid:
+        (again,), _ = build_tasks(plan([row.prompt.name], tokens=row.length), tiny_model)
+        assert (again.kind, again.length, again.depth, again.seed) == (row.kind, row.length, row.depth, row.seed)
+        assert again.prompt == row.prompt  # name, text, token ids and answer
+
+
+@pytest.mark.parametrize("name,words", [
+    ("ruler-mq:seed=x", "use ruler-mq:seed=0"),
+    ("ruler-vt:depth=0.5", "use ruler-vt:seed=0"),
+    ("multikey:needles=1,seed=2", "needles must be 2.."),
+    ("multikey:colour=red", "use multikey:needles=2,seed=0"),
+    ("passkey:depth=2", "depth must be between 0 and 1"),
+])
+def test_a_malformed_task_name_fails_before_the_model_loads(name, words):
+    with pytest.raises(PromptError, match=words):
+        plan([name])

@@ -45,6 +45,17 @@ def test_compare_writes_rows_csv_prompts_and_figures(tmp_path):
     assert len(json.loads(again.stdout.strip().splitlines()[-1])["rows"]) == 3
 
 
+def test_a_grid_row_runs_again_by_the_name_its_results_give_it(tmp_path):
+    res = invoke(*TINY, "passkey:depth=0.5,seed=3", "multikey:needles=3,seed=1", "--methods", "dense",
+                 "-o", tmp_path / "o", "--no-figures", "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout.strip().splitlines()[-1])
+    rows = [(r["prompt"], r["kind"], r["length"], r["depth"]) for r in doc["rows"]]
+    assert rows == [("passkey:depth=0.5,seed=3", "passkey", 256, 0.5),
+                    ("multikey:needles=3,seed=1", "multikey", 256, 0.5)]
+    assert doc["summary"][0]["task_total"] == 2
+
+
 def test_too_long_prompt_is_skipped_with_a_warning_or_truncated(tmp_path):
     from sharedattn.analysis.hf.local_tokenizer import local_tokenizer
     from sharedattn.analysis.hf.models import RANDOM_VOCAB_SIZE
@@ -71,6 +82,7 @@ def test_too_long_prompt_is_skipped_with_a_warning_or_truncated(tmp_path):
     (["--passkey-lengths", "1k"], "comma-separated numbers"),
     (["--no-text"], "nothing to run"),
     (["--gamma", "0"], "gamma must be in"),
+    (["ruler-mq:seed=x"], "use ruler-mq:seed=0"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, extra, message):
     res = invoke(*TINY, *extra, "-o", tmp_path)
