@@ -99,8 +99,7 @@ def parse_task_name(spec: str) -> Optional[tuple[TaskKind, dict]]:
         return None
     if head == PASSKEY_PREFIX:
         return TaskKind.PASSKEY, parse_passkey_name(spec)
-    allowed = ("needles", "seed") if head == _MULTIKEY else ("seed",)
-    form = ",".join(f"{key}={2 if key == 'needles' else 0}" for key in allowed)
+    allowed, form = (("needles", "seed"), "needles=4,seed=0") if head == _MULTIKEY else (("seed",), "seed=0")
     out: dict = {}
     for item in filter(None, args.split(",")):
         key, _, value = item.partition("=")

@@ -85,7 +85,7 @@ def test_a_grid_row_named_as_in_the_results_runs_again_as_the_same_task(tiny_mod
     ("ruler-mq:seed=x", "use ruler-mq:seed=0"),
     ("ruler-vt:depth=0.5", "use ruler-vt:seed=0"),
     ("multikey:needles=1,seed=2", "needles must be 2.."),
-    ("multikey:colour=red", "use multikey:needles=2,seed=0"),
+    ("multikey:colour=red", "use multikey:needles=4,seed=0"),
     ("passkey:depth=2", "depth must be between 0 and 1"),
 ])
 def test_a_malformed_task_name_fails_before_the_model_loads(name, words):
