@@ -195,11 +195,22 @@ def quiet_transformers() -> None:
 
 
 def load_prompts(loaded, specs: list[str], tokens: int, truncate: bool) -> list:
-    from sharedattn.analysis.files.prompts import resolve_prompt
+    """Prompt files, bundled prompts and the generated prompts of compare's grid by name
+    (``multikey:needles=4,seed=11``, ``ruler-mq:seed=2``), sized to ``tokens``."""
+    from sharedattn.analysis.evaluation.prompt_suite import named_task, parse_task_name
+    from sharedattn.analysis.files.prompts import PromptError, resolve_prompt
 
     max_tokens = loaded.fingerprint.max_positions or sys.maxsize
-    return [resolve_prompt(s, loaded.tokenizer, tokens=tokens, max_tokens=max_tokens, truncate=truncate)
-            for s in (specs or [None])]
+    out = []
+    for spec in specs or [None]:
+        if spec and parse_task_name(spec) is not None:
+            if tokens > max_tokens:
+                raise PromptError(f"--tokens {tokens} is longer than the model's context of {max_tokens} tokens")
+            out.append(named_task(spec, loaded.tokenizer, tokens).prompt)
+        else:
+            out.append(resolve_prompt(spec, loaded.tokenizer, tokens=tokens, max_tokens=max_tokens,
+                                      truncate=truncate))
+    return out
 
 
 def check_out_dir(path: Path) -> Path:

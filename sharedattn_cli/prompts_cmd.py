@@ -22,6 +22,13 @@ def list_prompts(json_out: JsonOpt = False) -> None:
     rows.append({"name": f"{PASSKEY_PREFIX}[:depth=D,seed=S]", "kind": "passkey",
                  "description": "pass key hidden in real prose at depth D (0-1), question at the end",
                  "default": False})
+    rows.append({"name": "multikey[:needles=N,seed=S]", "kind": "multikey",
+                 "description": "N labelled pass keys in real prose (2-10); the question asks for one",
+                 "default": False})
+    rows.append({"name": "ruler-mv|mq|vt|fwe|qa[:seed=S]", "kind": "ruler",
+                 "description": "RULER-style tasks: multi-value, multi-query, variable tracking, "
+                                "frequent words, questions over generated records",
+                 "default": False})
     if json_out:
         import json
 
@@ -40,16 +47,18 @@ def list_prompts(json_out: JsonOpt = False) -> None:
 @prompts_app.command("show")
 @cli_command
 def show_prompt(
-    name: Annotated[str, typer.Argument(help="Bundled prompt name or passkey:depth=D,seed=S.")],
+    name: Annotated[str, typer.Argument(help="Bundled prompt name or a generated one: passkey:depth=D,seed=S, "
+                                             "multikey:needles=N,seed=S, ruler-mq:seed=S, ...")],
     tokens: TokensOpt = DEFAULT_TOKENS,
     model: ModelOpt = None,
 ) -> None:
     """Print a bundled prompt's text, sized to --tokens with the model's tokenizer."""
+    from sharedattn.analysis.evaluation.prompt_suite import parse_task_name
     from sharedattn.analysis.files.prompts import is_prompt_name
 
     from .common import UserError, load_prompts
 
-    if not is_prompt_name(name):
+    if not is_prompt_name(name) and parse_task_name(name) is None:
         raise UserError(f"no bundled prompt named {name!r} (see `sharedattn prompts list`)")
     loaded = ModelChoice(model, None).load()
     prompt = load_prompts(loaded, [name], tokens, False)[0]

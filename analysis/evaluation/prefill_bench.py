@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from ..method.method_config import DenseConfig, MethodConfig, MethodName
 from .compare import layer_error_stats
+from .tasks import answer_found
 
 
 @dataclass
@@ -98,8 +99,6 @@ def _answer(tokenizer, ids: list[int]) -> str:
     return tokenizer.decode(ids, skip_special_tokens=True) if ids else ""
 
 
-def _correct(expected, answer: str):
-    return None if expected is None else expected in answer
 
 
 def kernel_report(run, config) -> dict:
@@ -152,7 +151,7 @@ def report_document(result: PrefillComparison, *, command: str, machine: str, lo
         "layer_errors": result.layer_errors,
         "fidelity": vars(fidelity),
         "generation": {"dense": dense_answer, method.value: ours_answer,
-                       "correct_dense": _correct(prompt.answer, dense_answer),
-                       f"correct_{method.value}": _correct(prompt.answer, ours_answer)},
+                       "correct_dense": answer_found(prompt.answer, dense_answer),
+                       f"correct_{method.value}": answer_found(prompt.answer, ours_answer)},
         "summary": summary,
     }

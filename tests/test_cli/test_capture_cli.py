@@ -95,3 +95,7 @@ def test_prompts_list_and_show():
     assert res.exit_code == 0 and "pass key is" in res.output
     res = invoke("prompts", "show", "nope")
     assert res.exit_code == 2 and "no bundled prompt" in res.output
+    res = invoke("prompts", "show", "multikey:needles=3,seed=1", "--tokens", 300)
+    assert res.exit_code == 0 and "What is the" in res.output and "multikey" in invoke("prompts", "list").output
+    res = invoke("prompts", "show", "multikey:needles=11")
+    assert res.exit_code == 2 and "needles must be 2..10" in res.output

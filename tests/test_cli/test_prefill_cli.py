@@ -30,6 +30,16 @@ def test_prefill_reports_against_dense(tmp_path):
     assert len(trace["heads"]) == 8 and (tmp_path / "prefill-flexprefill-trace.png").stat().st_size > 1000
 
 
+def test_a_generated_task_of_the_compare_grid_runs_by_name_and_is_scored(tmp_path):
+    res = invoke(*TINY, "ruler-mq:seed=2", "--method", "a-shape", "--no-layer-errors", "-o", tmp_path, "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout.strip().splitlines()[-1])
+    assert doc["prompt"]["name"] == "ruler-mq:seed=2" and doc["prompt"]["tokens"] == 512
+    assert doc["prompt"]["expected_answer"] == "95455|35198"  # two numbers: right only if both are said
+    gen = doc["generation"]
+    assert gen["correct_dense"] is False and gen["correct_a-shape"] is False  # random weights say neither
+
+
 def test_reports_the_kernel_of_each_layer(tmp_path):
     res = invoke(*TINY, "--method", "vertical-slash", "--gamma", "0.3", "--kernel", "auto", "--no-layer-errors",
                  "-o", tmp_path, "--json")
@@ -90,6 +100,8 @@ def _other_model_lookup(tmp_path):
     (["--chunk", "0"], "--chunk must be positive"),
     (["--kernel", "flash"], "kernel flash: the flash backend needs a CUDA GPU"),
     (["--kernel", "cutlass"], "cutlass"),
+    (["ruler-vt:seed=x"], "use ruler-vt:seed=0"),
+    (["multikey:needles=2", "--tokens", "99999"], "longer than the model's context"),
 ])
 def test_bad_inputs(tmp_path, extra, message):
     res = invoke(*TINY, *extra, "-o", tmp_path / "out")
