@@ -99,8 +99,6 @@ def _answer(tokenizer, ids: list[int]) -> str:
     return tokenizer.decode(ids, skip_special_tokens=True) if ids else ""
 
 
-
-
 def kernel_report(run, config) -> dict:
     """Which attention backend each layer of the method's last run used: ``requested`` (the
     config's kernel), ``per_layer`` (flash, triton, reference, several joined by +, or sdpa when the
